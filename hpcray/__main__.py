@@ -1,0 +1,3 @@
+from hpcray.cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""The Python API behind every CLI command: script, submit, status, cancel, logs, wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcray.errors import ResourceError, SpecError
+from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run
+from hpcray.schedulers import JobRequest, JobState, get_scheduler
+from hpcray.sites import SiteProfile, load_site
+from hpcray.spec import Workflow, load_workflow
+from hpcray.spec.walltime import hhmmss
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")
+TERMINAL = ("completed", "failed", "cancelled", "walltime", "lost")
+
+
+def _detected_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def site_cpus(site: SiteProfile) -> int:
+    if site.cpus_per_node == "auto":
+        return os.cpu_count() or 1
+    return int(site.cpus_per_node)
+
+
+def site_gpus(site: SiteProfile) -> int:
+    return _detected_gpus() if site.gpus_per_node == "auto" else int(site.gpus_per_node)
+
+
+def resolve_site(workflow: Workflow, site: str | SiteProfile | None) -> SiteProfile:
+    if isinstance(site, SiteProfile):
+        return site
+    return load_site(site or workflow.site or "local")
+
+
+def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequest:
+    """Check the workflow against the site and build what the job script needs.
+    Every impossible request fails here, before anything is submitted."""
+    alloc = workflow.allocation
+    where = f"site '{site.name}'"
+    if site.max_nodes and alloc.nodes > site.max_nodes:
+        raise ResourceError(f"allocation.nodes={alloc.nodes} exceeds {where}'s "
+                            f"{site.max_nodes} nodes")
+    have_gpus = site_gpus(site)
+    gpus = have_gpus if alloc.gpus_per_node is None else alloc.gpus_per_node
+    if gpus > have_gpus:
+        raise ResourceError(f"allocation.gpus_per_node={gpus} but {where} has {have_gpus} GPU(s) "
+                            "per node")
+    have_cpus = site_cpus(site)
+    if alloc.cpus_per_node and alloc.cpus_per_node > have_cpus:
+        raise ResourceError(f"allocation.cpus_per_node={alloc.cpus_per_node} but {where} has "
+                            f"{have_cpus} usable cores per node")
+    if site.max_walltime and alloc.walltime > site.max_walltime:
+        raise ResourceError(f"allocation.walltime={hhmmss(alloc.walltime)} exceeds {where}'s "
+                            f"limit of {hhmmss(site.max_walltime)}")
+    if site.requires_account and not alloc.account:
+        raise ResourceError(f"{where} requires allocation.account (the project to charge)")
+    if not _SAFE_PATH.match(str(run_dir)):
+        raise SpecError(f"run directory {str(run_dir)!r} has characters that cannot go into a "
+                        "job script directive; choose a run_root without spaces or quotes")
+    cpus = alloc.cpus_per_node or have_cpus
+    if site.scheduler == "local" and alloc.nodes > 1 and not alloc.cpus_per_node:
+        cpus = max(1, have_cpus // alloc.nodes)  # emulated nodes share this machine
+    python = alloc.python or sys.executable
+    return JobRequest(
+        job_name=alloc.job_name or workflow.name, nodes=alloc.nodes, walltime=alloc.walltime,
+        run_dir=str(run_dir), python=python, account=alloc.account,
+        partition=alloc.partition or site.default_partition, qos=alloc.qos,
+        gpus_per_node=gpus, cpus_per_node=cpus,
+        exclusive=site.exclusive if alloc.exclusive is None else alloc.exclusive,
+        directives=tuple(site.directives) + tuple(alloc.directives),
+        setup=tuple(site.setup) + tuple(alloc.setup), env=tuple(sorted(alloc.env.items())),
+        walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal)
+
+
+def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:
+    root = Path(run_root or workflow.run_root or os.environ.get("HPCRAY_RUN_ROOT")
+                or DEFAULT_RUN_ROOT)
+    run_id = f"{workflow.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    return root.resolve() / run_id
+
+
+def _load(workflow: str | Path | Workflow) -> tuple[Workflow, Path | None]:
+    if isinstance(workflow, Workflow):
+        return workflow, None
+    path = Path(workflow)
+    return load_workflow(path), path.resolve()
+
+
+def script(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
+           run_root: str | Path | None = None, run_dir: str | Path | None = None) -> str:
+    """The exact job script submit() would hand to the scheduler (nothing is created)."""
+    wf, _ = _load(workflow)
+    profile = resolve_site(wf, site)
+    target = Path(run_dir).resolve() if run_dir else new_run_dir(wf, run_root)
+    return get_scheduler(profile.scheduler).job_script(job_request(wf, profile, target))
+
+
+@dataclass
+class Submission:
+    run_id: str
+    run_dir: Path
+    job_id: str
+    scheduler: str
+    site: str
+
+
+def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
+           run_root: str | Path | None = None) -> Submission:
+    """Validate, write the run directory, and submit. With the local site the job starts now."""
+    wf, source = _load(workflow)
+    profile = resolve_site(wf, site)
+    path = new_run_dir(wf, run_root)
+    request = job_request(wf, profile, path)  # raises before anything is written
+    scheduler = get_scheduler(profile.scheduler)
+    text = scheduler.job_script(request)
+    run = RunDir(path).create()
+    if source:
+        shutil.copyfile(source, path / "workflow.yaml")
+    workflow_dir = str(source.parent if source else Path.cwd())
+    run.resolved.write_text(json.dumps({
+        "workflow": wf.model_dump(mode="json"), "site": profile.model_dump(mode="json"),
+        "request": {**asdict(request), "workflow_dir": workflow_dir}}, indent=2))
+    run.job_script.write_text(text)
+    run.job_script.chmod(0o755)
+    run.update(run_id=path.name, workflow=wf.name, site=profile.name,
+               scheduler=profile.scheduler, state="submitted", nodes_expected=request.nodes)
+    run.mark("submitted")
+    job_id = scheduler.submit(run.job_script, path)
+    run.update(job_id=job_id)
+    return Submission(path.name, path, job_id, profile.scheduler, profile.name)
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    state: str
+    joined: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    run_dir: Path
+    job_id: str | None
+    scheduler: str
+    state: str
+    scheduler_state: str
+    nodes_expected: int
+    nodes: list[NodeStatus] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def nodes_joined(self) -> int:
+        return sum(1 for n in self.nodes if n.joined)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+    def summary(self) -> str:
+        head = f"{self.run_id} (job {self.job_id}, {self.scheduler}): {self.state}"
+        if self.state == "bootstrapping":
+            head += f" ({self.nodes_joined} of {self.nodes_expected} nodes)"
+        lines = [head]
+        for n in self.nodes:
+            extra = " joined" if n.joined else ""
+            lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
+        if self.error:
+            lines.append(f"  error: {self.error.splitlines()[0]}")
+        return "\n".join(lines)
+
+
+def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
+    run = find_run(str(ref), run_root)
+    data = run.read()
+    scheduler = data.get("scheduler", "local")
+    job_id = data.get("job_id")
+    sched_state = get_scheduler(scheduler).state(job_id) if job_id else JobState.UNKNOWN
+    state = data.get("state", "submitted")
+    if state == "submitted":
+        state = "queued" if job_id else "submitting"
+        if sched_state.finished:
+            state = "lost"  # the job ended before `hpcray up` wrote anything
+    elif state in ("bootstrapping", "running") and (
+            sched_state.finished or (sched_state == JobState.UNKNOWN and scheduler == "local")):
+        # The job is gone but never recorded an end: killed hard (SIGKILL, node failure).
+        data = run.read()
+        state = data.get("state", state)
+        if state in ("bootstrapping", "running"):
+            state = "lost"
+    joined = data.get("nodes", {})
+    agents = run.node_states()
+    names = data.get("node_names") or sorted(agents)
+    nodes = [NodeStatus(n, agents.get(n, {}).get("state", "pending"),
+                        joined.get(n, {}).get("joined"), agents.get(n, {}).get("error"))
+             for n in names]
+    return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
+                     scheduler=scheduler, state=state, scheduler_state=sched_state.value,
+                     nodes_expected=data.get("nodes_expected", len(names)), nodes=nodes,
+                     times=data.get("times", {}), error=data.get("error"))
+
+
+def wait(ref: str | Path, timeout: float | None = None, poll: float = 0.5,
+         run_root: str | Path | None = None, on_change=None) -> RunStatus:
+    """Block until the run reaches a final state (or the timeout passes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        st = status(ref, run_root)
+        key = (st.state, st.nodes_joined)
+        if on_change and key != last:
+            on_change(st)
+            last = key
+        if st.finished or (deadline is not None and time.monotonic() > deadline):
+            return st
+        time.sleep(poll)
+
+
+def cancel(ref: str | Path, run_root: str | Path | None = None, wait_s: float = 120) -> RunStatus:
+    """Scheduler cancel, then wait for the job-scoped teardown to finish."""
+    run = find_run(str(ref), run_root)
+    data = run.read()
+    run.mark("cancel_requested")
+    if data.get("job_id") and data.get("state") not in TERMINAL:
+        get_scheduler(data.get("scheduler", "local")).cancel(str(data["job_id"]))
+    st = wait(run.path, timeout=wait_s)
+    if st.state in ("queued", "submitting", "lost"):
+        run.update(state="cancelled")
+        st = status(run.path)
+    return st
+
+
+def logs(ref: str | Path, node: str | None = None, run_root: str | Path | None = None) -> str:
+    """The job's output, or one node's agent and Ray start log."""
+    run = find_run(str(ref), run_root)
+    path = run.node_log(node) if node else run.job_out
+    if not path.exists():
+        known = ", ".join(p.stem.removeprefix("node-") for p in run.logs.glob("node-*.log"))
+        raise SpecError(f"no log at {path}" + (f"; nodes with logs: {known}" if known else ""))
+    return path.read_text(errors="replace")
+
+
+def run_info(ref: str | Path, run_root: str | Path | None = None) -> dict[str, Any]:
+    return find_run(str(ref), run_root).read()

@@ -1,0 +1,43 @@
+"""Runs a workflow's driver function: `python -m hpcray.bootstrap.call module:function args.json`.
+
+The driver process already has RAY_ADDRESS and the token in its environment, so the function
+may call ``ray.init()`` or ``hpcray.connect()`` itself; we connect first for convenience.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def load_function(spec: str):
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def main(argv: list[str]) -> int:
+    spec, args_path = argv
+    func = load_function(spec)
+    kwargs = json.loads(Path(args_path).read_text())
+    from hpcray.bootstrap.connect import connect
+
+    connect()
+    result = func(**kwargs)
+    if result is not None:
+        run_dir = Path(os.environ["HPCRAY_RUN_DIR"])
+        with contextlib.suppress(TypeError):
+            (run_dir / "driver-result.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

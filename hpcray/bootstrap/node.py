@@ -1,0 +1,252 @@
+"""The node agent: one per node, started by the launcher. Runs `ray start --block` for this
+node with job-private ports, temp dir and token, and tears down only this job's processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from hpcray.bootstrap import gpus
+from hpcray.bootstrap.auth import auth_env
+from hpcray.bootstrap.network import host_port, node_address
+from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
+from hpcray.bootstrap.ports import PortBlock, claim_block, release_block
+from hpcray.bootstrap.teardown import MARKER, marker_value, teardown
+from hpcray.bootstrap.tempdir import temp_dir_for
+from hpcray.errors import BootstrapError
+from hpcray.rundir import RunDir, read_json, write_json_atomic
+
+log = logging.getLogger("hpcray.node")
+
+NODE_NAME_VARS = ("HPCRAY_NODE_NAME", "SLURMD_NODENAME", "FLUX_NODE_NAME")
+MIN_OBJECT_STORE = 78_643_200
+
+
+def detect_node_name(env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ) if env is None else env
+    for var in NODE_NAME_VARS:
+        if env.get(var):
+            return env[var]
+    return socket.gethostname()
+
+
+def object_store_bytes(plan: ClusterPlan, nodes_on_host: int = 1) -> int | None:
+    """Fit the object store into /dev/shm (often small on HPC nodes) and into memory."""
+    if plan.object_store_memory:
+        return plan.object_store_memory
+    try:
+        shm_free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+    share = int(min(0.3 * psutil.virtual_memory().available, 0.8 * shm_free) / nodes_on_host)
+    return share if share >= MIN_OBJECT_STORE else None
+
+
+def ray_start_argv(plan: ClusterPlan, me: NodePlan, *, ip: str, block: PortBlock,
+                   temp_dir: str, num_gpus: int, head_address: str | None,
+                   object_store: int | None) -> list[str]:
+    is_head = head_address is None
+    argv = [plan.python, "-m", "ray.scripts.scripts", "start", "--block",
+            f"--temp-dir={temp_dir}", f"--node-ip-address={ip}",
+            f"--num-cpus={me.cpus}", f"--num-gpus={num_gpus}",
+            f"--resources={json.dumps({node_resource(me.name): 1})}",
+            "--disable-usage-stats", *block.ray_flags(head=is_head)]
+    if is_head:
+        argv.append(f"--include-dashboard={'true' if plan.dashboard else 'false'}")
+        if plan.dashboard:
+            argv.append(f"--dashboard-host={ip}")
+    if object_store:
+        argv.append(f"--object-store-memory={object_store}")
+    if plan.spill_dir:
+        argv.append(f"--object-spilling-directory={os.path.expandvars(plan.spill_dir)}")
+    argv += ["--head"] if head_address is None else [f"--address={head_address}"]
+    return argv
+
+
+def wait_for_port(ip: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BootstrapError(f"ray start exited with code {proc.returncode} before the head "
+                                 "was reachable")
+        try:
+            with socket.create_connection((ip, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise BootstrapError(f"head GCS port {ip}:{port} not reachable after {timeout:.0f}s")
+
+
+def wait_for_head(run: RunDir, timeout: float, should_stop) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if should_stop():
+            return None
+        head = read_json(run.head)
+        if head:
+            return head
+        time.sleep(0.2)
+    raise BootstrapError(f"no head address in {run.head} after {timeout:.0f}s")
+
+
+class NodeAgent:
+    def __init__(self, run: RunDir, node_name: str | None = None) -> None:
+        self.run = run
+        self.plan = ClusterPlan.load(run)
+        name = node_name or detect_node_name()
+        me = self.plan.node(name)
+        if me is None:
+            raise BootstrapError(
+                f"host {name!r} is not in this job's node list "
+                f"({', '.join(n.name for n in self.plan.nodes)})")
+        self.me = me
+        self.is_head = me.index == 0
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.proc: subprocess.Popen | None = None
+        self.block: PortBlock | None = None
+
+    def _state(self, state: str, **fields) -> None:
+        path = self.run.node_state_file(self.me.name)
+        data = read_json(path, {})
+        data.update(state=state, **fields)
+        data.setdefault("times", {})[state] = time.time()
+        write_json_atomic(path, data)
+
+    def should_stop(self) -> bool:
+        """A signal, the run's stop file, or (same host) the death of `hpcray up`."""
+        if self.stop.is_set():
+            return True
+        if self.run.stop_file.exists():
+            self.stop_reason = "stop requested: " + self.run.stop_file.read_text().strip()
+            self.stop.set()
+        elif (self.plan.up_pid and self.plan.up_host == socket.gethostname()
+              and not psutil.pid_exists(self.plan.up_pid)):
+            self.stop_reason = "hpcray up is gone"
+            self.stop.set()
+        return self.stop.is_set()
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+        self.stop.set()
+
+    def run_forever(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            signal.signal(sig, self._on_signal)
+        self._state("started", host=socket.gethostname(), pid=os.getpid(),
+                    role="head" if self.is_head else "worker")
+        temp_dir = None
+        code = 1
+        try:
+            temp_dir = temp_dir_for(self.plan.temp_root, self.plan.job_id, self.me.index)
+            Path(temp_dir).mkdir(parents=True, exist_ok=True)
+            code = self._start_and_wait(temp_dir)
+        except BootstrapError as exc:
+            log.error("%s", exc)
+            self._state("failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported in the node's state and log
+            log.exception("node agent failed")
+            self._state("failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            roots = [self.proc.pid] if self.proc else []
+            killed = teardown(marker_value(self.plan.cluster_id, self.me.name), roots,
+                              grace=self.plan.teardown_grace)
+            if self.block:
+                release_block(self.block)
+            if temp_dir and code == 0:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            self._state("stopped", exit_code=code, reason=self.stop_reason or "ray exited",
+                        killed=len(killed))
+            log.info("stopped (%s); %d process(es) of this job terminated",
+                     self.stop_reason or "ray exited", len(killed))
+        return code
+
+    def _start_and_wait(self, temp_dir: str) -> int:
+        plan, me = self.plan, self.me
+        env = dict(os.environ)
+        env.update(auth_env(Path(plan.token_path)))
+        env.update(plan.extra_env)
+        env[MARKER] = marker_value(plan.cluster_id, me.name)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # hpcray drains services itself before teardown; Ray's own 30 s drain only delays it.
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        translated = gpus.translate(plan.gpu_vendor, env)
+        for key, value in translated.changes.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        num_gpus = gpus.node_gpu_count(me.gpus, translated.visible)
+        if num_gpus != me.gpus:
+            log.warning("allocation lists %d GPU(s) on %s but %d are visible; using %d",
+                        me.gpus, me.name, translated.visible, num_gpus)
+        ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname())
+        self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
+        head_address = None
+        if not self.is_head:
+            head = wait_for_head(self.run, plan.head_timeout, self.should_stop)
+            if head is None:
+                return 0
+            head_address = head["address"]
+        # Emulated local nodes share this host's memory; real nodes have their own.
+        local_nodes = len(plan.nodes) if plan.scheduler == "local" else 1
+        argv = ray_start_argv(plan, me, ip=ip, block=self.block, temp_dir=temp_dir,
+                              num_gpus=num_gpus, head_address=head_address,
+                              object_store=object_store_bytes(plan, local_nodes))
+        log.info("starting Ray %s on %s: cpus=%d gpus=%d ip=%s ports=%d-%d temp=%s",
+                 "head" if self.is_head else "worker", me.name, me.cpus, num_gpus, ip,
+                 self.block.base, self.block.max_worker_port, temp_dir)
+        sys.stdout.flush()
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=sys.stdout, stderr=sys.stderr,
+                                     start_new_session=True)
+        self._state("ray_starting", ray_pid=self.proc.pid, ip=ip, port_base=self.block.base,
+                    temp_dir=temp_dir, cpus=me.cpus, gpus=num_gpus)
+        if self.is_head:
+            gcs = self.block.port("--port")
+            wait_for_port(ip, gcs, self.proc, plan.head_timeout)
+            write_json_atomic(self.run.head, {
+                "address": host_port(ip, gcs), "ip": ip, "gcs_port": gcs, "node": me.name,
+                "client_port": self.block.port("--ray-client-server-port"),
+                "dashboard_port": self.block.port("--dashboard-port") if plan.dashboard else None,
+                "time": time.time()})
+        self._state("ray_started")
+        while not self.should_stop():
+            if self.proc.poll() is not None:
+                log.error("ray start exited with code %d", self.proc.returncode)
+                return self.proc.returncode or 1
+            self.stop.wait(0.5)
+        return 0
+
+
+def main(run_dir: str, node_name: str | None = None) -> int:
+    run = RunDir(Path(run_dir))
+    name = node_name or detect_node_name()
+    plan_node = name
+    try:
+        agent = NodeAgent(run, name)
+        plan_node = agent.me.name
+    except (BootstrapError, FileNotFoundError) as exc:
+        print(f"hpcray node: {exc}", file=sys.stderr)
+        return 2
+    log_path = run.node_log(plan_node)
+    # The agent writes to its own node log; the launcher's output stays small.
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s {plan_node} %(levelname)s %(message)s")
+    return agent.run_forever()

@@ -1,0 +1,357 @@
+"""`hpcray up`: inside the allocation, bring Ray up on every node, run the driver, tear down.
+
+Runs as the batch script's main process (the job script `exec`s it), so the scheduler's
+cancel and walltime-warning signals reach it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcray.bootstrap.auth import auth_env, create_token
+from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
+from hpcray.bootstrap.teardown import teardown
+from hpcray.bootstrap.tempdir import short_id
+from hpcray.errors import BootstrapError
+from hpcray.launchers import LaunchRequest, get_launcher
+from hpcray.rundir import RunDir, read_json
+from hpcray.schedulers import AllocationInfo, get_scheduler
+from hpcray.sites import SiteProfile
+from hpcray.spec import Workflow
+
+log = logging.getLogger("hpcray.up")
+
+LOG_TAIL_LINES = 15
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log written: the node's agent never started)"
+    return "\n".join(text[-lines:]) or "(log is empty)"
+
+
+def load_resolved(run: RunDir) -> tuple[Workflow, SiteProfile, dict[str, Any]]:
+    data = read_json(run.resolved)
+    if data is None:
+        raise BootstrapError(f"{run.resolved} missing: this directory was not made by submit")
+    return (Workflow.model_validate(data["workflow"]), SiteProfile.model_validate(data["site"]),
+            data["request"])
+
+
+class Stop:
+    """Why the run is being stopped early (first reason wins)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+
+class ClusterUp:
+    def __init__(self, run: RunDir, env: dict[str, str] | None = None) -> None:
+        self.run = run
+        self.env = dict(os.environ) if env is None else env
+        self.workflow, self.site, self.request = load_resolved(run)
+        self.stop = Stop()
+        self.launched: list[subprocess.Popen] = []
+        self.driver: subprocess.Popen | None = None
+        self.plan: ClusterPlan | None = None
+
+    # -- signals ---------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        def handler(signum, _frame):
+            reason = "walltime" if signum == signal.SIGUSR2 else "cancelled"
+            log.warning("received %s: stopping (%s)", signal.Signals(signum).name, reason)
+            self.stop.set(reason)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            signal.signal(sig, handler)
+        if not self.site.walltime_signal:
+            # PBS Pro sends no warning: keep our own clock.
+            delay = self.workflow.allocation.walltime - self.workflow.allocation.walltime_warning
+            timer = threading.Timer(max(delay, 0), self.stop.set, args=("walltime",))
+            timer.daemon = True
+            timer.start()
+
+    # -- allocation and plan ---------------------------------------------------------------
+    def allocation(self) -> AllocationInfo:
+        scheduler = get_scheduler(self.site.scheduler)
+        alloc = scheduler.allocation_from_env(
+            self.env, default_cpus=int(self.request["cpus_per_node"]),
+            default_gpus=int(self.request["gpus_per_node"]),
+            requested_nodes=self.workflow.allocation.nodes)
+        if self.workflow.allocation.cpus_per_node:
+            from hpcray.schedulers import NodeResources
+            alloc.nodes = [NodeResources(n.name, self.workflow.allocation.cpus_per_node, n.gpus)
+                           for n in alloc.nodes]
+        return alloc
+
+    def make_plan(self, alloc: AllocationInfo) -> ClusterPlan:
+        ray = self.workflow.ray
+        token = create_token(self.run.token)
+        return ClusterPlan(
+            cluster_id=f"hpcray-{alloc.scheduler}-{short_id(alloc.job_id)}-{os.getpid()}",
+            job_id=alloc.job_id, scheduler=alloc.scheduler, gpu_vendor=self.site.gpu_vendor,
+            nodes=[NodePlan(n.name, i, n.cpus, n.gpus) for i, n in enumerate(alloc.nodes)],
+            token_path=str(token), temp_root=ray.temp_root,
+            network_interface=self.site.network_interface,
+            head_address_format=self.site.head_address, dashboard=ray.dashboard,
+            head_timeout=ray.head_timeout, teardown_grace=ray.teardown_grace,
+            port_base=ray.port_base,
+            object_store_memory=ray.object_store_memory,
+            spill_dir=ray.spill_dir or self.site.spill_dir, python=self.request["python"],
+            up_host=socket.gethostname(), up_pid=os.getpid())
+
+    # -- launching -------------------------------------------------------------------------
+    def launch_agents(self, plan: ClusterPlan) -> None:
+        name = self.env.get("HPCRAY_LAUNCHER") or self.site.launcher
+        launcher = get_launcher(name)
+        argv = (plan.python, "-m", "hpcray", "node", "--run-dir", str(self.run.path))
+        req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
+                            gpus_per_node=max(n.gpus for n in plan.nodes),
+                            cpus_per_node=max(n.cpus for n in plan.nodes))
+        out = open(self.run.logs / "launch.log", "ab")  # noqa: SIM115 - shared by children
+        per_process = launcher.per_process_env(req)
+        commands = ([(launcher.command(req), extra) for extra in per_process]
+                    if per_process is not None else [(launcher.command(req), {})])
+        for cmd, extra in commands:
+            log.info("launch: %s", " ".join(cmd))
+            self.launched.append(subprocess.Popen(
+                cmd, env={**self.env, **extra}, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True))
+        out.close()
+
+    def _launchers_dead(self) -> bool:
+        return all(p.poll() is not None for p in self.launched)
+
+    def _node_report(self, names: list[str]) -> str:
+        parts = []
+        for name in names:
+            state = read_json(self.run.node_state_file(name), {})
+            parts.append(f"--- {name} (agent state: {state.get('state', 'never started')}"
+                         f"{', error: ' + state['error'] if state.get('error') else ''}); "
+                         f"last lines of {self.run.node_log(name)}:\n"
+                         f"{tail(self.run.node_log(name))}")
+        return "\n".join(parts)
+
+    def wait_for_head(self, plan: ClusterPlan) -> dict[str, Any]:
+        deadline = time.monotonic() + plan.head_timeout
+        while time.monotonic() < deadline:
+            if self.stop.event.is_set():
+                raise BootstrapError(f"stopped ({self.stop.reason}) before the head was up")
+            head = read_json(self.run.head)
+            if head:
+                return head
+            state = read_json(self.run.node_state_file(plan.head.name), {})
+            if state.get("state") in ("failed", "stopped") or self._launchers_dead():
+                raise BootstrapError(
+                    f"the head node {plan.head.name} failed to start Ray\n"
+                    f"{self._node_report([plan.head.name])}")
+            time.sleep(0.2)
+        raise BootstrapError(
+            f"the head node {plan.head.name} did not start Ray within {plan.head_timeout:.0f}s "
+            f"(ray.head_timeout)\n{self._node_report([plan.head.name])}")
+
+    def wait_for_nodes(self, plan: ClusterPlan, head: dict[str, Any]) -> None:
+        os.environ.update(auth_env(Path(plan.token_path)))  # Ray reads it at import
+        import ray
+
+        ray.init(address=head["address"], logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            expected = {node_resource(n.name): n.name for n in plan.nodes}
+            joined: dict[str, float] = {}
+            timeout = self.workflow.ray.join_timeout
+            deadline = time.monotonic() + timeout
+            while True:
+                for node in ray.nodes():
+                    if not node.get("Alive"):
+                        continue
+                    for res in node.get("Resources", {}):
+                        if res in expected and expected[res] not in joined:
+                            name = expected[res]
+                            joined[name] = time.time()
+                            log.info("node %s joined (%d/%d)", name, len(joined), len(expected))
+                            self.run.update(nodes={name: {"joined": joined[name]}},
+                                            nodes_joined=len(joined))
+                if len(joined) == len(expected):
+                    return
+                missing = [n for n in expected.values() if n not in joined]
+                failed = [n for n in missing if read_json(self.run.node_state_file(n), {})
+                          .get("state") in ("failed", "stopped")]
+                if failed:
+                    raise BootstrapError(
+                        f"node(s) {', '.join(failed)} failed to join the Ray cluster\n"
+                        f"{self._node_report(failed)}")
+                if self.stop.event.is_set():
+                    raise BootstrapError(f"stopped ({self.stop.reason}) while waiting for "
+                                         f"node(s) {', '.join(missing)}")
+                if time.monotonic() > deadline:
+                    raise BootstrapError(
+                        f"node(s) {', '.join(missing)} did not join within {timeout:.0f}s "
+                        f"(ray.join_timeout); {len(joined)}/{len(expected)} joined\n"
+                        f"{self._node_report(missing)}")
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+
+    # -- driver ----------------------------------------------------------------------------
+    def driver_command(self) -> list[str] | None:
+        driver = self.workflow.driver
+        if driver is None:
+            return None
+        if driver.command is not None:
+            return list(driver.command)
+        args_path = self.run.path / "driver-args.json"
+        args_path.write_text(json.dumps(driver.args))
+        return [self.request["python"], "-m", "hpcray.bootstrap.call", driver.function or "",
+                str(args_path)]
+
+    def run_driver(self, plan: ClusterPlan, head: dict[str, Any]) -> int | None:
+        cmd = self.driver_command()
+        if cmd is None:
+            log.info("no driver: the cluster stays up until cancel or the walltime; connect "
+                     "with hpcray.connect(%r)", str(self.run.path))
+            self.stop.event.wait()
+            return None
+        driver = self.workflow.driver
+        assert driver is not None
+        cwd = str(Path(self.request["workflow_dir"]) / os.path.expandvars(driver.cwd or "."))
+        env = {**self.env, **auth_env(Path(plan.token_path)), "RAY_ADDRESS": head["address"],
+               "HPCRAY_RUN_DIR": str(self.run.path), "PYTHONUNBUFFERED": "1"}
+        env.pop("HPCRAY_LAUNCHER", None)
+        self.run.mark("driver_start")
+        log.info("driver: %s (cwd %s)", " ".join(cmd), cwd)
+        self.driver = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        copier = threading.Thread(target=self._copy_output, args=(self.driver,), daemon=True)
+        copier.start()
+        while self.driver.poll() is None:
+            if self.stop.event.wait(0.2):
+                log.warning("stopping the driver (%s)", self.stop.reason)
+                self._stop_group(self.driver, self.workflow.ray.teardown_grace)
+                break
+        code = self.driver.wait()
+        copier.join(timeout=5)
+        self.run.mark("driver_end", driver_exit_code=code)
+        log.info("driver exited with code %d", code)
+        return code
+
+    def _copy_output(self, proc: subprocess.Popen) -> None:
+        with open(self.run.logs / "driver.log", "ab") as f:
+            for line in iter(proc.stdout.readline, b""):
+                f.write(line)
+                f.flush()
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+
+    @staticmethod
+    def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    # -- teardown --------------------------------------------------------------------------
+    def teardown(self) -> None:
+        """Ask every agent to stop (stop file), so each tears down its own node gracefully and
+        the launcher exits by itself; signal the launcher only if that does not happen."""
+        self.run.mark("teardown_start")
+        grace = self.workflow.ray.teardown_grace
+        self.run.stop_file.write_text(f"{self.stop.reason or 'run finished'}\n")
+        deadline = time.monotonic() + grace + 15
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            for proc in self.launched:
+                if sig is not None and proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+            for proc in self.launched:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if all(p.poll() is not None for p in self.launched):
+                break
+            deadline = time.monotonic() + 5
+        if self.plan:
+            killed = teardown(self.plan.cluster_id, grace=grace)
+            if killed:
+                log.info("swept %d leftover process(es) of this job on this host", len(killed))
+        self.run.mark("teardown_end")
+
+    # -- main ------------------------------------------------------------------------------
+    def __call__(self) -> int:
+        self._install_signals()
+        t0 = time.time()
+        self.run.mark("job_started", t0)
+        state, error, code = "failed", None, 1
+        try:
+            alloc = self.allocation()
+            self.plan = plan = self.make_plan(alloc)
+            plan.save(self.run)
+            self.run.update(state="bootstrapping", job_id=alloc.job_id,
+                            cluster_id=plan.cluster_id, nodes_expected=len(plan.nodes),
+                            node_names=[n.name for n in plan.nodes], nodes_joined=0,
+                            bootstrap_host=os.uname().nodename, up_pid=os.getpid())
+            log.info("allocation %s: %s", alloc.job_id,
+                     ", ".join(f"{n.name} (cpus={n.cpus}, gpus={n.gpus})" for n in plan.nodes))
+            self.launch_agents(plan)
+            self.run.mark("launched")
+            head = self.wait_for_head(plan)
+            self.run.mark("head_up", head.get("time"), head_address=head["address"])
+            log.info("head up at %s", head["address"])
+            self.wait_for_nodes(plan, head)
+            self.run.mark("all_joined", state="running")
+            log.info("all %d node(s) joined in %.1fs", len(plan.nodes), time.time() - t0)
+            driver_code = self.run_driver(plan, head)
+            if self.stop.reason:
+                state, code = self.stop.reason, 0
+            elif driver_code == 0 or driver_code is None:
+                state, code = "completed", 0
+            else:
+                state, error = "failed", f"driver exited with code {driver_code}"
+        except BootstrapError as exc:
+            error = str(exc)
+            state = self.stop.reason or "failed"
+            log.error("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - recorded in run.json, then re-raised as exit 1
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("hpcray up failed")
+        finally:
+            self.teardown()
+            self.run.mark("finished", state=state, error=error)
+        log.info("run %s: %s", self.run.path.name, state)
+        return code
+
+
+def main(run_dir: str) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s hpcray %(levelname)s %(message)s")
+    run = RunDir(Path(run_dir).resolve())
+    try:
+        return ClusterUp(run)()
+    except BootstrapError as exc:
+        log.error("%s", exc)
+        run.mark("finished", state="failed", error=str(exc))
+        return 1

@@ -1,0 +1,144 @@
+"""`hpcray` command line: each command is one call into hpcray.api (or the bootstrap)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hpcray import api
+from hpcray.errors import HpcrayError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HpcrayError as exc:
+            click.echo(f"hpcray: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hpcray")
+def main() -> None:
+    """Hybrid HPC + ML workflows on Ray inside batch allocations."""
+
+
+_site = click.option("--site", help="Site profile name or YAML file (default: the workflow's, "
+                     "else 'local').")
+_root = click.option("--run-root", type=click.Path(), help="Directory for run directories.")
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
+@_site
+@_root
+@click.option("--run-dir", type=click.Path(), help="Render for this run directory.")
+def script(workflow: str, site: str | None, run_root: str | None, run_dir: str | None) -> None:
+    """Print the exact job script that submit would hand to the scheduler."""
+    click.echo(api.script(workflow, site, run_root=run_root, run_dir=run_dir), nl=False)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
+@_site
+@_root
+@click.option("--wait/--no-wait", default=None,
+              help="Follow the run to its end (default: on for the local site).")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+def submit(workflow: str, site: str | None, run_root: str | None, wait: bool | None,
+           timeout: float | None) -> None:
+    """Submit WORKFLOW (sbatch/qsub/bsub/flux batch, or run it here with no scheduler)."""
+    sub = api.submit(workflow, site, run_root=run_root)
+    click.echo(f"submitted {sub.run_id}: job {sub.job_id} ({sub.scheduler}, site {sub.site})")
+    click.echo(f"run dir: {sub.run_dir}")
+    if wait is None:
+        wait = sub.scheduler == "local"
+    if wait:
+        _follow(sub.run_dir, timeout)
+
+
+def _follow(run_dir: Path, timeout: float | None) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("waiting") as spinner:
+        def show(st: api.RunStatus) -> None:
+            spinner.update(st.summary().splitlines()[0])
+        final = api.wait(run_dir, timeout=timeout, on_change=show)
+    out = run_dir / "logs" / "driver.log"
+    if out.exists():
+        click.echo(out.read_text(errors="replace"), nl=False)
+    click.echo(final.summary())
+    if final.state != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("ref")
+@_root
+def status(ref: str, run_root: str | None) -> None:
+    """State of a run (job id, run id or run directory), per node."""
+    click.echo(api.status(ref, run_root).summary())
+
+
+@main.command()
+@click.argument("ref")
+@_root
+@click.option("--timeout", type=float, default=120, help="Seconds to wait for teardown.")
+def cancel(ref: str, run_root: str | None, timeout: float) -> None:
+    """Cancel a run: scheduler cancel, then job-scoped teardown."""
+    click.echo(api.cancel(ref, run_root, wait_s=timeout).summary())
+
+
+@main.command()
+@click.argument("ref")
+@_root
+@click.option("--node", help="Show this node's agent and Ray log instead of the job output.")
+def logs(ref: str, run_root: str | None, node: str | None) -> None:
+    """Print a run's job output (or one node's log)."""
+    click.echo(api.logs(ref, node, run_root), nl=False)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
+@_site
+def validate(workflow: str, site: str | None) -> None:
+    """Check a workflow file against a site without submitting."""
+    api.script(workflow, site)
+    click.echo(f"{workflow}: ok")
+
+
+@main.command()
+def sites() -> None:
+    """List known site profiles."""
+    from hpcray.sites import list_sites, load_site
+
+    for name in list_sites():
+        profile = load_site(name)
+        click.echo(f"{name:12} {profile.scheduler:6} {profile.description}")
+
+
+@main.command(hidden=True)
+@click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
+def up(run_dir: str) -> None:
+    """Inside the allocation: start Ray on all nodes, run the driver, tear down."""
+    from hpcray.bootstrap.up import main as up_main
+
+    sys.exit(up_main(run_dir))
+
+
+@main.command(hidden=True)
+@click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--node", default=None, help="Node name (default: from the launcher's env).")
+def node(run_dir: str, node: str | None) -> None:
+    """One node's agent: ray start with the job's ports, temp dir and token."""
+    from hpcray.bootstrap.node import main as node_main
+
+    sys.exit(node_main(run_dir, node))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""One directory per run: what was submitted, what happened, and the logs of every node."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcray.errors import RunNotFound
+
+DEFAULT_RUN_ROOT = "hpcray-runs"
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    # files
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def job_script(self) -> Path:
+        return self.path / "job.sh"
+
+    @property
+    def job_out(self) -> Path:
+        return self.path / "job.out"
+
+    @property
+    def resolved(self) -> Path:
+        return self.path / "resolved.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def head(self) -> Path:
+        return self.path / "head.json"
+
+    @property
+    def token(self) -> Path:
+        return self.path / "secrets" / "ray-token"
+
+    @property
+    def stop_file(self) -> Path:
+        """Written by `hpcray up` to ask every node agent to tear down (shared filesystem)."""
+        return self.path / "stop"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def nodes(self) -> Path:
+        return self.path / "nodes"
+
+    def node_log(self, node: str) -> Path:
+        return self.logs / f"node-{node}.log"
+
+    def node_state_file(self, node: str) -> Path:
+        return self.nodes / f"{node}.json"
+
+    def create(self) -> RunDir:
+        for d in (self.path, self.logs, self.nodes):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.path / "secrets").mkdir(mode=0o700, exist_ok=True)
+        return self
+
+    # run.json: read-modify-write under a lock, since submit, up and cancel all touch it.
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.path / ".run.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> dict[str, Any]:
+        return read_json(self.run_json, {})
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        with self._locked():
+            data = self.read()
+            for key, value in fields.items():
+                if isinstance(value, dict) and isinstance(data.get(key), dict):
+                    data[key] = {**data[key], **value}
+                else:
+                    data[key] = value
+            write_json_atomic(self.run_json, data)
+            return data
+
+    def mark(self, event: str, when: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Record the time of a lifecycle event (first occurrence wins)."""
+        with self._locked():
+            data = self.read()
+            times = data.setdefault("times", {})
+            times.setdefault(event, time.time() if when is None else when)
+            data.update(fields)
+            write_json_atomic(self.run_json, data)
+            return data
+
+    def node_states(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        if self.nodes.is_dir():
+            for f in sorted(self.nodes.glob("*.json")):
+                out[f.stem] = read_json(f, {})
+        return out
+
+
+def find_run(ref: str, run_root: str | Path | None = None) -> RunDir:
+    """A run by its directory, run id, or scheduler job id."""
+    candidate = Path(ref)
+    if (candidate / "run.json").exists():
+        return RunDir(candidate.resolve())
+    root = Path(run_root or os.environ.get("HPCRAY_RUN_ROOT") or DEFAULT_RUN_ROOT)
+    if (root / ref / "run.json").exists():
+        return RunDir((root / ref).resolve())
+    if root.is_dir():
+        for run_json in sorted(root.glob("*/run.json"), reverse=True):
+            data = read_json(run_json, {})
+            if str(data.get("job_id")) == ref or data.get("run_id") == ref:
+                return RunDir(run_json.parent.resolve())
+    raise RunNotFound(f"no run '{ref}' (looked for a run directory, and run/job ids under {root})")

@@ -1,0 +1,101 @@
+"""PBS Pro (Polaris, Aurora): qsub/qdel/qstat, and PBS_NODEFILE inside the job."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from hpcray.errors import SchedulerError
+from hpcray.schedulers.base import (
+    AllocationInfo,
+    JobRequest,
+    JobState,
+    NodeResources,
+    Scheduler,
+    run_command,
+)
+from hpcray.spec.walltime import hhmmss
+
+_STATES = {"Q": JobState.QUEUED, "H": JobState.QUEUED, "W": JobState.QUEUED,
+           "T": JobState.QUEUED, "B": JobState.RUNNING, "R": JobState.RUNNING,
+           "E": JobState.RUNNING, "S": JobState.RUNNING, "U": JobState.RUNNING}
+
+
+class Pbs(Scheduler):
+    name = "pbs"
+    directive_prefix = "#PBS"
+
+    def directives(self, req: JobRequest) -> list[str]:
+        select = f"select={req.nodes}"
+        if req.cpus_per_node and not req.exclusive:
+            select += f":ncpus={req.cpus_per_node}"
+        if req.gpus_per_node and not req.exclusive:
+            select += f":ngpus={req.gpus_per_node}"
+        d = [
+            f"-N {req.job_name}",
+            f"-l {select}",
+            f"-l walltime={hhmmss(req.walltime)}",
+            f"-o {req.output}",
+            "-j oe",
+        ]
+        if req.account:
+            d.append(f"-A {req.account}")
+        if req.partition:
+            d.append(f"-q {req.partition}")
+        if req.exclusive:
+            d.append("-l place=excl")
+        d.extend(req.directives)
+        return d
+
+    def submit(self, script_path: Path, run_dir: Path) -> str:
+        out = run_command(["qsub", str(script_path)]).strip()
+        if not out:
+            raise SchedulerError("qsub printed no job id")
+        return out.splitlines()[-1]
+
+    def cancel(self, job_id: str) -> None:
+        run_command(["qdel", job_id])
+
+    def state(self, job_id: str) -> JobState:
+        try:
+            out = run_command(["qstat", "-fx", "-F", "json", job_id])
+        except SchedulerError:
+            return JobState.UNKNOWN
+        return self.state_from_qstat_json(out, job_id)
+
+    @staticmethod
+    def state_from_qstat_json(text: str, job_id: str) -> JobState:
+        jobs = json.loads(text).get("Jobs", {})
+        info = jobs.get(job_id) or next(iter(jobs.values()), None)
+        if not info:
+            return JobState.UNKNOWN
+        letter = info.get("job_state", "")
+        if letter in ("F", "X"):
+            status = int(info.get("Exit_status", -1))
+            if status == 0:
+                return JobState.COMPLETED
+            # PBS: 271 = killed by qdel (SIGTERM+256); -11/-29 walltime
+            if status in (271, 265):
+                return JobState.CANCELLED
+            if status in (-11, -29):
+                return JobState.TIMEOUT
+            return JobState.FAILED
+        return _STATES.get(letter, JobState.UNKNOWN)
+
+    def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
+                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
+        job_id, nodefile = env.get("PBS_JOBID"), env.get("PBS_NODEFILE")
+        if not job_id or not nodefile:
+            raise SchedulerError("not inside a PBS job: PBS_JOBID/PBS_NODEFILE unset")
+        if not os.path.exists(nodefile):
+            raise SchedulerError(f"PBS_NODEFILE {nodefile} does not exist")
+        hosts: list[str] = []
+        for line in Path(nodefile).read_text().splitlines():
+            host = line.strip()
+            if host and host not in hosts:  # one line per MPI rank slot; keep first order
+                hosts.append(host)
+        cpus = int(env["NCPUS"]) if env.get("NCPUS", "").isdigit() else default_cpus
+        gpus = int(env["NGPUS"]) if env.get("NGPUS", "").isdigit() else default_gpus
+        return AllocationInfo("pbs", job_id, [NodeResources(h, cpus, gpus) for h in hosts])

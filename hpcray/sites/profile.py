@@ -1,0 +1,44 @@
+"""A site profile: what a machine's nodes have and how its scheduler is driven."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from hpcray.spec.models import Directive, SetupLine, StrictModel, _token
+
+GpuVendor = Literal["nvidia", "amd", "intel", "none"]
+SchedulerName = Literal["slurm", "pbs", "lsf", "flux", "local"]
+LauncherName = Literal["srun", "mpiexec", "jsrun", "blaunch", "flux", "local"]
+
+
+class SiteProfile(StrictModel):
+    name: str
+    description: str = ""
+    scheduler: SchedulerName
+    launcher: LauncherName
+    cpus_per_node: int | Literal["auto"] = Field(
+        description="Cores a job may use per node ('auto': this machine's, for local).")
+    gpus_per_node: int | Literal["auto"] = 0
+    gpu_vendor: GpuVendor = "none"
+    network_interface: str | None = Field(
+        None, description="Interface whose address the head binds; None: the hostname's address.")
+    head_address: str | None = Field(
+        None, description="Format for the head address, e.g. '{host}.hsn.example.gov'.")
+    directives: list[Directive] = Field(default_factory=list)
+    setup: list[SetupLine] = Field(default_factory=list)
+    requires_account: bool = False
+    default_partition: str | None = None
+    exclusive: bool = True
+    max_nodes: int | None = None
+    max_walltime: int | None = Field(None, description="Seconds.")
+    walltime_signal: bool = Field(
+        True, description="The scheduler can send a warning signal before the walltime.")
+    spill_dir: str | None = Field(None, description="Node-local object spilling directory.")
+    docs: str | None = None
+
+    @field_validator("default_partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        return None if value is None else _token(value)
