@@ -53,8 +53,8 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
     alloc = workflow.allocation
     where = f"site '{site.name}'"
     if site.max_nodes and alloc.nodes > site.max_nodes:
-        raise ResourceError(f"allocation.nodes={alloc.nodes} exceeds {where}'s "
-                            f"{site.max_nodes} nodes")
+        raise ResourceError(f"allocation.nodes={alloc.nodes} exceeds the {site.max_nodes} "
+                            f"nodes of {where}")
     have_gpus = site_gpus(site)
     gpus = have_gpus if alloc.gpus_per_node is None else alloc.gpus_per_node
     if gpus > have_gpus:
@@ -65,8 +65,8 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
         raise ResourceError(f"allocation.cpus_per_node={alloc.cpus_per_node} but {where} has "
                             f"{have_cpus} usable cores per node")
     if site.max_walltime and alloc.walltime > site.max_walltime:
-        raise ResourceError(f"allocation.walltime={hhmmss(alloc.walltime)} exceeds {where}'s "
-                            f"limit of {hhmmss(site.max_walltime)}")
+        raise ResourceError(f"allocation.walltime={hhmmss(alloc.walltime)} exceeds the limit of "
+                            f"{where} ({hhmmss(site.max_walltime)})")
     if site.requires_account and not alloc.account:
         raise ResourceError(f"{where} requires allocation.account (the project to charge)")
     if not _SAFE_PATH.match(str(run_dir)):
@@ -84,7 +84,8 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
         exclusive=site.exclusive if alloc.exclusive is None else alloc.exclusive,
         directives=tuple(site.directives) + tuple(alloc.directives),
         setup=tuple(site.setup) + tuple(alloc.setup), env=tuple(sorted(alloc.env.items())),
-        walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal)
+        walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal,
+        select_suffix=site.pbs_select)
 
 
 def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:

@@ -51,6 +51,7 @@ class JobRequest:
     env: tuple[tuple[str, str], ...] = ()
     walltime_warning: int = 120
     walltime_signal: bool = True
+    select_suffix: str = ""
 
     @property
     def output(self) -> str:

@@ -28,7 +28,7 @@ class Pbs(Scheduler):
     directive_prefix = "#PBS"
 
     def directives(self, req: JobRequest) -> list[str]:
-        select = f"select={req.nodes}"
+        select = f"select={req.nodes}{req.select_suffix}"
         if req.cpus_per_node and not req.exclusive:
             select += f":ncpus={req.cpus_per_node}"
         if req.gpus_per_node and not req.exclusive:
@@ -44,8 +44,8 @@ class Pbs(Scheduler):
             d.append(f"-A {req.account}")
         if req.partition:
             d.append(f"-q {req.partition}")
-        if req.exclusive:
-            d.append("-l place=excl")
+        # one chunk per host; whole hosts unless the site shares nodes
+        d.append("-l place=scatter:excl" if req.exclusive else "-l place=scatter")
         d.extend(req.directives)
         return d
 

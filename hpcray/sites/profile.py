@@ -36,9 +36,15 @@ class SiteProfile(StrictModel):
     walltime_signal: bool = Field(
         True, description="The scheduler can send a warning signal before the walltime.")
     spill_dir: str | None = Field(None, description="Node-local object spilling directory.")
+    pbs_select: str = Field("", description="PBS only: appended to select=N, e.g. ':system=polaris'.")
     docs: str | None = None
 
     @field_validator("default_partition")
     @classmethod
     def _partition(cls, value: str | None) -> str | None:
         return None if value is None else _token(value)
+
+    @field_validator("pbs_select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        return value and _token(value)

@@ -49,7 +49,14 @@ def _convert(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> Any
     return _construct(node)
 
 
+_SEXAGESIMAL_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 def _construct(node: yaml.Node) -> Any:
+    # YAML 1.1 reads a plain 25:00:00 as the base-60 integer 90000; a walltime is meant.
+    if (isinstance(node, yaml.ScalarNode) and node.tag in _SEXAGESIMAL_TAGS
+            and ":" in node.value):
+        return node.value
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)

@@ -1,0 +1,78 @@
+"""Temp dir length, head address, GPU env translation and the token file."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from hpcray.bootstrap import gpus
+from hpcray.bootstrap.auth import auth_env, create_token
+from hpcray.bootstrap.network import host_port, interface_address, node_address
+from hpcray.bootstrap.tempdir import check_socket_length, short_id, temp_dir_for
+from hpcray.errors import BootstrapError
+
+
+def test_short_ids():
+    assert short_id("1234567.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov") == "1234567"
+    assert short_id("local-4242") == "local4242"
+    assert short_id("ƒ2bHNxE7Hm") == "2bHNxE7Hm"
+
+
+def test_temp_dir_is_short_and_per_node():
+    assert temp_dir_for("/tmp", "2934711", 0) == "/tmp/hr2934711n0"
+    assert temp_dir_for("/tmp", "2934711", 1) != temp_dir_for("/tmp", "2934711", 0)
+
+
+def test_long_temp_root_is_refused_before_start():
+    with pytest.raises(BootstrapError, match="107"):
+        check_socket_length("/lustre/orion/bio123/scratch/someuser/very/long/path/to/tmp/x")
+
+
+def test_ipv6_is_bracketed():
+    assert host_port("10.1.2.3", 6379) == "10.1.2.3:6379"
+    assert host_port("fd00::2", 6379) == "[fd00::2]:6379"
+    assert host_port("nid001", 6379) == "nid001:6379"
+
+
+def test_interface_address_and_errors():
+    assert interface_address("lo") == "127.0.0.1"
+    with pytest.raises(BootstrapError, match="'hsn9' not found"):
+        node_address("hsn9", None, "host")
+
+
+def test_address_format_for_polaris_style_hostnames():
+    assert node_address(None, "{host}", "localhost.example") in ("127.0.0.1", "::1")
+
+
+def test_amd_rocr_is_translated_for_ray():
+    env = gpus.translate("amd", {"ROCR_VISIBLE_DEVICES": "4,5,6,7"})
+    # ROCR keeps isolating (and renumbering); HIP indexes within it as Ray requires
+    assert env.changes == {"HIP_VISIBLE_DEVICES": "0,1,2,3"}
+    assert env.visible == 4
+    assert gpus.translate("amd", {"ROCR_VISIBLE_DEVICES": "0", "HIP_VISIBLE_DEVICES": "0"}
+                          ).changes == {}
+
+
+def test_intel_flat_hierarchy():
+    env = gpus.translate("intel", {"ZE_AFFINITY_MASK": "0,1,2,3,4,5,6,7,8,9,10,11"})
+    assert env.changes == {"ZE_FLAT_DEVICE_HIERARCHY": "FLAT",
+                           "RAY_EXPERIMENTAL_NOSET_ONEAPI_DEVICE_SELECTOR": "1"}
+    assert env.visible == 12
+
+
+def test_nvidia_counts_visible_devices():
+    assert gpus.translate("nvidia", {"CUDA_VISIBLE_DEVICES": "0,1"}).visible == 2
+    assert gpus.translate("nvidia", {}).visible is None
+    assert gpus.node_gpu_count(4, 2) == 2      # never more than the process can see
+    assert gpus.node_gpu_count(4, None) == 4   # nothing set: the allocation's count
+    assert gpus.node_gpu_count(0, 2) == 2
+
+
+def test_token_file_is_private(tmp_path):
+    path = create_token(tmp_path / "secrets" / "ray-token")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(path.read_text()) == 64
+    assert create_token(path).read_text() != ""  # re-creation works
+    assert auth_env(path) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}

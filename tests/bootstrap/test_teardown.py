@@ -1,0 +1,78 @@
+"""Job-scoped teardown against real processes: only the job's, re-parented ones included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from hpcray.bootstrap.teardown import MARKER, marked_processes, marker_value, teardown
+
+pytestmark = pytest.mark.timeout(60)
+
+SLEEPER = "import time\nwhile True: time.sleep(1)"
+STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEPER
+# a child that daemonizes (new session, parent exits): it is re-parented, as Ray workers are
+ORPHAN = ("import os, subprocess, sys\n"
+          f"subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], start_new_session=True)\n")
+
+
+def spawn(code: str, marker: str | None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if marker:
+        env[MARKER] = marker
+    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        p.kill()
+        p.wait()
+    for scope in ("jobA", "jobB"):
+        for p in marked_processes(scope):
+            p.kill()
+
+
+def test_teardown_kills_only_this_job(procs):
+    a_node0 = marker_value("jobA", "n0")
+    procs += [spawn(SLEEPER, a_node0), spawn(STUBBORN, a_node0), spawn(ORPHAN, a_node0),
+              spawn(SLEEPER, marker_value("jobA", "n1")), spawn(SLEEPER, marker_value("jobB", "n0")),
+              spawn(SLEEPER, None)]
+    time.sleep(1.0)  # let the orphan detach
+    assert len(marked_processes(a_node0)) == 3  # two sleepers + the re-parented grandchild
+    killed = teardown(a_node0, grace=1.0)
+    assert len(killed) >= 3
+    assert marked_processes(a_node0) == []
+    # the other node of the same job, the other job and unrelated processes are untouched
+    assert procs[3].poll() is None and procs[4].poll() is None and procs[5].poll() is None
+    # the cluster-wide scope (final sweep of `hpcray up`) takes the remaining node of job A
+    teardown("jobA", grace=1.0)
+    assert procs[3].wait(timeout=5) is not None
+    assert procs[4].poll() is None
+
+
+def test_stubborn_process_is_killed_after_grace(procs):
+    procs.append(spawn(STUBBORN, marker_value("jobA", "n0")))
+    time.sleep(0.5)
+    start = time.monotonic()
+    teardown("jobA", grace=0.5)
+    elapsed = time.monotonic() - start
+    procs[0].wait(timeout=5)  # (psutil may already have reaped it)
+    assert not psutil.pid_exists(procs[0].pid)
+    assert 0.5 <= elapsed < 10  # it ignored TERM, so it took the grace period and a KILL
+
+
+def test_root_tree_is_stopped_first(procs):
+    root = spawn(SLEEPER, None)  # no marker: found through the process tree only
+    procs.append(root)
+    time.sleep(0.3)
+    teardown("jobA", roots=[root.pid], grace=1.0)
+    assert root.wait(timeout=5) is not None
+    assert not psutil.pid_exists(root.pid) or psutil.Process(root.pid).status() == "zombie"

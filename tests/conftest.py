@@ -1,0 +1,74 @@
+"""Shared fixtures. Integration tests start real processes; each has a timeout and cleans up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+sys.path.insert(0, str(REPO / "tests" / "slurm"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_sites(monkeypatch):
+    """Test site profiles (testslurm, an LSF and a Flux site) next to the built-in ones."""
+    monkeypatch.setenv("HPCRAY_SITES_PATH", str(FIXTURES / "sites"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(FIXTURES / "no-user-config"))
+
+
+@pytest.fixture
+def run_root(tmp_path):
+    return tmp_path / "runs"
+
+
+def ray_processes(scope: str) -> list[psutil.Process]:
+    """Processes of one job (cluster id) or node, found by hpcray's teardown marker."""
+    from hpcray.bootstrap.teardown import marked_processes
+
+    return [p for p in marked_processes(scope) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real 2-node Slurm (slurm-wlm + munge) for this test session."""
+    import testcluster
+
+    missing = testcluster.missing_binaries()
+    if missing:
+        pytest.skip(f"slurm-wlm/munge not installed ({', '.join(missing)}); "
+                    "`bash .ci/run` installs them")
+    if os.geteuid() != 0:
+        pytest.skip("the test Slurm runs its daemons as root")
+    root = Path(tempfile.mkdtemp(prefix="hs", dir="/tmp"))
+    cluster = None
+    try:
+        cluster = testcluster.start(root, nodes=2, cpus=2, gpus=1)
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        yield cluster
+    finally:
+        testcluster.stop(root)
+        if cluster is not None:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+        shutil.rmtree(root, ignore_errors=True)
