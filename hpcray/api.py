@@ -17,7 +17,7 @@ from hpcray.errors import ResourceError, SpecError
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.sites import SiteProfile, load_site
-from hpcray.spec import Workflow, load_workflow
+from hpcray.spec import Workflow, load_workflow, loads_workflow
 from hpcray.spec.walltime import hhmmss
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")
@@ -120,15 +120,14 @@ class Submission:
     site: str
 
 
-def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
-           run_root: str | Path | None = None) -> Submission:
-    """Validate, write the run directory, and submit. With the local site the job starts now."""
+def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
+            run_root: str | Path | None = None) -> tuple[RunDir, SiteProfile]:
+    """Validate and write the run directory (job script included) without submitting."""
     wf, source = _load(workflow)
     profile = resolve_site(wf, site)
     path = new_run_dir(wf, run_root)
     request = job_request(wf, profile, path)  # raises before anything is written
-    scheduler = get_scheduler(profile.scheduler)
-    text = scheduler.job_script(request)
+    text = get_scheduler(profile.scheduler).job_script(request)
     run = RunDir(path).create()
     if source:
         shutil.copyfile(source, path / "workflow.yaml")
@@ -140,10 +139,17 @@ def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = Non
     run.job_script.chmod(0o755)
     run.update(run_id=path.name, workflow=wf.name, site=profile.name,
                scheduler=profile.scheduler, state="submitted", nodes_expected=request.nodes)
+    return run, profile
+
+
+def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
+           run_root: str | Path | None = None) -> Submission:
+    """Validate, write the run directory, and submit. With the local site the job starts now."""
+    run, profile = prepare(workflow, site, run_root)
     run.mark("submitted")
-    job_id = scheduler.submit(run.job_script, path)
+    job_id = get_scheduler(profile.scheduler).submit(run.job_script, run.path)
     run.update(job_id=job_id)
-    return Submission(path.name, path, job_id, profile.scheduler, profile.name)
+    return Submission(run.path.name, run.path, job_id, profile.scheduler, profile.name)
 
 
 @dataclass

@@ -75,14 +75,14 @@ class ClusterUp:
         self.plan: ClusterPlan | None = None
 
     # -- signals ---------------------------------------------------------------------------
-    def _install_signals(self) -> None:
+    def _install_signals(self, timer: bool = True) -> None:
         def handler(signum, _frame):
             reason = "walltime" if signum == signal.SIGUSR2 else "cancelled"
             log.warning("received %s: stopping (%s)", signal.Signals(signum).name, reason)
             self.stop.set(reason)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, handler)
-        if not self.site.walltime_signal:
+        if timer and not self.site.walltime_signal:
             # PBS Pro sends no warning: keep our own clock.
             delay = self.workflow.allocation.walltime - self.workflow.allocation.walltime_warning
             timer = threading.Timer(max(delay, 0), self.stop.set, args=("walltime",))
@@ -210,6 +210,7 @@ class ClusterUp:
                 time.sleep(0.5)
         finally:
             ray.shutdown()
+            self._install_signals(timer=False)  # ray.init replaced our SIGTERM handler
 
     # -- driver ----------------------------------------------------------------------------
     def driver_command(self) -> list[str] | None:

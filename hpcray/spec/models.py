@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     field_validator,
     model_validator,
 )
@@ -60,7 +61,9 @@ def _walltime(value: Any) -> int:
 Token = Annotated[str, AfterValidator(_token)]
 Directive = Annotated[str, AfterValidator(_directive)]
 SetupLine = Annotated[str, AfterValidator(_setup_line)]
-Seconds = Annotated[int, BeforeValidator(_walltime)]
+# Serialised as '<n>s' so that a dumped workflow reads back the same (a bare int means minutes).
+Seconds = Annotated[int, BeforeValidator(_walltime),
+                    PlainSerializer(lambda v: f"{v}s", return_type=str, when_used="json")]
 
 
 class StrictModel(BaseModel):

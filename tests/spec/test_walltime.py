@@ -32,3 +32,11 @@ def test_unquoted_clock_in_yaml_is_not_base_60():
     assert wf.allocation.walltime == 25 * 3600
     wf = loads_workflow("name: x\nallocation:\n  walltime: 2:30\n", "x.yaml")
     assert wf.allocation.walltime == 2 * 3600 + 30 * 60
+
+
+def test_dumped_workflow_reads_back_the_same_walltime():
+    from hpcray.spec import Workflow, loads_workflow
+
+    wf = loads_workflow("name: x\nallocation: {walltime: 60s, walltime_warning: 30}\n", "x")
+    again = Workflow.model_validate(wf.model_dump(mode="json"))
+    assert again.allocation.walltime == 60
