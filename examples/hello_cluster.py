@@ -25,14 +25,13 @@ def main(tasks_per_node: int = 2) -> dict:
         label = next(r for r in node["Resources"] if r.startswith("hpcray-node:"))
         name = label.split(":", 1)[1]
         report["nodes"][name] = {"cpus": node["Resources"].get("CPU", 0),
-                                 "gpus": node["Resources"].get("GPU", 0)}
+                                 "gpus": node["Resources"].get("GPU", 0),
+                                 "node_id": node["NodeID"]}
         pin = {node_resource(name): 0.001}
         refs += [where_am_i.options(resources=pin).remote(i) for i in range(tasks_per_node)]
     report["tasks"] = ray.get(refs)
     print(f"cluster: {len(nodes)} node(s)")
     for name, res in report["nodes"].items():
-        ran = sum(1 for t in report["tasks"]
-                  if t["node_id"] == next(n["NodeID"] for n in nodes
-                                          if node_resource(name) in n["Resources"]))
+        ran = sum(1 for t in report["tasks"] if t["node_id"] == res["node_id"])
         print(f"  {name}: {res['cpus']:.0f} CPUs, {res['gpus']:.0f} GPUs, ran {ran} task(s)")
     return report

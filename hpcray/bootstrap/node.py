@@ -154,9 +154,11 @@ class NodeAgent:
             code = self._start_and_wait(temp_dir)
         except BootstrapError as exc:
             log.error("%s", exc)
+            self.stop_reason = "failed"
             self._state("failed", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - reported in the node's state and log
             log.exception("node agent failed")
+            self.stop_reason = "failed"
             self._state("failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             roots = [self.proc.pid] if self.proc else []

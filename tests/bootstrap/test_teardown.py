@@ -43,8 +43,8 @@ def procs():
 def test_teardown_kills_only_this_job(procs):
     a_node0 = marker_value("jobA", "n0")
     procs += [spawn(SLEEPER, a_node0), spawn(STUBBORN, a_node0), spawn(ORPHAN, a_node0),
-              spawn(SLEEPER, marker_value("jobA", "n1")), spawn(SLEEPER, marker_value("jobB", "n0")),
-              spawn(SLEEPER, None)]
+              spawn(SLEEPER, marker_value("jobA", "n1")),
+              spawn(SLEEPER, marker_value("jobB", "n0")), spawn(SLEEPER, None)]
     time.sleep(1.0)  # let the orphan detach
     assert len(marked_processes(a_node0)) == 3  # two sleepers + the re-parented grandchild
     killed = teardown(a_node0, grace=1.0)

@@ -77,7 +77,8 @@ def test_env_values_are_quoted_against_injection():
 def test_slurm_asks_for_walltime_warning_signal():
     text = render("frontier")
     assert "#SBATCH --signal=B:USR2@300" in text
-    assert text.rstrip().endswith(f"exec /opt/envs/lucid/bin/python -m hpcray up --run-dir {RUN_DIR}")
+    last = text.rstrip().splitlines()[-1]
+    assert last == f"exec /opt/envs/lucid/bin/python -m hpcray up --run-dir {RUN_DIR}"
 
 
 def test_lsf_and_flux_warning_signals():

@@ -18,7 +18,8 @@ def wf(alloc: str):
 @pytest.mark.parametrize("alloc,site,message", [
     ("  gpus_per_node: 9\n  account: A\n", "frontier", "gpus_per_node=9 but site 'frontier' has 8"),
     ("  cpus_per_node: 65\n  account: A\n", "perlmutter", "cpus_per_node=65"),
-    ("  walltime: 25:00:00\n  account: A\n", "frontier", "walltime=25:00:00 exceeds the limit of site 'frontier'"),
+    ("  walltime: 25:00:00\n  account: A\n", "frontier",
+     "walltime=25:00:00 exceeds the limit of site 'frontier'"),
     ("  nodes: 1\n", "polaris", "requires allocation.account"),
     ("  gpus_per_node: 1\n", "local", "has 0 GPU"),
 ])

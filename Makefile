@@ -1,0 +1,29 @@
+# Two entry points (see README "Quick start"); both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+## run: the main job on this machine (local site: no scheduler, no GPU needed)
+run: $(VENV)/.installed
+	$(VENV)/bin/hpcray submit examples/quickstart.yaml --wait
+
+## test: the whole suite, with a real 2-node Slurm started by the tests themselves
+test: $(VENV)/.installed
+	bash tests/slurm/install.sh
+	$(VENV)/bin/ruff check hpcray tests examples benchmarks
+	$(PY) -m pytest
+
+## bench: bootstrap-time benchmark (local and test Slurm), writes benchmarks/results/
+bench: $(VENV)/.installed
+	bash tests/slurm/install.sh
+	$(PY) benchmarks/bootstrap.py
+
+clean:
+	rm -rf hpcray-runs .pytest_cache

@@ -1,0 +1,177 @@
+"""hpcray on a real 2-node Slurm (slurm-wlm + munge on this machine, tests/slurm/testcluster.py).
+
+Both emulated nodes are this host (NodeAddr=127.0.0.1), so what differs between them is what
+Slurm gives each step: SLURMD_NODENAME, CPUs, the fake GPU's CUDA_VISIBLE_DEVICES."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import hpcray
+from hpcray.rundir import read_json
+from hpcray.schedulers.hostlist import expand_hostlist
+from tests.conftest import REPO, ray_processes, wait_until
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(300)]
+
+EXAMPLES = REPO / "examples"
+
+
+def workflow(tmp_path: Path, name: str, alloc: str, driver: str | None = None,
+             ray: str = "", python: str | None = None) -> Path:
+    text = (f"name: {name}\nallocation:\n  nodes: 2\n  walltime: 10m\n{alloc}"
+            + (f"  python: {python}\n" if python else "")
+            + f"ray:\n  object_store_memory: 100000000\n  teardown_grace: 5\n{ray}")
+    if driver:
+        text += driver
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+HELLO = (f"driver:\n  function: hello_cluster:main\n  args: {{tasks_per_node: 2}}\n"
+         f"  cwd: {EXAMPLES}\n")
+
+
+@pytest.fixture
+def runs(slurm_cluster):
+    """Runs of a test; whatever is still queued or running is cancelled even if the test fails."""
+    started: list[Path] = []
+    yield started
+    for run in started:
+        data = read_json(run / "run.json", {})
+        if data.get("job_id"):
+            subprocess.run(["scancel", str(data["job_id"])], capture_output=True)
+        cluster = data.get("cluster_id")
+        if cluster:
+            wait_until(lambda c=cluster: not ray_processes(c), 30)
+            for proc in ray_processes(cluster):
+                proc.kill()
+
+
+def submit(path: Path, run_root: Path, runs: list[Path]) -> hpcray.api.Submission:
+    sub = hpcray.submit(path, site="testslurm", run_root=run_root)
+    runs.append(sub.run_dir)
+    assert sub.job_id.isdigit()
+    return sub
+
+
+def assert_nothing_left(run_dir: Path) -> None:
+    cluster = read_json(run_dir / "run.json")["cluster_id"]
+    assert wait_until(lambda: not ray_processes(cluster), 30), [
+        " ".join(p.cmdline()[:4]) for p in ray_processes(cluster)]
+
+
+def test_two_node_job(slurm_cluster, tmp_path, run_root, runs):
+    sub = submit(workflow(tmp_path, "twonodes", "  gpus_per_node: 1\n", HELLO), run_root, runs)
+    st = hpcray.wait(sub.run_dir, timeout=240)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    # Ray saw both nodes with what the allocation gave each: 2 CPUs and the (fake) GPU
+    assert {name: (n["cpus"], n["gpus"]) for name, n in result["nodes"].items()} == {
+        "node1": (2, 1), "node2": (2, 1)}
+    # each task pinned to a node ran in that node's Slurm step
+    by_id = {n["node_id"]: name for name, n in result["nodes"].items()}
+    assert len(result["tasks"]) == 4
+    for task in result["tasks"]:
+        assert task["slurm_node"] == by_id[task["node_id"]]
+    assert {t["slurm_node"] for t in result["tasks"]} == {"node1", "node2"}
+    assert_nothing_left(sub.run_dir)
+
+
+def test_two_jobs_at_once_on_the_same_nodes(slurm_cluster, tmp_path, run_root, runs):
+    alloc = "  gpus_per_node: 0\n  cpus_per_node: 1\n"
+    subs = [submit(workflow(tmp_path, f"job{i}", alloc, HELLO), run_root, runs) for i in (1, 2)]
+    finals = [hpcray.wait(s.run_dir, timeout=240) for s in subs]
+    assert [f.state for f in finals] == ["completed", "completed"], [
+        hpcray.logs(s.run_dir) for s in subs]
+    for sub in subs:
+        assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
+        result = json.loads((sub.run_dir / "driver-result.json").read_text())
+        assert sorted(result["nodes"]) == ["node1", "node2"]  # its own two nodes, not four
+        assert_nothing_left(sub.run_dir)
+    clusters = [read_json(s.run_dir / "run.json")["cluster_id"] for s in subs]
+    assert clusters[0] != clusters[1]
+    # job-private port blocks: no block is shared between the two jobs' Ray nodes
+    bases = [read_json(f)["port_base"] for s in subs for f in (s.run_dir / "nodes").glob("*.json")]
+    assert len(bases) == 4 and len(set(bases)) == 4
+    # the jobs overlapped in time (both were up together)
+    spans = [(f.times["all_joined"], f.times["teardown_start"]) for f in finals]
+    assert max(s for s, _ in spans) < min(e for _, e in spans)
+
+
+def _running(run_dir: Path) -> bool:
+    return hpcray.status(run_dir).state == "running"
+
+
+def test_cancel_mid_run(slurm_cluster, tmp_path, run_root, runs):
+    sub = submit(workflow(tmp_path, "tocancel", "  gpus_per_node: 0\n"), run_root, runs)
+    assert wait_until(lambda: _running(sub.run_dir), 180), hpcray.logs(sub.run_dir)
+    cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
+    assert ray_processes(cluster)  # the cluster is really up before we cancel
+    st = hpcray.cancel(sub.run_dir, wait_s=120)
+    assert st.state == "cancelled"
+    assert slurm_cluster.wait_job(sub.job_id) == "CANCELLED"
+    assert_nothing_left(sub.run_dir)
+
+
+def test_walltime_warning_signal(slurm_cluster, tmp_path, run_root, runs):
+    """The job script asks Slurm for USR2 to the batch shell before the limit
+    (--signal=B:USR2@...); scancel delivers exactly that signal now."""
+    sub = submit(workflow(tmp_path, "walltimed", "  gpus_per_node: 0\n"), run_root, runs)
+    assert "#SBATCH --signal=B:USR2@120" in (sub.run_dir / "job.sh").read_text()
+    assert wait_until(lambda: _running(sub.run_dir), 180), hpcray.logs(sub.run_dir)
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", sub.job_id)
+    st = hpcray.wait(sub.run_dir, timeout=120)
+    assert st.state == "walltime"
+    assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"  # drained and exited cleanly
+    assert_nothing_left(sub.run_dir)
+
+
+ISOLATE = {
+    # no network at all on node2: its agent fails at once, naming the missing address
+    "no-network": 'exec unshare --net "$PY" "$@"',
+    # node2 has a loopback of its own but no route to the head: Ray keeps retrying the GCS,
+    # so node2 never joins and the join timeout names it
+    "head-unreachable": 'exec unshare --net bash -c \'ip link set lo up && exec "$0" "$@"\' '
+                        '"$PY" "$@"',
+}
+
+
+@pytest.mark.parametrize("how", sorted(ISOLATE))
+def test_worker_that_cannot_join_fails_the_job_naming_it(how, slurm_cluster, tmp_path,
+                                                         run_root, runs):
+    # node2's agent runs in its own network namespace (created by the test, as root)
+    wrapper = tmp_path / "python-node2-isolated"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"PY={Path(hpcray.api.sys.executable)}\n"
+        'if [ "$SLURMD_NODENAME" = node2 ] && [ "$3" = node ]; then\n'
+        f"  {ISOLATE[how]}\n"
+        "fi\n"
+        'exec "$PY" "$@"\n')
+    wrapper.chmod(0o755)
+    path = workflow(tmp_path, "unreachable", "  gpus_per_node: 0\n", HELLO,
+                    ray="  join_timeout: 25\n  head_timeout: 40\n", python=str(wrapper))
+    sub = submit(path, run_root, runs)
+    st = hpcray.wait(sub.run_dir, timeout=200)
+    assert st.state == "failed"
+    assert "node2" in st.error and "node1" not in st.error.splitlines()[0]
+    assert "last lines of" in st.error  # the tail of node2's log comes with the error
+    if how == "head-unreachable":
+        assert "did not join within 25s" in st.error
+    started = read_json(sub.run_dir / "run.json")["times"]
+    assert started["finished"] - started["launched"] < 25 + 60  # within the join timeout
+    assert slurm_cluster.wait_job(sub.job_id) == "FAILED"
+    assert_nothing_left(sub.run_dir)
+
+
+def test_hostlist_expansion_matches_scontrol(slurm_cluster):
+    for text in ("node[1-2]", "node1,node2", "frontier[00001-00003,00010]", "a[1-2]b[3-4]"):
+        out = slurm_cluster.run("scontrol", "show", "hostnames", text).split()
+        assert expand_hostlist(text) == out

@@ -1,0 +1,62 @@
+"""The CLI is thin: each command maps to one API call; errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from hpcray.cli import main
+from tests.conftest import REPO
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_script_prints_the_job_script(tmp_path):
+    result = run("script", str(REPO / "examples" / "quickstart.yaml"), "--site", "frontier",
+                 "--run-dir", str(tmp_path / "r"))
+    # frontier requires an account: a clear one-line error before anything is submitted
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "requires allocation.account" in result.output
+
+
+def test_script_for_local(tmp_path):
+    result = run("script", str(REPO / "examples" / "quickstart.yaml"), "--run-dir",
+                 str(tmp_path / "r"))
+    assert result.exit_code == 0
+    assert result.output.startswith("#!/bin/bash\n")
+    assert f"-m hpcray up --run-dir {tmp_path / 'r'}" in result.output
+
+
+def test_malformed_workflow_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nallocation:\n  nodes: two\n")
+    result = run("submit", str(bad), "--run-root", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"hpcray: error: {bad}:3: allocation.nodes: Input should be a valid integer, unable to "
+        "parse string as an integer (got 'two')")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_and_sites():
+    assert run("validate", str(REPO / "examples" / "quickstart.yaml")).exit_code == 0
+    out = run("sites").output
+    for name in ("frontier", "delta", "polaris", "perlmutter", "aurora", "local"):
+        assert name in out
+
+
+def test_status_of_unknown_run(tmp_path):
+    result = run("status", "nope", "--run-root", str(tmp_path))
+    assert result.exit_code == 2 and "no run 'nope'" in result.output
+
+
+def test_console_entry_point_and_module():
+    out = subprocess.run([sys.executable, "-m", "hpcray", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("script", "submit", "status", "cancel", "logs"):
+        assert command in out
