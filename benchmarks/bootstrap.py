@@ -90,7 +90,7 @@ def main() -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    console = Console()
+    console = Console(record=True)
     configs = [("local", 1), ("local", 2)]
     cluster = None
     slurm_root = None
@@ -174,6 +174,7 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     (RESULTS / "bootstrap.json").write_text(json.dumps(meta, indent=2) + "\n")
     console.print(f"wrote {RESULTS / 'bootstrap.csv'} and {RESULTS / 'bootstrap.png'}")
+    console.save_text(str(RESULTS / "bootstrap.txt"))
     return 0
 
 

@@ -17,7 +17,7 @@ from hpcray.errors import ResourceError, SpecError
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.sites import SiteProfile, load_site
-from hpcray.spec import Workflow, load_workflow, loads_workflow
+from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.walltime import hhmmss
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")

@@ -36,7 +36,7 @@ class SiteProfile(StrictModel):
     walltime_signal: bool = Field(
         True, description="The scheduler can send a warning signal before the walltime.")
     spill_dir: str | None = Field(None, description="Node-local object spilling directory.")
-    pbs_select: str = Field("", description="PBS only: appended to select=N, e.g. ':system=polaris'.")
+    pbs_select: str = Field("", description="PBS: appended to select=N, e.g. ':system=polaris'.")
     docs: str | None = None
 
     @field_validator("default_partition")
