@@ -53,10 +53,10 @@ def slurm_cluster():
 
     missing = testcluster.missing_binaries()
     if missing:
-        pytest.skip(f"slurm-wlm/munge not installed ({', '.join(missing)}); "
+        pytest.skip(reason=f"slurm-wlm/munge not installed ({', '.join(missing)}); "
                     "`bash .ci/run` installs them")
     if os.geteuid() != 0:
-        pytest.skip("the test Slurm runs its daemons as root")
+        pytest.skip(reason="the test Slurm runs its daemons as root")
     root = Path(tempfile.mkdtemp(prefix="hs", dir="/tmp"))
     cluster = None
     try:

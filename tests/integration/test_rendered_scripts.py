@@ -19,6 +19,7 @@ import pytest
 from hpcray import api
 from hpcray.rundir import read_json
 from hpcray.sites.profile import SiteProfile
+from hpcray.spec import loads_workflow
 from tests.conftest import REPO, ray_processes, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -58,25 +59,27 @@ def job_env(scheduler: str, tmp_path: Path) -> dict[str, str]:
     return {"FLUX_JOB_ID": "f2bHNxE7Hm", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-def run_script(run_dir: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Popen:
+def run_script(run_dir: Path, env: dict[str, str], timeout: float) -> int:
+    """Run the job script as the batch system would; kill it if it outlives the timeout."""
     full = {**os.environ, **env, "HPCRAY_LAUNCHER": "local"}
-    out = open(run_dir / "job.out", "ab")  # noqa: SIM115
-    return subprocess.Popen(["bash", str(run_dir / "job.sh")], env=full, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(run_dir / "job.out", "ab") as out:
+        proc = subprocess.Popen(["bash", str(run_dir / "job.sh")], env=full, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait()
 
 
 @pytest.mark.parametrize("scheduler,launcher", [("pbs", "mpiexec"), ("lsf", "jsrun"),
                                                 ("flux", "flux")])
 def test_script_body_runs_with_scheduler_environment(scheduler, launcher, tmp_path):
-    run, _ = api.prepare(api.loads_workflow(WORKFLOW), site(scheduler, launcher),
+    run, _ = api.prepare(loads_workflow(WORKFLOW), site(scheduler, launcher),
                          run_root=tmp_path / "runs")
-    proc = run_script(run.path, job_env(scheduler, tmp_path))
-    try:
-        assert proc.wait(timeout=180) == 0, (run.path / "job.out").read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait()
+    code = run_script(run.path, job_env(scheduler, tmp_path), timeout=180)
+    assert code == 0, (run.path / "job.out").read_text()
     data = run.read()
     assert data["state"] == "completed"
     assert data["job_id"] == {"pbs": "4242.pbs01.example", "lsf": "4343",
@@ -91,15 +94,10 @@ def test_pbs_walltime_timer_drains_and_tears_down(tmp_path):
     text = ("name: walltimed\nallocation: {nodes: 1, walltime: 60s, walltime_warning: 40}\n"
             "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
             "driver: {command: [sleep, '300']}\n")
-    run, _ = api.prepare(api.loads_workflow(text), site("pbs", "mpiexec"),
+    run, _ = api.prepare(loads_workflow(text), site("pbs", "mpiexec"),
                          run_root=tmp_path / "runs")
-    proc = run_script(run.path, job_env("pbs", tmp_path))
-    try:
-        assert proc.wait(timeout=120) == 0, (run.path / "job.out").read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait()
+    code = run_script(run.path, job_env("pbs", tmp_path), timeout=120)
+    assert code == 0, (run.path / "job.out").read_text()
     data = read_json(run.run_json)
     assert data["state"] == "walltime"
     started = data["times"]["job_started"]
