@@ -158,6 +158,7 @@ class NodeStatus:
     state: str
     joined: float | None = None
     error: str | None = None
+    lost: float | None = None
 
 
 @dataclass
@@ -188,6 +189,7 @@ class RunStatus:
         lines = [head]
         for n in self.nodes:
             extra = " joined" if n.joined else ""
+            extra += ", lost while running" if n.lost else ""
             lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
         if self.error:
             lines.append(f"  error: {self.error.splitlines()[0]}")
@@ -216,7 +218,9 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
     agents = run.node_states()
     names = data.get("node_names") or sorted(agents)
     nodes = [NodeStatus(n, agents.get(n, {}).get("state", "pending"),
-                        joined.get(n, {}).get("joined"), agents.get(n, {}).get("error"))
+                        joined.get(n, {}).get("joined"),
+                        agents.get(n, {}).get("error") or joined.get(n, {}).get("lost_reason"),
+                        joined.get(n, {}).get("lost"))
              for n in names]
     return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
                      scheduler=scheduler, state=state, scheduler_state=sched_state.value,

@@ -212,6 +212,33 @@ class ClusterUp:
             ray.shutdown()
             self._install_signals(timer=False)  # ray.init replaced our SIGTERM handler
 
+    # -- while running ---------------------------------------------------------------------
+    def watch_nodes(self, plan: ClusterPlan, interval: float = 1.0) -> threading.Thread:
+        """Report every node whose agent stops while the run is up. A lost worker is recorded
+        (Ray retries its tasks elsewhere; the driver sees failures it cannot recover); losing
+        the head loses the cluster, so the run stops as failed."""
+
+        def watch() -> None:
+            lost: set[str] = set()
+            while not self.stop.event.wait(interval) and not self.run.stop_file.exists():
+                for node in plan.nodes:
+                    state = read_json(self.run.node_state_file(node.name), {})
+                    if node.name in lost or state.get("state") not in ("failed", "stopped"):
+                        continue
+                    lost.add(node.name)
+                    reason = state.get("error") or state.get("reason") or "agent stopped"
+                    log.error("node %s left the cluster: %s\n%s", node.name, reason,
+                              tail(self.run.node_log(node.name), 5))
+                    self.run.update(nodes={node.name: {"lost": time.time(),
+                                                       "lost_reason": reason}},
+                                    nodes_lost=sorted(lost))
+                    if node.index == 0:
+                        self.stop.set(f"head node {node.name} lost")
+
+        thread = threading.Thread(target=watch, name="hpcray-node-watch", daemon=True)
+        thread.start()
+        return thread
+
     # -- driver ----------------------------------------------------------------------------
     def driver_command(self) -> list[str] | None:
         driver = self.workflow.driver
@@ -325,8 +352,11 @@ class ClusterUp:
             self.wait_for_nodes(plan, head)
             self.run.mark("all_joined", state="running")
             log.info("all %d node(s) joined in %.1fs", len(plan.nodes), time.time() - t0)
+            self.watch_nodes(plan)
             driver_code = self.run_driver(plan, head)
-            if self.stop.reason:
+            if self.stop.reason and self.stop.reason.startswith("head node"):
+                state, error = "failed", self.stop.reason
+            elif self.stop.reason:
                 state, code = self.stop.reason, 0
             elif driver_code == 0 or driver_code is None:
                 state, code = "completed", 0

@@ -126,3 +126,27 @@ def test_failing_driver_is_reported_and_torn_down(tmp_path, run_root, cleanup):
     assert "exited with code 3" in st.error
     assert read_json(sub.run_dir / "run.json")["driver_exit_code"] == 3
     assert_nothing_left(sub.run_dir)
+
+
+def test_lost_nodes_are_reported(tmp_path, run_root, cleanup):
+    """A worker whose node goes away is recorded while the run goes on; losing the head ends
+    the run as failed, naming it."""
+    import signal
+
+    wf = workflow(tmp_path, "name: lossy\nallocation: {nodes: 2, walltime: 10m}\n"
+                            "ray: {object_store_memory: 100000000, teardown_grace: 5}\n")
+    sub = hpcray.submit(wf, run_root=run_root)
+    cleanup.append(sub.run_dir)
+    assert wait_until(lambda: hpcray.status(sub.run_dir).state == "running", 120), \
+        hpcray.logs(sub.run_dir)
+    head, worker = (n.name for n in hpcray.status(sub.run_dir).nodes)
+    os.kill(read_json(sub.run_dir / "nodes" / f"{worker}.json")["pid"], signal.SIGTERM)
+    assert wait_until(lambda: any(n.lost for n in hpcray.status(sub.run_dir).nodes), 30)
+    st = hpcray.status(sub.run_dir)
+    assert st.state == "running"
+    assert [n.name for n in st.nodes if n.lost] == [worker]
+    assert "lost while running" in st.summary()
+    os.kill(read_json(sub.run_dir / "nodes" / f"{head}.json")["pid"], signal.SIGTERM)
+    st = hpcray.wait(sub.run_dir, timeout=60)
+    assert st.state == "failed" and f"head node {head} lost" in st.error
+    assert_nothing_left(sub.run_dir)
