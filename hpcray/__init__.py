@@ -2,8 +2,9 @@
 
 from hpcray.api import cancel, logs, script, status, submit, wait
 from hpcray.bootstrap.connect import connect
+from hpcray.services.handle import service
 from hpcray.spec import Workflow, load_workflow
 
 __all__ = ["Workflow", "cancel", "connect", "load_workflow", "logs", "script", "status",
-           "submit", "wait"]
+           "service", "submit", "wait"]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from hpcray.bootstrap.auth import auth_env, create_token
 from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
 from hpcray.bootstrap.teardown import teardown
 from hpcray.bootstrap.tempdir import short_id
-from hpcray.errors import BootstrapError
+from hpcray.errors import BootstrapError, HpcrayError
 from hpcray.launchers import LaunchRequest, get_launcher
 from hpcray.rundir import RunDir, read_json
 from hpcray.schedulers import AllocationInfo, get_scheduler
@@ -73,6 +73,7 @@ class ClusterUp:
         self.launched: list[subprocess.Popen] = []
         self.driver: subprocess.Popen | None = None
         self.plan: ClusterPlan | None = None
+        self.services = None
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self, timer: bool = True) -> None:
@@ -174,43 +175,53 @@ class ClusterUp:
 
         ray.init(address=head["address"], logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False)
+        self._install_signals(timer=False)  # ray.init replaced our SIGTERM handler
+        # stays connected: services are started and stopped from here; teardown disconnects
+        expected = {node_resource(n.name): n.name for n in plan.nodes}
+        joined: dict[str, float] = {}
+        timeout = self.workflow.ray.join_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in ray.nodes():
+                if not node.get("Alive"):
+                    continue
+                for res in node.get("Resources", {}):
+                    if res in expected and expected[res] not in joined:
+                        name = expected[res]
+                        joined[name] = time.time()
+                        log.info("node %s joined (%d/%d)", name, len(joined), len(expected))
+                        self.run.update(nodes={name: {"joined": joined[name]}},
+                                        nodes_joined=len(joined))
+            if len(joined) == len(expected):
+                return
+            missing = [n for n in expected.values() if n not in joined]
+            failed = [n for n in missing if read_json(self.run.node_state_file(n), {})
+                      .get("state") in ("failed", "stopped")]
+            if failed:
+                raise BootstrapError(
+                    f"node(s) {', '.join(failed)} failed to join the Ray cluster\n"
+                    f"{self._node_report(failed)}")
+            if self.stop.event.is_set():
+                raise BootstrapError(f"stopped ({self.stop.reason}) while waiting for "
+                                     f"node(s) {', '.join(missing)}")
+            if time.monotonic() > deadline:
+                raise BootstrapError(
+                    f"node(s) {', '.join(missing)} did not join within {timeout:.0f}s "
+                    f"(ray.join_timeout); {len(joined)}/{len(expected)} joined\n"
+                    f"{self._node_report(missing)}")
+            time.sleep(0.5)
+
+    # -- services --------------------------------------------------------------------------
+    def start_services(self) -> None:
+        """Every service ready before the driver starts; a failure ends the run before it."""
+        from hpcray.services.manager import ServiceError, ServiceManager
+
+        self.services = ServiceManager(self.workflow.services, self.run)
         try:
-            expected = {node_resource(n.name): n.name for n in plan.nodes}
-            joined: dict[str, float] = {}
-            timeout = self.workflow.ray.join_timeout
-            deadline = time.monotonic() + timeout
-            while True:
-                for node in ray.nodes():
-                    if not node.get("Alive"):
-                        continue
-                    for res in node.get("Resources", {}):
-                        if res in expected and expected[res] not in joined:
-                            name = expected[res]
-                            joined[name] = time.time()
-                            log.info("node %s joined (%d/%d)", name, len(joined), len(expected))
-                            self.run.update(nodes={name: {"joined": joined[name]}},
-                                            nodes_joined=len(joined))
-                if len(joined) == len(expected):
-                    return
-                missing = [n for n in expected.values() if n not in joined]
-                failed = [n for n in missing if read_json(self.run.node_state_file(n), {})
-                          .get("state") in ("failed", "stopped")]
-                if failed:
-                    raise BootstrapError(
-                        f"node(s) {', '.join(failed)} failed to join the Ray cluster\n"
-                        f"{self._node_report(failed)}")
-                if self.stop.event.is_set():
-                    raise BootstrapError(f"stopped ({self.stop.reason}) while waiting for "
-                                         f"node(s) {', '.join(missing)}")
-                if time.monotonic() > deadline:
-                    raise BootstrapError(
-                        f"node(s) {', '.join(missing)} did not join within {timeout:.0f}s "
-                        f"(ray.join_timeout); {len(joined)}/{len(expected)} joined\n"
-                        f"{self._node_report(missing)}")
-                time.sleep(0.5)
-        finally:
-            ray.shutdown()
-            self._install_signals(timer=False)  # ray.init replaced our SIGTERM handler
+            self.services.start()
+        except (ServiceError, HpcrayError) as exc:
+            raise BootstrapError(f"services: {exc}") from None
+        self.run.mark("services_ready")
 
     # -- while running ---------------------------------------------------------------------
     def watch_nodes(self, plan: ClusterPlan, interval: float = 1.0) -> threading.Thread:
@@ -309,6 +320,13 @@ class ClusterUp:
         the launcher exits by itself; signal the launcher only if that does not happen."""
         self.run.mark("teardown_start")
         grace = self.workflow.ray.teardown_grace
+        if self.services is not None:
+            self.services.stop()
+        if "ray" in sys.modules:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
         self.run.stop_file.write_text(f"{self.stop.reason or 'run finished'}\n")
         deadline = time.monotonic() + grace + 15
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
@@ -353,6 +371,8 @@ class ClusterUp:
             self.run.mark("all_joined", state="running")
             log.info("all %d node(s) joined in %.1fs", len(plan.nodes), time.time() - t0)
             self.watch_nodes(plan)
+            if self.workflow.services:
+                self.start_services()
             driver_code = self.run_driver(plan, head)
             if self.stop.reason and self.stop.reason.startswith("head node"):
                 state, error = "failed", self.stop.reason

@@ -181,7 +181,8 @@ class Workflow(StrictModel):
     ray: RaySpec = Field(default_factory=RaySpec)
     driver: DriverSpec | None = None
     run_root: str | None = Field(None, description="Directory for run dirs; default ./hpcray-runs.")
-    services: Annotated[list[dict[str, Any]], _reserved("services")] = Field(default_factory=list)
+    services: list[ServiceSpec] = Field(
+        default_factory=list, description="Model services, started before the driver.")
     stages: Annotated[list[dict[str, Any]], _reserved("stages")] = Field(default_factory=list)
     hpo: Annotated[dict[str, Any], _reserved("hpo")] = Field(default_factory=dict)
 
@@ -199,5 +200,15 @@ class Workflow(StrictModel):
     def _site(cls, value: str | None) -> str | None:
         return None if value is None else _token(value)
 
+    @field_validator("services")
+    @classmethod
+    def _service_graph(cls, value: list[ServiceSpec]) -> list[ServiceSpec]:
+        check_service_graph(value)
+        return value
+
 
 Scheduler = Literal["slurm", "pbs", "lsf", "flux", "local"]
+
+from hpcray.spec.services import ServiceSpec, check_service_graph  # noqa: E402
+
+Workflow.model_rebuild()

@@ -1,0 +1,222 @@
+"""ServiceManager: every service as a Ray Serve application, started level by level (all
+services of a level in parallel), ready within its timeout, health-checked by Serve, timed
+into BT (launch, init, publish), and deleted at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hpcray.bootstrap.plan import node_resource
+from hpcray.errors import HpcrayError
+from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.services.registry import check_args, load_class, target_of
+from hpcray.spec.services import ServiceSpec, check_service_graph
+
+log = logging.getLogger("hpcray.services")
+
+APP_PREFIX = "hpcray-"
+
+
+class ServiceError(HpcrayError):
+    """A service could not start, or failed; the message carries the service's own error."""
+
+
+def app_name(service: str) -> str:
+    return APP_PREFIX + service
+
+
+@dataclass
+class ReplicaBT:
+    service: str
+    replica: str
+    node: str | None
+    launch: float
+    init: float
+    publish: float
+
+
+@dataclass
+class ServiceRecord:
+    name: str
+    state: str = "pending"
+    replicas: int = 0
+    deploy_at: float | None = None
+    running_at: float | None = None
+    published_at: float | None = None
+    error: str | None = None
+    bt: list[ReplicaBT] = field(default_factory=list)
+
+
+def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
+    """None if some alive node can hold one replica, else why not."""
+    need = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus, **spec.resources.resources}
+    if spec.resources.memory:
+        need["memory"] = spec.resources.memory
+    if spec.resources.node:
+        need[node_resource(spec.resources.node)] = 0.001
+    need = {k: v for k, v in need.items() if v}
+    for node in nodes:
+        if node.get("Alive") and all(node["Resources"].get(k, 0) >= v for k, v in need.items()):
+            return None
+    have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU") or k in need}
+            for n in nodes if n.get("Alive")]
+    return f"one replica needs {need}, and no node has that (nodes: {have})"
+
+
+class ServiceManager:
+    def __init__(self, services: list[ServiceSpec], run: RunDir | None = None) -> None:
+        self.levels = check_service_graph(services)
+        self.run = run
+        self.records = {s.name: ServiceRecord(s.name) for s in services}
+
+    # -- building ----------------------------------------------------------------------------
+    def _deployment(self, spec: ServiceSpec):
+        from ray import serve
+
+        from hpcray.services.replica import ReplicaHost
+
+        target = target_of(spec.deployment)
+        check_args(load_class(target), spec.args, spec.name)
+        res = spec.resources
+        custom = dict(res.resources)
+        if res.node:
+            custom[node_resource(res.node)] = 0.001
+        options: dict[str, Any] = {
+            "name": spec.name, "num_replicas": spec.replicas,
+            "max_ongoing_requests": spec.max_ongoing_requests,
+            "health_check_period_s": spec.health_check_period,
+            "health_check_timeout_s": spec.health_check_timeout,
+        }
+        actor = {"num_cpus": res.cpus, "num_gpus": res.gpus, "resources": custom}
+        if res.memory:
+            actor["memory"] = res.memory
+        if res.gpus > 1:  # a multi-GPU replica: one bundle holding all of it, on one node
+            bundle = {"CPU": res.cpus, "GPU": res.gpus, **custom}
+            options["placement_group_bundles"] = [bundle]
+            options["placement_group_strategy"] = "STRICT_PACK"
+        options["ray_actor_options"] = actor
+        return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> dict[str, ServiceRecord]:
+        """Start every service; returns when all are ready, raises ServiceError otherwise."""
+        import ray
+        from ray import serve
+        from ray.serve.config import ProxyLocation
+
+        serve.start(proxy_location=ProxyLocation.Disabled)
+        nodes = ray.nodes()
+        for level in self.levels:
+            for spec in level:
+                why = fits(spec, nodes)
+                if why:
+                    raise ServiceError(f"service {spec.name!r} cannot be placed: {why}")
+        for level in self.levels:
+            targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
+                                       route_prefix=None) for s in level]
+            now = time.time()
+            for spec in level:
+                self.records[spec.name].deploy_at = now
+                self.records[spec.name].state = "starting"
+            log.info("starting service(s) %s", ", ".join(s.name for s in level))
+            serve.run_many(targets, wait_for_ingress_deployment_creation=False,
+                           wait_for_applications_running=False)
+            self._wait_running(level)
+            for spec in level:
+                self._publish(spec)
+            self._save()
+        return self.records
+
+    def _wait_running(self, level: list[ServiceSpec]) -> None:
+        from ray import serve
+
+        pending = {s.name: s for s in level}
+        deadline = {s.name: time.monotonic() + s.readiness_timeout for s in level}
+        while pending:
+            status = serve.status().applications
+            for name in list(pending):
+                app = status.get(app_name(name))
+                record = self.records[name]
+                state = str(app.status) if app else "NOT_STARTED"
+                if state.endswith("RUNNING"):
+                    record.running_at = time.time()
+                    record.state = "running"
+                    del pending[name]
+                elif state.endswith("DEPLOY_FAILED") or state.endswith("UNHEALTHY"):
+                    record.state, record.error = "failed", app.message
+                    self._save()
+                    raise ServiceError(f"service {name!r} failed to start:\n{app.message}")
+                elif time.monotonic() > deadline[name]:
+                    detail = app.message if app else "not deployed"
+                    record.state, record.error = "failed", f"not ready: {detail}"
+                    self._save()
+                    raise ServiceError(
+                        f"service {name!r} not ready within {pending[name].readiness_timeout:.0f}s"
+                        f" (readiness_timeout): {detail}")
+            time.sleep(0.2)
+
+    def _publish(self, spec: ServiceSpec) -> None:
+        """First successful call through a handle, per replica (BT publish)."""
+        from hpcray.services.handle import ServiceHandle
+
+        handle = ServiceHandle(spec.name)
+        record = self.records[spec.name]
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + spec.readiness_timeout
+        while len(seen) < spec.replicas and time.monotonic() < deadline:
+            responses = [handle.raw("bootstrap") for _ in range(2 * spec.replicas)]
+            for response in responses:
+                info = response.result()
+                seen.setdefault(info["replica"], {**info, "published": time.time()})
+        record.published_at = time.time()
+        record.replicas = len(seen)
+        record.state = "ready"
+        for info in seen.values():
+            record.bt.append(ReplicaBT(
+                service=spec.name, replica=info["replica"], node=info["node"],
+                launch=info["created"] - (record.deploy_at or info["created"]),
+                init=info["ready"] - info["created"],
+                publish=info["published"] - max(info["ready"], record.running_at or 0)))
+        if len(seen) < spec.replicas:
+            log.warning("service %s: only %d of %d replicas answered", spec.name, len(seen),
+                        spec.replicas)
+        log.info("service %s ready: %d replica(s)", spec.name, len(seen))
+
+    def stop(self) -> None:
+        from ray import serve
+
+        for name, record in self.records.items():
+            if record.state in ("pending",):
+                continue
+            try:
+                serve.delete(app_name(name))
+            except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
+                log.warning("deleting service %s: %s", name, exc)
+            record.state = "stopped"
+        try:
+            serve.shutdown()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("serve shutdown: %s", exc)
+        self._save()
+
+    def _save(self) -> None:
+        if self.run is None:
+            return
+        data = {name: asdict(r) for name, r in self.records.items()}
+        (self.run.path / "metrics").mkdir(exist_ok=True)
+        write_json_atomic(self.run.path / "metrics" / "services.json", data)
+        self.run.update(services={n: {"state": r.state, "replicas": r.replicas,
+                                      "error": r.error} for n, r in self.records.items()})
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def bt_table(records: dict[str, ServiceRecord]) -> str:
+    return json.dumps({n: [asdict(b) for b in r.bt] for n, r in records.items()}, indent=2)

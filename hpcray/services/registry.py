@@ -1,0 +1,59 @@
+"""From a workflow's `deployment:` to a class, with errors that name the candidates."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+from hpcray.errors import SpecError
+
+
+def registry() -> dict[str, str]:
+    from hpcray.deployments import REGISTRY
+
+    return REGISTRY
+
+
+def target_of(deployment: str) -> str:
+    """`noop` -> `hpcray.deployments.noop:Noop`; `pkg.mod:Class` stays as it is."""
+    if ":" in deployment:
+        return deployment
+    known = registry()
+    if deployment not in known:
+        raise SpecError(f"unknown deployment {deployment!r}; built-in: {', '.join(sorted(known))}"
+                        " (or give an importable 'module:Class')")
+    return known[deployment]
+
+
+def load_class(target: str) -> type:
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"cannot import {module_name!r} for deployment {target!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = [n for n in dir(module) if inspect.isclass(getattr(module, n))
+                      and not n.startswith("_")]
+            raise SpecError(f"{module_name!r} has no class {attr!r}; classes there: "
+                            f"{', '.join(public) or 'none'}")
+        obj = getattr(obj, part)
+    if not inspect.isclass(obj):
+        raise SpecError(f"{target!r} is not a class")
+    return obj
+
+
+def check_args(cls: type, args: dict[str, Any], service: str) -> None:
+    """The constructor must accept these arguments: checked before anything is deployed."""
+    try:
+        inspect.signature(cls).bind(**args)
+    except TypeError as exc:
+        params = [p for p in inspect.signature(cls).parameters if p != "self"]
+        raise SpecError(f"service {service!r}: {cls.__name__} does not accept args {args!r} "
+                        f"({exc}); its parameters: {', '.join(params) or 'none'}") from None
