@@ -117,7 +117,18 @@ class ClusterUp:
             port_base=ray.port_base,
             object_store_memory=ray.object_store_memory,
             spill_dir=ray.spill_dir or self.site.spill_dir, python=self.request["python"],
-            up_host=socket.gethostname(), up_pid=os.getpid())
+            up_host=socket.gethostname(), up_pid=os.getpid(),
+            extra_env={"PYTHONPATH": os.pathsep.join(
+                [*self.code_paths(), *filter(None, [self.env.get("PYTHONPATH")])])})
+
+    def code_paths(self) -> list[str]:
+        """The workflow's directory (and the driver's cwd): user modules named by
+        `module:Class` or `module:function` import from there, in every Ray worker too."""
+        base = Path(self.request["workflow_dir"])
+        paths = [str(base)]
+        if self.workflow.driver and self.workflow.driver.cwd:
+            paths.append(str(base / os.path.expandvars(self.workflow.driver.cwd)))
+        return paths
 
     # -- launching -------------------------------------------------------------------------
     def launch_agents(self, plan: ClusterPlan) -> None:
@@ -216,6 +227,9 @@ class ClusterUp:
         """Every service ready before the driver starts; a failure ends the run before it."""
         from hpcray.services.manager import ServiceError, ServiceManager
 
+        for path in reversed(self.code_paths()):
+            if path not in sys.path:
+                sys.path.insert(0, path)
         self.services = ServiceManager(self.workflow.services, self.run)
         try:
             self.services.start()

@@ -148,11 +148,12 @@ class ServiceManager:
                     record.state = "running"
                     del pending[name]
                 elif state.endswith("DEPLOY_FAILED") or state.endswith("UNHEALTHY"):
-                    record.state, record.error = "failed", app.message
+                    detail = _messages(app)
+                    record.state, record.error = "failed", detail
                     self._save()
-                    raise ServiceError(f"service {name!r} failed to start:\n{app.message}")
+                    raise ServiceError(f"service {name!r} failed to start:\n{detail}")
                 elif time.monotonic() > deadline[name]:
-                    detail = app.message if app else "not deployed"
+                    detail = _messages(app) if app else "not deployed"
                     record.state, record.error = "failed", f"not ready: {detail}"
                     self._save()
                     raise ServiceError(
@@ -212,6 +213,15 @@ class ServiceManager:
         write_json_atomic(self.run.path / "metrics" / "services.json", data)
         self.run.update(services={n: {"state": r.state, "replicas": r.replicas,
                                       "error": r.error} for n, r in self.records.items()})
+
+
+def _messages(app) -> str:
+    """The application's message and its deployments' (the replica's traceback is there)."""
+    parts = [app.message] if app.message else []
+    for dep in app.deployments.values():
+        if dep.message:
+            parts.append(dep.message)
+    return "\n".join(parts) or str(app.status)
 
 
 def new_request_id() -> str:

@@ -39,8 +39,8 @@ def load_class(target: str) -> type:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            public = [n for n in dir(module) if inspect.isclass(getattr(module, n))
-                      and not n.startswith("_")]
+            public = [n for n, v in vars(module).items() if inspect.isclass(v)
+                      and v.__module__ == module.__name__ and not n.startswith("_")]
             raise SpecError(f"{module_name!r} has no class {attr!r}; classes there: "
                             f"{', '.join(public) or 'none'}")
         obj = getattr(obj, part)

@@ -175,3 +175,24 @@ def test_hostlist_expansion_matches_scontrol(slurm_cluster):
     for text in ("node[1-2]", "node1,node2", "frontier[00001-00003,00010]", "a[1-2]b[3-4]"):
         out = slurm_cluster.run("scontrol", "show", "hostnames", text).split()
         assert expand_hostlist(text) == out
+
+
+def test_service_replicas_pinned_to_node2_run_there(slurm_cluster, tmp_path, run_root, runs):
+    from tests.conftest import FIXTURES
+
+    path = tmp_path / "pinned.yaml"
+    path.write_text(
+        "name: pinned\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
+        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+        "services:\n  - {name: noop, deployment: noop, replicas: 2,\n"
+        "     resources: {cpus: 0.1, node: node2}}\n"
+        f"driver:\n  function: drive_services:main\n  cwd: {FIXTURES / 'services'}\n"
+        "  args: {services: {noop: 2}}\n")
+    sub = submit(path, run_root, runs)
+    st = hpcray.wait(sub.run_dir, timeout=240)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert len(result["noop"]["replicas"]) == 2
+    assert set(result["noop"]["replicas"].values()) == {"node2"}
+    assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
+    assert_nothing_left(sub.run_dir)

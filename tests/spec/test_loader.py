@@ -127,8 +127,8 @@ def test_driver_function_format():
 
 
 def test_reserved_sections_must_be_empty_for_now():
-    err = error_of("name: x\nservices:\n  - name: llm\n")
-    assert err.field == "services" and "not supported" in str(err)
+    err = error_of("name: x\nstages:\n  - name: annotate\n")
+    assert err.field == "stages" and "not supported" in str(err)
 
 
 def test_warning_must_fit_in_walltime():
