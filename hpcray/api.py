@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcray.errors import ResourceError, SpecError
-from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run
+from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.sites import SiteProfile, load_site
 from hpcray.spec import Workflow, load_workflow
@@ -162,6 +162,34 @@ class NodeStatus:
 
 
 @dataclass
+class ServiceStatus:
+    name: str
+    state: str
+    replicas_ready: int
+    replicas: int
+    bt: dict[str, float] = field(default_factory=dict)  # slowest replica's launch/init/publish
+
+    def line(self) -> str:
+        bt = ", ".join(f"{k} {v:.2f}s" for k, v in self.bt.items())
+        return (f"  service {self.name}: {self.state} ({self.replicas_ready}/{self.replicas} "
+                f"replicas){'; BT ' + bt if bt else ''}")
+
+
+def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
+    metrics = read_json(run.path / "metrics" / "services.json", {})
+    states = run.read().get("services", {})
+    out = []
+    for spec in wf.get("services", []):
+        name = spec["name"]
+        replicas = metrics.get(name, {}).get("bt", [])
+        bt = {part: max(r[part] for r in replicas) for part in ("launch", "init", "publish")
+              } if replicas else {}
+        out.append(ServiceStatus(name, states.get(name, {}).get("state", "pending"),
+                                 len(replicas), int(spec.get("replicas", 1)), bt))
+    return out
+
+
+@dataclass
 class RunStatus:
     run_id: str
     run_dir: Path
@@ -173,6 +201,7 @@ class RunStatus:
     nodes: list[NodeStatus] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    services: list[ServiceStatus] = field(default_factory=list)
 
     @property
     def nodes_joined(self) -> int:
@@ -191,6 +220,7 @@ class RunStatus:
             extra = " joined" if n.joined else ""
             extra += ", lost while running" if n.lost else ""
             lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
+        lines += [s.line() for s in self.services]
         if self.error:
             lines.append(f"  error: {self.error.splitlines()[0]}")
         return "\n".join(lines)
@@ -225,7 +255,9 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
     return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
                      scheduler=scheduler, state=state, scheduler_state=sched_state.value,
                      nodes_expected=data.get("nodes_expected", len(names)), nodes=nodes,
-                     times=data.get("times", {}), error=data.get("error"))
+                     times=data.get("times", {}), error=data.get("error"),
+                     services=_service_statuses(run, (read_json(run.resolved, {}) or {})
+                                                .get("workflow", {})))
 
 
 def wait(ref: str | Path, timeout: float | None = None, poll: float = 0.5,

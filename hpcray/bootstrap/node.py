@@ -221,6 +221,7 @@ class NodeAgent:
             write_json_atomic(self.run.head, {
                 "address": host_port(ip, gcs), "ip": ip, "gcs_port": gcs, "node": me.name,
                 "client_port": self.block.port("--ray-client-server-port"),
+                "serve_http_port": self.block.serve_http_port,
                 "dashboard_port": self.block.port("--dashboard-port") if plan.dashboard else None,
                 "time": time.time()})
         self._state("ray_started")

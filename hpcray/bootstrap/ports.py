@@ -28,6 +28,7 @@ SERVICE_PORTS = {       # ray start flag -> offset in the block
     "--metrics-export-port": 8,
 }
 HEAD_ONLY = ("--port",)
+SERVE_HTTP_OFFSET = 10  # Ray Serve's HTTP proxy on the head (offsets 9..19 are hpcray's own)
 CLAIM_DIR = Path(os.environ.get("HPCRAY_PORT_CLAIMS", "/tmp/hpcray-ports"))
 
 
@@ -37,6 +38,10 @@ class PortBlock:
 
     def port(self, flag: str) -> int:
         return self.base + SERVICE_PORTS[flag]
+
+    @property
+    def serve_http_port(self) -> int:
+        return self.base + SERVE_HTTP_OFFSET
 
     @property
     def min_worker_port(self) -> int:

@@ -25,7 +25,7 @@ from hpcray.bootstrap.teardown import teardown
 from hpcray.bootstrap.tempdir import short_id
 from hpcray.errors import BootstrapError, HpcrayError
 from hpcray.launchers import LaunchRequest, get_launcher
-from hpcray.rundir import RunDir, read_json
+from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.schedulers import AllocationInfo, get_scheduler
 from hpcray.sites import SiteProfile
 from hpcray.spec import Workflow
@@ -223,18 +223,26 @@ class ClusterUp:
             time.sleep(0.5)
 
     # -- services --------------------------------------------------------------------------
-    def start_services(self) -> None:
-        """Every service ready before the driver starts; a failure ends the run before it."""
+    def start_services(self, head: dict[str, Any]) -> None:
+        """Every service ready before the driver starts; a failure ends the run before it.
+        Publishes endpoints.json and HPCRAY_SERVICE_<NAME>_URL for executable stages."""
         from hpcray.services.manager import ServiceError, ServiceManager
 
         for path in reversed(self.code_paths()):
             if path not in sys.path:
                 sys.path.insert(0, path)
-        self.services = ServiceManager(self.workflow.services, self.run)
+        http = (head["ip"], head["serve_http_port"]) if self.workflow.endpoints.http else None
+        self.services = ServiceManager(self.workflow.services, self.run, http=http)
         try:
             self.services.start()
         except (ServiceError, HpcrayError) as exc:
             raise BootstrapError(f"services: {exc}") from None
+        endpoints = self.services.endpoints()
+        write_json_atomic(self.run.path / "endpoints.json", endpoints)
+        for name, entry in endpoints.items():
+            if "http" in entry:
+                self.env[f"HPCRAY_SERVICE_{name.upper().replace('-', '_')}_URL"] = entry["http"]
+        self.env["HPCRAY_ENDPOINTS"] = str(self.run.path / "endpoints.json")
         self.run.mark("services_ready")
 
     # -- while running ---------------------------------------------------------------------
@@ -386,7 +394,7 @@ class ClusterUp:
             log.info("all %d node(s) joined in %.1fs", len(plan.nodes), time.time() - t0)
             self.watch_nodes(plan)
             if self.workflow.services:
-                self.start_services()
+                self.start_services(head)
             driver_code = self.run_driver(plan, head)
             if self.stop.reason and self.stop.reason.startswith("head node"):
                 state, error = "failed", self.stop.reason

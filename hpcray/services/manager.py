@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -69,9 +70,11 @@ def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
 
 
 class ServiceManager:
-    def __init__(self, services: list[ServiceSpec], run: RunDir | None = None) -> None:
+    def __init__(self, services: list[ServiceSpec], run: RunDir | None = None,
+                 http: tuple[str, int] | None = None) -> None:
         self.levels = check_service_graph(services)
         self.run = run
+        self.http = http  # (host, port) of Serve's HTTP proxy on the head, or None
         self.records = {s.name: ServiceRecord(s.name) for s in services}
 
     # -- building ----------------------------------------------------------------------------
@@ -109,7 +112,12 @@ class ServiceManager:
         from ray import serve
         from ray.serve.config import ProxyLocation
 
-        serve.start(proxy_location=ProxyLocation.Disabled)
+        if self.http:
+            host, port = self.http
+            serve.start(proxy_location=ProxyLocation.HeadOnly,
+                        http_options={"host": host, "port": port})
+        else:
+            serve.start(proxy_location=ProxyLocation.Disabled)
         nodes = ray.nodes()
         for level in self.levels:
             for spec in level:
@@ -118,7 +126,8 @@ class ServiceManager:
                     raise ServiceError(f"service {spec.name!r} cannot be placed: {why}")
         for level in self.levels:
             targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
-                                       route_prefix=None) for s in level]
+                                       route_prefix=f"/{s.name}" if self.http else None)
+                       for s in level]
             now = time.time()
             for spec in level:
                 self.records[spec.name].deploy_at = now
@@ -129,6 +138,10 @@ class ServiceManager:
             self._wait_running(level)
             for spec in level:
                 self._publish(spec)
+                if spec.lifetime.seconds:
+                    timer = threading.Timer(spec.lifetime.seconds, self.expire, args=(spec.name,))
+                    timer.daemon = True
+                    timer.start()
             self._save()
         return self.records
 
@@ -188,11 +201,36 @@ class ServiceManager:
                         spec.replicas)
         log.info("service %s ready: %d replica(s)", spec.name, len(seen))
 
+    def expire(self, name: str) -> None:
+        """End of a service's lifetime: delete it; callers get an explicit error after."""
+        from ray import serve
+
+        record = self.records[name]
+        if record.state != "ready":
+            return
+        log.info("service %s reached the end of its lifetime: deleting it", name)
+        serve.delete(app_name(name))
+        record.state = "expired"
+        self._save()
+
+    def endpoints(self) -> dict[str, Any]:
+        """What `endpoints.json` says: how to reach each service without Python and Ray."""
+        out: dict[str, Any] = {}
+        for name, record in self.records.items():
+            entry: dict[str, Any] = {"state": record.state, "replicas": record.replicas,
+                                     "handle": f"hpcray.service({name!r})"}
+            if self.http:
+                host, port = self.http
+                host = f"[{host}]" if ":" in host else host
+                entry["http"] = f"http://{host}:{port}/{name}"
+            out[name] = entry
+        return out
+
     def stop(self) -> None:
         from ray import serve
 
         for name, record in self.records.items():
-            if record.state in ("pending",):
+            if record.state in ("pending", "expired"):
                 continue
             try:
                 serve.delete(app_name(name))

@@ -53,6 +53,40 @@ class ReplicaHost:
         return {"id": request.get("id"), "replica": self.replica, "node": self.node,
                 "result": result, "inference_s": done - start, "service_s": start - received}
 
+    async def __call__(self, http_request) -> Any:
+        """HTTP: POST /<service> {"method": str, "payload": any, "id": str?}. A request the
+        service cannot take is a 400 naming the field; a service failure is a 500 with its
+        message, never a dropped connection."""
+        from starlette.responses import JSONResponse
+
+        try:
+            body = await http_request.json()
+        except ValueError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+        if "method" not in body:
+            return JSONResponse({"error": "missing field 'method'", "field": "method"},
+                                status_code=400)
+        if not isinstance(body["method"], str):
+            return JSONResponse({"error": "field 'method' must be a string", "field": "method"},
+                                status_code=400)
+        if "id" in body and not isinstance(body["id"], str):
+            return JSONResponse({"error": "field 'id' must be a string", "field": "id"},
+                                status_code=400)
+        body.setdefault("id", os.urandom(8).hex())
+        try:
+            return await self.handle(body)
+        except ServiceRequestError as exc:
+            return JSONResponse({"error": str(exc), "field": "method", "id": body["id"]},
+                                status_code=400)
+        except (TypeError, KeyError, ValueError) as exc:
+            return JSONResponse({"error": f"bad payload: {type(exc).__name__}: {exc}",
+                                 "field": "payload", "id": body["id"]}, status_code=400)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, not swallowed
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}", "id": body["id"]},
+                                status_code=500)
+
     def check_health(self) -> None:
         check = getattr(self.obj, "check_health", None)
         if callable(check):

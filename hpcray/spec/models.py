@@ -131,6 +131,13 @@ class RaySpec(StrictModel):
     temp_root: str = Field("/tmp", description="Where the short per-job temp dir goes.")
 
 
+class EndpointsSpec(StrictModel):
+    """How services are published besides the handle inside Ray."""
+
+    http: bool = Field(True, description="HTTP on the head's address (allocation network or "
+                       "loopback), never all interfaces: POST /<service>.")
+
+
 class DriverSpec(StrictModel):
     """What runs once the cluster is up: a command, or a Python function."""
 
@@ -183,6 +190,7 @@ class Workflow(StrictModel):
     run_root: str | None = Field(None, description="Directory for run dirs; default ./hpcray-runs.")
     services: list[ServiceSpec] = Field(
         default_factory=list, description="Model services, started before the driver.")
+    endpoints: EndpointsSpec = Field(default_factory=EndpointsSpec)
     stages: Annotated[list[dict[str, Any]], _reserved("stages")] = Field(default_factory=list)
     hpo: Annotated[dict[str, Any], _reserved("hpo")] = Field(default_factory=dict)
 

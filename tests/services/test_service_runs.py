@@ -78,3 +78,69 @@ def test_bad_arguments_fail_before_deploying(tmp_path, run_root):
     services = "  - {name: c, deployment: 'userclasses:Counter', args: {begin: 1}}\n"
     sub, st = run_workflow(tmp_path, run_root, services, "c: 1")
     assert st.state == "failed" and "its parameters: start" in st.error
+
+
+def test_http_endpoint_for_executables_and_bad_requests(tmp_path, run_root):
+    services = "  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: http\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}"
+                    "driver: {command: [python3, http_client.py]}\n")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    results = json.loads((sub.run_dir / "http-results.json").read_text())
+    head = read_json(sub.run_dir / "head.json")
+    # bound to the head's address (loopback here), on the job's own port block
+    assert results["url"] == f"http://{head['ip']}:{head['serve_http_port']}/noop"
+    assert results["endpoints"]["noop"]["http"] == results["url"]
+    status, body = results["ok"]
+    assert status == 200 and body["result"] == {"x": 1} and body["id"] == "r1" and body["replica"]
+    assert results["missing"] == [400, {"error": "missing field 'method'", "field": "method"}]
+    assert results["wrong_type"][0] == 400 and results["wrong_type"][1]["field"] == "method"
+    assert results["unknown"][0] == 400 and "methods: echo" in results["unknown"][1]["error"]
+    assert results["not_json"][0] == 400
+    assert (sub.run_dir / "endpoints.json").exists()
+    # not reachable on the machine's other addresses: connect() there fails
+    assert results["other_addresses"] and all(results["other_addresses"].values())
+
+
+def test_unhealthy_replica_is_replaced(tmp_path, run_root):
+    services = ("  - {name: flaky, deployment: 'userclasses:Flaky', resources: {cpus: 0.05},\n"
+                "     health_check_period: 1, health_check_timeout: 2}\n")
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: flaky\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}"
+                    "driver: {function: 'drive_flaky:main'}\n")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert result["new"] and result["new"] != result["first"]  # Serve replaced the replica
+    assert result["ok"] + result["failed"] == result["calls"]  # every call accounted for
+
+
+def test_lifetime_ends_a_service(tmp_path, run_root):
+    services = ("  - {name: short, deployment: noop, resources: {cpus: 0.05},\n"
+                "     lifetime: {seconds: 2}}\n")
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: life\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}"
+                    "driver: {command: [sleep, '8']}\n")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
+    assert "service short: expired" in st.summary()
