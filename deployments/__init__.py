@@ -4,4 +4,7 @@ registry never imports a heavy (or GPU-only) backend."""
 
 REGISTRY: dict[str, str] = {
     "noop": "hpcray.deployments.noop:Noop",
+    "transformers_llm": "hpcray.deployments.transformers_llm:TransformersLLM",
+    "embedding": "hpcray.deployments.embedding:Embedding",
+    "vllm_llm": "hpcray.deployments.vllm_llm:VllmLLM",
 }

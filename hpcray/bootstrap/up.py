@@ -239,9 +239,11 @@ class ClusterUp:
             raise BootstrapError(f"services: {exc}") from None
         endpoints = self.services.endpoints()
         write_json_atomic(self.run.path / "endpoints.json", endpoints)
-        for name, entry in endpoints.items():
+        for name, entry in endpoints["services"].items():
             if "http" in entry:
                 self.env[f"HPCRAY_SERVICE_{name.upper().replace('-', '_')}_URL"] = entry["http"]
+        if endpoints["openai"]:
+            self.env["HPCRAY_OPENAI_BASE_URL"] = endpoints["openai"]
         self.env["HPCRAY_ENDPOINTS"] = str(self.run.path / "endpoints.json")
         self.run.mark("services_ready")
 

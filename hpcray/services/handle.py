@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +58,37 @@ class ServiceHandle:
             raise _unwrap(exc) from None
         return Response(round_trip_s=time.perf_counter() - start, **out)
 
-    def generate(self, prompt: str, **params: Any) -> Response:
+    def stream(self, method: str, payload: Any = None, *,
+               request_id: str | None = None) -> Iterator[str]:
+        """Pieces of a streamed result (e.g. generated text) as the replica produces them."""
+        request = self._request(method, payload, request_id)
+        try:
+            for chunk in self._handle.options(stream=True).handle_stream.remote(request):
+                yield chunk["delta"]
+        except Exception as exc:  # noqa: BLE001 - re-raised as the service's own error
+            raise _unwrap(exc) from None
+
+    def generate(self, prompt: str, *, stream: bool = False, **params: Any):
+        if stream:
+            return self.stream("generate", {"prompt": prompt, **params})
         return self.call("generate", {"prompt": prompt, **params})
 
-    def chat(self, messages: list[dict[str, str]], **params: Any) -> Response:
+    def chat(self, messages: list[dict[str, str]], *, stream: bool = False, **params: Any):
+        if stream:
+            return self.stream("chat", {"messages": messages, **params})
         return self.call("chat", {"messages": messages, **params})
 
     def embed(self, texts: list[str]) -> Response:
         return self.call("embed", {"texts": texts})
+
+    async def agenerate(self, prompt: str, **params: Any) -> Response:
+        return await self.acall("generate", {"prompt": prompt, **params})
+
+    async def achat(self, messages: list[dict[str, str]], **params: Any) -> Response:
+        return await self.acall("chat", {"messages": messages, **params})
+
+    async def aembed(self, texts: list[str]) -> Response:
+        return await self.acall("embed", {"texts": texts})
 
 
 def _unwrap(exc: Exception) -> Exception:

@@ -21,6 +21,7 @@ from hpcray.spec.services import ServiceSpec, check_service_graph
 log = logging.getLogger("hpcray.services")
 
 APP_PREFIX = "hpcray-"
+OPENAI_APP = "hpcray--openai"  # cannot clash: service names start with a letter
 
 
 class ServiceError(HpcrayError):
@@ -143,7 +144,17 @@ class ServiceManager:
                     timer.daemon = True
                     timer.start()
             self._save()
+        if self.http:
+            self._start_openai()
         return self.records
+
+    def _start_openai(self) -> None:
+        from ray import serve
+
+        from hpcray.services.openai_api import OpenAIIngress
+
+        serve.run(OpenAIIngress.bind(list(self.records)), name=OPENAI_APP, route_prefix="/v1")
+        log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _wait_running(self, level: list[ServiceSpec]) -> None:
         from ray import serve
@@ -213,6 +224,14 @@ class ServiceManager:
         record.state = "expired"
         self._save()
 
+    @property
+    def openai_url(self) -> str | None:
+        if not self.http:
+            return None
+        host, port = self.http
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/v1"
+
     def endpoints(self) -> dict[str, Any]:
         """What `endpoints.json` says: how to reach each service without Python and Ray."""
         out: dict[str, Any] = {}
@@ -224,19 +243,22 @@ class ServiceManager:
                 host = f"[{host}]" if ":" in host else host
                 entry["http"] = f"http://{host}:{port}/{name}"
             out[name] = entry
-        return out
+        return {"services": out, "openai": self.openai_url}
 
     def stop(self) -> None:
         from ray import serve
 
-        for name, record in self.records.items():
-            if record.state in ("pending", "expired"):
-                continue
+        apps = [OPENAI_APP] if self.http else []
+        apps += [app_name(n) for n, r in self.records.items() if r.state not in ("pending",
+                                                                                 "expired")]
+        for app in apps:
             try:
-                serve.delete(app_name(name))
+                serve.delete(app)
             except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
-                log.warning("deleting service %s: %s", name, exc)
-            record.state = "stopped"
+                log.warning("deleting %s: %s", app, exc)
+        for record in self.records.values():
+            if record.state not in ("pending", "expired"):
+                record.state = "stopped"
         try:
             serve.shutdown()
         except Exception as exc:  # noqa: BLE001

@@ -53,6 +53,15 @@ class ReplicaHost:
         return {"id": request.get("id"), "replica": self.replica, "node": self.node,
                 "result": result, "inference_s": done - start, "service_s": start - received}
 
+    def handle_stream(self, request: dict[str, Any]):
+        """Streaming form: the service's `<method>_stream` generator, piece by piece."""
+        method = request.get("method")
+        fn = getattr(self.obj, f"{method}_stream", None) if isinstance(method, str) else None
+        if method is None or method.startswith("_") or not callable(fn):
+            raise ServiceRequestError(f"service {self.service!r} cannot stream {method!r}")
+        for piece in fn(request.get("payload")):
+            yield {"id": request.get("id"), "replica": self.replica, "delta": piece}
+
     async def __call__(self, http_request) -> Any:
         """HTTP: POST /<service> {"method": str, "payload": any, "id": str?}. A request the
         service cannot take is a 400 naming the field; a service failure is a 500 with its

@@ -97,7 +97,8 @@ def test_http_endpoint_for_executables_and_bad_requests(tmp_path, run_root):
     head = read_json(sub.run_dir / "head.json")
     # bound to the head's address (loopback here), on the job's own port block
     assert results["url"] == f"http://{head['ip']}:{head['serve_http_port']}/noop"
-    assert results["endpoints"]["noop"]["http"] == results["url"]
+    assert results["endpoints"]["services"]["noop"]["http"] == results["url"]
+    assert results["endpoints"]["openai"] == results["url"].replace("/noop", "/v1")
     status, body = results["ok"]
     assert status == 200 and body["result"] == {"x": 1} and body["id"] == "r1" and body["replica"]
     assert results["missing"] == [400, {"error": "missing field 'method'", "field": "method"}]
@@ -144,3 +145,52 @@ def test_lifetime_ends_a_service(tmp_path, run_root):
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
     assert "service short: expired" in st.summary()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    pytest.importorskip("transformers", reason="transformers is installed by the test extra")
+    from hpcray.models.tiny import build_tiny_causal_lm, build_tiny_encoder
+
+    root = tmp_path_factory.mktemp("models")
+    return build_tiny_causal_lm(root / "tiny-gpt2"), build_tiny_encoder(root / "tiny-bert")
+
+
+def test_tiny_llm_and_encoder_through_handle_and_openai_client(tmp_path, run_root, tiny_models,
+                                                                monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpt2, bert = tiny_models
+    services = (f"  - {{name: llm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
+                f"     args: {{model_path: '{gpt2}', max_new_tokens: 8}}}}\n"
+                f"  - {{name: emb, deployment: embedding, resources: {{cpus: 0.5}},\n"
+                f"     args: {{model_path: '{bert}'}}}}\n")
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: llm\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}"
+                    "driver: {function: 'llm_checks:main'}\n")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=280)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    out = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert out["handle_generate"]["tokens"] == 5 and out["handle_generate"]["replica"]
+    assert out["handle_chat"] == 4
+    assert 1 <= len(out["handle_stream"]) <= 4 and all(isinstance(p, str)
+                                                       for p in out["handle_stream"])
+    assert out["handle_embed_dim"] == 32
+    assert out["models"] == ["emb", "llm"]
+    assert out["chat"]["role"] == "assistant" and out["chat"]["usage"] == 5
+    assert out["chat_stream_pieces"] >= 1
+    assert out["completion_tokens"] == 3
+    assert out["embeddings"] == [32, 32]
+    status, body = out["missing_messages"]
+    assert status == 422 and "messages" in json.dumps(body)
+    assert out["wrong_type"][0] == 422 and "content" in json.dumps(out["wrong_type"][1])
+    status, body = out["too_long"]
+    assert status == 400 and "context of 128 tokens" in body["error"]["message"]
+    assert out["unknown_model"][0] == 404 and out["unknown_model"][1]["error"]["param"] == "model"
+    bt = json.loads((sub.run_dir / "metrics" / "services.json").read_text())["llm"]["bt"]
+    assert bt[0]["init"] > 0  # loading the checkpoint is the init part of BT

@@ -1,0 +1,1 @@
+"""Local model checkpoints: tiny real-architecture models for tests and demos (no downloads)."""
