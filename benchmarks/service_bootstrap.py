@@ -2,7 +2,8 @@
 
     python benchmarks/service_bootstrap.py [--replicas 1 2 4 8 16] [--repeats 1]
 
-For each N, a run on the local site starts one NOOP service with N replicas; every replica's
+For each N, a run on the local site starts one NOOP service with N replicas (and the tiny
+GPT-2 through transformers_llm, whose init is a real checkpoint load); every replica's
 BT is split as in the paper's Figure 3: launch (deploy request -> replica process runs),
 init (the service's constructor: model load), publish (RUNNING -> first successful call
 through a handle). All N replicas are requested at once. Writes
@@ -48,6 +49,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--llm-replicas", type=int, nargs="*", default=[1, 2],
+                        help="also start the tiny GPT-2 (transformers_llm) with N replicas")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -56,30 +59,41 @@ def main() -> int:
 
     console = Console(record=True)
     rows = []
+    configs = [("noop", n) for n in args.replicas] + [("tiny LLM", n) for n in args.llm_replicas]
     with tempfile.TemporaryDirectory(prefix="hpcray-bt-") as tmp, Progress(console=console) as bar:
-        task = bar.add_task("service bootstrap runs", total=len(args.replicas) * args.repeats)
+        model = None
+        if args.llm_replicas:
+            from hpcray.models.tiny import build_tiny_causal_lm
+
+            model = build_tiny_causal_lm(Path(tmp) / "tiny-gpt2")
+        task = bar.add_task("service bootstrap runs", total=len(configs) * args.repeats)
         for rep in range(args.repeats):
-            for n in args.replicas:
-                for r in run_once(Path(tmp), n):
-                    rows.append({"replicas": n, "repeat": rep, "replica": r["replica"],
-                                 **{p: r[p] for p in PARTS}})
+            for kind, n in configs:
+                if kind == "noop":
+                    bts = run_once(Path(tmp), n)
+                else:
+                    bts = run_once(Path(tmp), n, "transformers_llm", f"{{model_path: '{model}'}}")
+                for r in bts:
+                    rows.append({"service": kind, "replicas": n, "repeat": rep,
+                                 "replica": r["replica"], **{p: r[p] for p in PARTS}})
                 bar.advance(task)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "service_bootstrap.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["replicas", "repeat", "replica", *PARTS])
+        writer = csv.DictWriter(f, fieldnames=["service", "replicas", "repeat", "replica",
+                                               *PARTS])
         writer.writeheader()
         writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
                          for r in rows)
-    table = Table(title="NOOP service bootstrap time per replica, seconds: mean (max)")
-    for col in ("replicas", *PARTS, "BT"):
+    table = Table(title="Service bootstrap time per replica, seconds: mean (max)")
+    for col in ("service", "replicas", *PARTS, "BT"):
         table.add_column(col, justify="right")
     means = {}
-    for n in args.replicas:
-        sel = [r for r in rows if r["replicas"] == n]
-        means[n] = {p: statistics.mean(r[p] for r in sel) for p in PARTS}
+    for kind, n in configs:
+        sel = [r for r in rows if r["replicas"] == n and r["service"] == kind]
+        means[kind, n] = {p: statistics.mean(r[p] for r in sel) for p in PARTS}
         bt = [sum(r[p] for p in PARTS) for r in sel]
-        table.add_row(str(n), *(f"{means[n][p]:.3f} ({max(r[p] for r in sel):.3f})"
+        table.add_row(kind, str(n), *(f"{means[kind, n][p]:.3f} ({max(r[p] for r in sel):.3f})"
                                 for p in PARTS), f"{statistics.mean(bt):.3f} ({max(bt):.3f})")
     console.print(table)
 
@@ -89,13 +103,13 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [str(n) for n in args.replicas]
+    labels = [str(n) if kind == "noop" else f"LLM\n{n}" for kind, n in configs]
     bottom = [0.0] * len(labels)
     for part, color in zip(PARTS, ("tab:orange", "tab:green", "tab:red"), strict=True):
-        values = [means[n][part] for n in args.replicas]
+        values = [means[c][part] for c in configs]
         ax.bar(labels, values, bottom=bottom, label=part, color=color)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("NOOP replicas started together")
+    ax.set_xlabel("replicas started together (NOOP; tiny GPT-2 'LLM')")
     ax.set_ylabel("seconds per replica (mean)")
     ax.set_title("Service bootstrap time (BT) on Ray Serve, this machine")
     ax.legend()
