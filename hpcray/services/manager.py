@@ -4,11 +4,9 @@ into BT (launch, init, publish), and deleted at the end."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -282,11 +280,3 @@ def _messages(app) -> str:
         if dep.message:
             parts.append(dep.message)
     return "\n".join(parts) or str(app.status)
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def bt_table(records: dict[str, ServiceRecord]) -> str:
-    return json.dumps({n: [asdict(b) for b in r.bt] for n, r in records.items()}, indent=2)

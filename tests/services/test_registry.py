@@ -13,7 +13,8 @@ def test_short_names_and_import_paths():
 
 
 def test_unknown_short_name_lists_candidates():
-    with pytest.raises(SpecError, match="unknown deployment 'nop'; built-in: noop"):
+    with pytest.raises(SpecError, match="unknown deployment 'nop'; built-in: embedding, noop, "
+                                         "transformers_llm, vllm_llm"):
         target_of("nop")
 
 

@@ -194,3 +194,27 @@ def test_tiny_llm_and_encoder_through_handle_and_openai_client(tmp_path, run_roo
     assert out["unknown_model"][0] == 404 and out["unknown_model"][1]["error"]["param"] == "model"
     bt = json.loads((sub.run_dir / "metrics" / "services.json").read_text())["llm"]["bt"]
     assert bt[0]["init"] > 0  # loading the checkpoint is the init part of BT
+
+
+def test_cancel_with_services_leaves_no_serve_process(tmp_path, run_root):
+    services = "  - {name: noop, deployment: noop, replicas: 2, resources: {cpus: 0.05}}\n"
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: cancelme\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}")  # no driver: up until cancelled
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        assert wait_until(lambda: hpcray.status(sub.run_dir).state == "running"
+                          and "services_ready" in hpcray.status(sub.run_dir).times, 180), \
+            hpcray.logs(sub.run_dir)
+        cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
+        titles = [" ".join(p.cmdline()[:1]) for p in ray_processes(cluster)]
+        assert sum("ServeReplica" in t for t in titles) == 2  # the replicas are really there
+        st = hpcray.cancel(sub.run_dir, wait_s=120)
+    finally:
+        path.unlink()
+        if not hpcray.status(sub.run_dir).finished:
+            hpcray.cancel(sub.run_dir, wait_s=60)
+    assert st.state == "cancelled"
+    assert wait_until(lambda: not ray_processes(cluster), 30)
+    assert {s.state for s in st.services} == {"stopped"}
