@@ -16,17 +16,20 @@ DRIVER = (f"driver:\n  function: drive_services:main\n  cwd: {FIXTURES / 'servic
           "  args:\n    services: {{{services}}}\n")
 
 
-def run_workflow(tmp_path, run_root, services: str, driver_services: str | None = None):
-    text = ("name: svc\nallocation: {nodes: 1, walltime: 10m}\n"
+def run_workflow(tmp_path, run_root, services: str, driver_services: str | None = None, *,
+                 driver: str = "", name: str = "svc", timeout: float = 240):
+    """Run a workflow whose file sits next to the test's user code; wait for its end and
+    check that no process of it is left."""
+    text = (f"name: {name}\nallocation: {{nodes: 1, walltime: 10m}}\n"
             "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-            f"services:\n{services}")
+            f"services:\n{services}{driver}")
     if driver_services is not None:
         text += DRIVER.format(services=driver_services)
     path = FIXTURES / "services" / f"{tmp_path.name}.yaml"  # the workflow dir holds user code
     path.write_text(text)
     try:
         sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=240)
+        st = hpcray.wait(sub.run_dir, timeout=timeout)
     finally:
         path.unlink()
     cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
@@ -82,16 +85,8 @@ def test_bad_arguments_fail_before_deploying(tmp_path, run_root):
 
 def test_http_endpoint_for_executables_and_bad_requests(tmp_path, run_root):
     services = "  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
-    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
-    path.write_text("name: http\nallocation: {nodes: 1, walltime: 10m}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-                    f"services:\n{services}"
-                    "driver: {command: [python3, http_client.py]}\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+    sub, st = run_workflow(tmp_path, run_root, services, name="http",
+                           driver="driver: {command: [python3, http_client.py]}\n")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     results = json.loads((sub.run_dir / "http-results.json").read_text())
     head = read_json(sub.run_dir / "head.json")
@@ -113,16 +108,8 @@ def test_http_endpoint_for_executables_and_bad_requests(tmp_path, run_root):
 def test_unhealthy_replica_is_replaced(tmp_path, run_root):
     services = ("  - {name: flaky, deployment: 'userclasses:Flaky', resources: {cpus: 0.05},\n"
                 "     health_check_period: 1, health_check_timeout: 2}\n")
-    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
-    path.write_text("name: flaky\nallocation: {nodes: 1, walltime: 10m}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-                    f"services:\n{services}"
-                    "driver: {function: 'drive_flaky:main'}\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+    sub, st = run_workflow(tmp_path, run_root, services, name="flaky",
+                           driver="driver: {function: 'drive_flaky:main'}\n")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     result = json.loads((sub.run_dir / "driver-result.json").read_text())
     assert result["new"] and result["new"] != result["first"]  # Serve replaced the replica
@@ -132,16 +119,8 @@ def test_unhealthy_replica_is_replaced(tmp_path, run_root):
 def test_lifetime_ends_a_service(tmp_path, run_root):
     services = ("  - {name: short, deployment: noop, resources: {cpus: 0.05},\n"
                 "     lifetime: {seconds: 2}}\n")
-    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
-    path.write_text("name: life\nallocation: {nodes: 1, walltime: 10m}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-                    f"services:\n{services}"
-                    "driver: {command: [sleep, '8']}\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+    sub, st = run_workflow(tmp_path, run_root, services, name="life",
+                           driver="driver: {command: [sleep, '8']}\n")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
     assert "service short: expired" in st.summary()
@@ -164,16 +143,8 @@ def test_tiny_llm_and_encoder_through_handle_and_openai_client(tmp_path, run_roo
                 f"     args: {{model_path: '{gpt2}', max_new_tokens: 8}}}}\n"
                 f"  - {{name: emb, deployment: embedding, resources: {{cpus: 0.5}},\n"
                 f"     args: {{model_path: '{bert}'}}}}\n")
-    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
-    path.write_text("name: llm\nallocation: {nodes: 1, walltime: 10m}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-                    f"services:\n{services}"
-                    "driver: {function: 'llm_checks:main'}\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=280)
-    finally:
-        path.unlink()
+    sub, st = run_workflow(tmp_path, run_root, services, name="llm", timeout=280,
+                           driver="driver: {function: 'llm_checks:main'}\n")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     out = json.loads((sub.run_dir / "driver-result.json").read_text())
     assert out["handle_generate"]["tokens"] == 5 and out["handle_generate"]["replica"]
