@@ -20,7 +20,7 @@ import psutil
 from hpcray.bootstrap import gpus
 from hpcray.bootstrap.auth import auth_env
 from hpcray.bootstrap.network import host_port, node_address
-from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
+from hpcray.bootstrap.plan import NODE_LABEL, ClusterPlan, NodePlan, node_label, node_resource
 from hpcray.bootstrap.ports import PortBlock, claim_block, release_block
 from hpcray.bootstrap.teardown import MARKER, marker_value, teardown
 from hpcray.bootstrap.tempdir import temp_dir_for
@@ -61,6 +61,7 @@ def ray_start_argv(plan: ClusterPlan, me: NodePlan, *, ip: str, block: PortBlock
             f"--temp-dir={temp_dir}", f"--node-ip-address={ip}",
             f"--num-cpus={me.cpus}", f"--num-gpus={num_gpus}",
             f"--resources={json.dumps({node_resource(me.name): 1})}",
+            f"--labels={NODE_LABEL}={node_label(me.name)}",
             "--disable-usage-stats", *block.ray_flags(head=is_head)]
     if is_head:
         argv.append(f"--include-dashboard={'true' if plan.dashboard else 'false'}")

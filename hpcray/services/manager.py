@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hpcray.bootstrap.plan import node_resource
+from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.services.registry import check_args, load_class, target_of
@@ -60,12 +60,16 @@ def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
     if spec.resources.node:
         need[node_resource(spec.resources.node)] = 0.001
     need = {k: v for k, v in need.items() if v}
-    for node in nodes:
-        if node.get("Alive") and all(node["Resources"].get(k, 0) >= v for k, v in need.items()):
+    allowed = {node_resource(n) for n in spec.resources.nodes or []}
+    candidates = [n for n in nodes if n.get("Alive")
+                  and (not allowed or allowed & set(n["Resources"]))]
+    for node in candidates:
+        if all(node["Resources"].get(k, 0) >= v for k, v in need.items()):
             return None
-    have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU") or k in need}
-            for n in nodes if n.get("Alive")]
-    return f"one replica needs {need}, and no node has that (nodes: {have})"
+    have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU") or k in need
+             or k.startswith("hpcray-node:")} for n in candidates]
+    where = f" among nodes {spec.resources.nodes}" if allowed else ""
+    return f"one replica needs {need}, and no node{where} has that (nodes: {have})"
 
 
 class ServiceManager:
@@ -94,7 +98,10 @@ class ServiceManager:
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
         }
-        actor = {"num_cpus": res.cpus, "num_gpus": res.gpus, "resources": custom}
+        actor: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "resources": custom}
+        if res.nodes:
+            values = ",".join(node_label(n) for n in res.nodes)
+            actor["label_selector"] = {NODE_LABEL: f"in({values})"}
         if res.memory:
             actor["memory"] = res.memory
         if res.gpus > 1:  # a multi-GPU replica: one bundle holding all of it, on one node

@@ -20,6 +20,14 @@ class ReplicaResources(StrictModel):
     memory: int | None = Field(None, ge=0, description="Bytes reserved per replica.")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
     node: str | None = Field(None, description="Pin every replica to this node (its name).")
+    nodes: list[str] | None = Field(
+        None, min_length=1, description="Any of these nodes: a partition of the allocation.")
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> ReplicaResources:
+        if self.node and self.nodes:
+            raise ValueError("give either 'node' or 'nodes', not both")
+        return self
 
 
 class LifetimeSpec(StrictModel):

@@ -177,7 +177,9 @@ def test_hostlist_expansion_matches_scontrol(slurm_cluster):
         assert expand_hostlist(text) == out
 
 
-def test_service_replicas_pinned_to_node2_run_there(slurm_cluster, tmp_path, run_root, runs):
+@pytest.mark.parametrize("constraint", ["node: node2", "nodes: [node2]"])
+def test_service_replicas_pinned_to_node2_run_there(constraint, slurm_cluster, tmp_path,
+                                                    run_root, runs):
     from tests.conftest import FIXTURES
 
     path = tmp_path / "pinned.yaml"
@@ -185,7 +187,7 @@ def test_service_replicas_pinned_to_node2_run_there(slurm_cluster, tmp_path, run
         "name: pinned\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
         "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
         "services:\n  - {name: noop, deployment: noop, replicas: 2,\n"
-        "     resources: {cpus: 0.1, node: node2}}\n"
+        f"     resources: {{cpus: 0.1, {constraint}}}}}\n"
         f"driver:\n  function: drive_services:main\n  cwd: {FIXTURES / 'services'}\n"
         "  args: {services: {noop: 2}}\n")
     sub = submit(path, run_root, runs)
