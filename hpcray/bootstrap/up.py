@@ -344,7 +344,8 @@ class ClusterUp:
         the launcher exits by itself; signal the launcher only if that does not happen."""
         self.run.mark("teardown_start")
         grace = self.workflow.ray.teardown_grace
-        if self.services is not None:
+        head_lost = bool(self.stop.reason and self.stop.reason.startswith("head node"))
+        if self.services is not None and not head_lost:  # with the head gone, Serve is too
             self.services.stop()
         if "ray" in sys.modules:
             import ray
