@@ -189,3 +189,26 @@ def test_cancel_with_services_leaves_no_serve_process(tmp_path, run_root):
     assert st.state == "cancelled"
     assert wait_until(lambda: not ray_processes(cluster), 30)
     assert {s.state for s in st.services} == {"stopped"}
+
+
+def test_losing_the_head_with_services_fails_fast_and_cleans_up(tmp_path, run_root):
+    import os
+    import signal
+
+    services = "  - {name: noop, deployment: noop, resources: {cpus: 0.05}}\n"
+    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"
+    path.write_text("name: headloss\nallocation: {nodes: 1, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    f"services:\n{services}")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        assert wait_until(lambda: "services_ready" in hpcray.status(sub.run_dir).times, 180), \
+            hpcray.logs(sub.run_dir)
+        head = hpcray.status(sub.run_dir).nodes[0].name
+        os.kill(read_json(sub.run_dir / "nodes" / f"{head}.json")["pid"], signal.SIGTERM)
+        st = hpcray.wait(sub.run_dir, timeout=90)  # no hang on a Serve that is gone
+    finally:
+        path.unlink()
+    assert st.state == "failed" and "head node" in st.error
+    cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
+    assert wait_until(lambda: not ray_processes(cluster), 30)
