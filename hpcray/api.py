@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcray.bootstrap.gpus import visible_count
 from hpcray.errors import ResourceError, SpecError
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
@@ -25,9 +26,9 @@ TERMINAL = ("completed", "failed", "cancelled", "walltime", "lost")
 
 
 def _detected_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = visible_count(os.environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is not None:
-        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+        return visible
     return len(list(Path("/dev").glob("nvidia[0-9]*")))
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hpcray.bootstrap.network import host_port
 from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, write_json_atomic
@@ -44,12 +45,16 @@ class ReplicaBT:
 class ServiceRecord:
     name: str
     state: str = "pending"
-    replicas: int = 0
     deploy_at: float | None = None
     running_at: float | None = None
     published_at: float | None = None
     error: str | None = None
     bt: list[ReplicaBT] = field(default_factory=list)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas that answered through the handle (one BT record each)."""
+        return len(self.bt)
 
 
 def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
@@ -204,7 +209,6 @@ class ServiceManager:
                 info = response.result()
                 seen.setdefault(info["replica"], {**info, "published": time.time()})
         record.published_at = time.time()
-        record.replicas = len(seen)
         record.state = "ready"
         for info in seen.values():
             record.bt.append(ReplicaBT(
@@ -229,13 +233,12 @@ class ServiceManager:
         record.state = "expired"
         self._save()
 
+    def _url(self, path: str) -> str | None:
+        return f"http://{host_port(*self.http)}/{path}" if self.http else None
+
     @property
     def openai_url(self) -> str | None:
-        if not self.http:
-            return None
-        host, port = self.http
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}/v1"
+        return self._url("v1")
 
     def endpoints(self) -> dict[str, Any]:
         """What `endpoints.json` says: how to reach each service without Python and Ray."""
@@ -244,9 +247,7 @@ class ServiceManager:
             entry: dict[str, Any] = {"state": record.state, "replicas": record.replicas,
                                      "handle": f"hpcray.service({name!r})"}
             if self.http:
-                host, port = self.http
-                host = f"[{host}]" if ":" in host else host
-                entry["http"] = f"http://{host}:{port}/{name}"
+                entry["http"] = self._url(name)
             out[name] = entry
         return {"services": out, "openai": self.openai_url}
 
