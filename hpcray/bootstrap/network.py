@@ -50,3 +50,5 @@ def host_port(address: str, port: int) -> str:
     except ValueError:
         pass
     return f"{address}:{port}"
+
+NODE_IP_ENV = "HPCRAY_NODE_IP"  # exported by the node agent to everything Ray starts there

@@ -19,7 +19,7 @@ import psutil
 
 from hpcray.bootstrap import gpus
 from hpcray.bootstrap.auth import auth_env
-from hpcray.bootstrap.network import host_port, node_address
+from hpcray.bootstrap.network import NODE_IP_ENV, host_port, node_address
 from hpcray.bootstrap.plan import NODE_LABEL, ClusterPlan, NodePlan, node_label, node_resource
 from hpcray.bootstrap.ports import PortBlock, claim_block, release_block
 from hpcray.bootstrap.teardown import MARKER, marker_value, teardown
@@ -195,6 +195,7 @@ class NodeAgent:
             log.warning("allocation lists %d GPU(s) on %s but %d are visible; using %d",
                         me.gpus, me.name, translated.visible, num_gpus)
         ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname())
+        env[NODE_IP_ENV] = ip  # replicas bind their direct sockets here, not on all interfaces
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
         head_address = None
         if not self.is_head:

@@ -1,16 +1,23 @@
-"""One handle API for every service: call, generate, chat, embed; sync and async."""
+"""One handle API for every service: call, generate, chat, embed; sync and async.
+
+Requests go over the service's transport: `direct` (the replica's own socket, the default)
+or `serve` (a Ray Serve DeploymentHandle). Streaming always uses Serve."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass
 class Response:
+    """A result and where its round trip went (the paper's RT components)."""
+
     id: str
     replica: str
     node: str | None
@@ -19,17 +26,44 @@ class Response:
     service_s: float
     round_trip_s: float
 
+    @property
+    def communication_s(self) -> float:
+        return max(0.0, self.round_trip_s - self.service_s - self.inference_s)
+
 
 class ServiceHandle:
     """``hpcray.service("llm")``: requests carry an id; every response names its replica."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, transport: str | None = None, **direct_options: Any) -> None:
         from ray import serve
 
+        from hpcray.services.direct.directory import directory
         from hpcray.services.manager import app_name
 
         self.name = name
         self._handle = serve.get_app_handle(app_name(name))
+        self._direct = None
+        self._pool: ThreadPoolExecutor | None = None
+        found = directory()
+        if transport is None:
+            import ray
+
+            transport = "serve" if found is None else \
+                ray.get(found.describe.remote(name))["transport"]
+        self.transport = transport
+        if transport == "direct":
+            from hpcray.services.direct.client import DirectClient
+
+            self._direct = DirectClient(name, directory=found, **direct_options)
+
+    def __reduce__(self):
+        """A handle sent to a Ray task reconnects there (sockets do not travel)."""
+        return (ServiceHandle, (self.name,), None)
+
+    @property
+    def direct(self):
+        """The DirectClient (replica table, call_many, ping), or None on the Serve path."""
+        return self._direct
 
     def raw(self, method: str):
         """A Serve response for a replica-host method (used for BT publish)."""
@@ -38,8 +72,18 @@ class ServiceHandle:
     def _request(self, method: str, payload: Any, request_id: str | None) -> dict[str, Any]:
         return {"id": request_id or uuid.uuid4().hex[:16], "method": method, "payload": payload}
 
+    def _from_reply(self, reply) -> Response:
+        entry = self._direct.table.get(reply.replica, {})
+        t = reply.timing
+        return Response(id=reply.id, replica=reply.replica, node=entry.get("node"),
+                        result=reply.payload, inference_s=t.inference_s, service_s=t.service_s,
+                        round_trip_s=t.round_trip_s)
+
     def call(self, method: str, payload: Any = None, *, request_id: str | None = None,
              timeout: float | None = None) -> Response:
+        if self._direct is not None:
+            return self._from_reply(self._direct.call(method, payload, request_id=request_id,
+                                                      timeout=timeout))
         request = self._request(method, payload, request_id)
         start = time.perf_counter()
         try:
@@ -48,8 +92,33 @@ class ServiceHandle:
             raise _unwrap(exc) from None
         return Response(round_trip_s=time.perf_counter() - start, **out)
 
+    def call_many(self, method: str, payloads: list[Any], *, window: int = 64,
+                  timeout: float | None = None) -> list[Response]:
+        """Many requests, up to `window` in flight at once; responses in input order."""
+        if self._direct is not None:
+            return [self._from_reply(r) for r in
+                    self._direct.call_many(method, payloads, window=window, timeout=timeout)]
+        responses = []
+        for start in range(0, len(payloads), window):
+            t0 = time.perf_counter()
+            refs = [self._handle.handle.remote(self._request(method, p, None))
+                    for p in payloads[start:start + window]]
+            for ref in refs:
+                try:
+                    out = ref.result(timeout_s=timeout)
+                except Exception as exc:  # noqa: BLE001
+                    raise _unwrap(exc) from None
+                responses.append(Response(round_trip_s=time.perf_counter() - t0, **out))
+        return responses
+
     async def acall(self, method: str, payload: Any = None, *,
                     request_id: str | None = None) -> Response:
+        if self._direct is not None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(32, thread_name_prefix=f"hpcray-{self.name}")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._pool, lambda: self.call(method, payload, request_id=request_id))
         request = self._request(method, payload, request_id)
         start = time.perf_counter()
         try:
@@ -57,6 +126,12 @@ class ServiceHandle:
         except Exception as exc:  # noqa: BLE001 - re-raised as the service's own error
             raise _unwrap(exc) from None
         return Response(round_trip_s=time.perf_counter() - start, **out)
+
+    def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def stream(self, method: str, payload: Any = None, *,
                request_id: str | None = None) -> Iterator[str]:
@@ -101,5 +176,5 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
-def service(name: str) -> ServiceHandle:
-    return ServiceHandle(name)
+def service(name: str, **options: Any) -> ServiceHandle:
+    return ServiceHandle(name, **options)

@@ -5,6 +5,7 @@ into BT (launch, init, publish), and deleted at the end."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,6 +85,8 @@ class ServiceManager:
         self.run = run
         self.http = http  # (host, port) of Serve's HTTP proxy on the head, or None
         self.records = {s.name: ServiceRecord(s.name) for s in services}
+        self.specs = {s.name: s for s in services}
+        self.directory = None
 
     # -- building ----------------------------------------------------------------------------
     def _deployment(self, spec: ServiceSpec):
@@ -114,7 +117,8 @@ class ServiceManager:
             options["placement_group_bundles"] = [bundle]
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
-        return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name)
+        return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name,
+                                                             spec.transport)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> dict[str, ServiceRecord]:
@@ -135,10 +139,17 @@ class ServiceManager:
                 why = fits(spec, nodes)
                 if why:
                     raise ServiceError(f"service {spec.name!r} cannot be placed: {why}")
+        from hpcray.services.direct.directory import directory
+
+        self.directory = directory(create=True)
+        ray.get([self.directory.declare.remote(s.name, s.model_dump(mode="json"),
+                                               self._route(s.name))
+                 for level in self.levels for s in level])
         for level in self.levels:
+            # external scaling: `scale` changes replica counts without a redeploy
             targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
-                                       route_prefix=f"/{s.name}" if self.http else None)
-                       for s in level]
+                                       route_prefix=self._route(s.name),
+                                       external_scaler_enabled=True) for s in level]
             now = time.time()
             for spec in level:
                 self.records[spec.name].deploy_at = now
@@ -196,18 +207,10 @@ class ServiceManager:
             time.sleep(0.2)
 
     def _publish(self, spec: ServiceSpec) -> None:
-        """First successful call through a handle, per replica (BT publish)."""
-        from hpcray.services.handle import ServiceHandle
-
-        handle = ServiceHandle(spec.name)
+        """First successful call per replica, over the service's own transport (BT publish)."""
         record = self.records[spec.name]
-        seen: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + spec.readiness_timeout
-        while len(seen) < spec.replicas and time.monotonic() < deadline:
-            responses = [handle.raw("bootstrap") for _ in range(2 * spec.replicas)]
-            for response in responses:
-                info = response.result()
-                seen.setdefault(info["replica"], {**info, "published": time.time()})
+        seen = (self._published_direct if spec.transport == "direct" else
+                self._published_serve)(spec)
         record.published_at = time.time()
         record.state = "ready"
         for info in seen.values():
@@ -219,7 +222,46 @@ class ServiceManager:
         if len(seen) < spec.replicas:
             log.warning("service %s: only %d of %d replicas answered", spec.name, len(seen),
                         spec.replicas)
-        log.info("service %s ready: %d replica(s)", spec.name, len(seen))
+        log.info("service %s ready: %d replica(s) over %s", spec.name, len(seen), spec.transport)
+
+    def _published_serve(self, spec: ServiceSpec) -> dict[str, dict[str, Any]]:
+        from hpcray.services.handle import ServiceHandle
+
+        handle = ServiceHandle(spec.name, transport="serve")
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + spec.readiness_timeout
+        while len(seen) < spec.replicas and time.monotonic() < deadline:
+            responses = [handle.raw("bootstrap") for _ in range(2 * spec.replicas)]
+            for response in responses:
+                info = response.result()
+                seen.setdefault(info["replica"], {**info, "published": time.time()})
+        return seen
+
+    def _published_direct(self, spec: ServiceSpec) -> dict[str, dict[str, Any]]:
+        """Each replica published its socket before Serve called it running; ping each."""
+        from hpcray.services.direct.client import DirectClient
+
+        client = DirectClient(spec.name, directory=self.directory, watch=False)
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + spec.readiness_timeout
+        try:
+            while len(seen) < spec.replicas and time.monotonic() < deadline:
+                for replica in client.replicas:
+                    if replica not in seen:
+                        seen[replica] = {**client.ping(replica), "published": time.time()}
+                if len(seen) < spec.replicas:
+                    time.sleep(0.1)
+                    client.refresh()
+        finally:
+            client.close()
+        return seen
+
+    def _route(self, name: str) -> str | None:
+        return f"/{name}" if self.http else None
+
+    def scale(self, name: str, replicas: int) -> None:
+        """Change a running service's replica count (see `scale`)."""
+        self.specs[name] = scale(name, replicas, directory=self.directory)
 
     def expire(self, name: str) -> None:
         """End of a service's lifetime: delete it; callers get an explicit error after."""
@@ -248,6 +290,18 @@ class ServiceManager:
                                      "handle": f"hpcray.service({name!r})"}
             if self.http:
                 entry["http"] = self._url(name)
+            if self.specs[name].transport == "direct" and self.directory is not None:
+                import ray
+
+                table = ray.get(self.directory.describe.remote(name))["replicas"]
+                entry["direct"] = {
+                    "protocol": "HPR1 over ZeroMQ (docs/direct-protocol.md)",
+                    "replicas": [{k: r[k] for k in ("replica", "node", "address")}
+                                 for r in table],
+                    # the password is the run's token file: named here, never copied
+                    "auth": {"mechanism": "PLAIN", "username": "hpcray",
+                             "password_file": os.environ.get("RAY_AUTH_TOKEN_PATH")},
+                }
             out[name] = entry
         return {"services": out, "openai": self.openai_url}
 
@@ -269,6 +323,14 @@ class ServiceManager:
             serve.shutdown()
         except Exception as exc:  # noqa: BLE001
             log.warning("serve shutdown: %s", exc)
+        if self.directory is not None:
+            import ray
+
+            try:
+                ray.kill(self.directory)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stopping the replica directory: %s", exc)
+            self.directory = None
         self._save()
 
     def _save(self) -> None:
@@ -279,6 +341,34 @@ class ServiceManager:
         write_json_atomic(self.run.path / "metrics" / "services.json", data)
         self.run.update(services={n: {"state": r.state, "replicas": r.replicas,
                                       "error": r.error} for n, r in self.records.items()})
+
+
+def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
+    """Change a running service's replica count from any process of the run. Existing
+    replicas keep running (no redeploy); handles pick up the new ones (direct path: within
+    one directory round trip of each replica's start)."""
+    import ray
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    from hpcray.services.direct.directory import directory as find_directory
+
+    found = directory or find_directory()
+    declared = ray.get(found.declared.remote(service)) if found is not None else {"spec": None}
+    if declared["spec"] is None:
+        raise ServiceError(f"no running service {service!r} to scale")
+    if replicas < 1:
+        raise ServiceError(f"service {service!r}: replicas must be at least 1, got {replicas}")
+    spec = ServiceSpec.model_validate({**declared["spec"], "replicas": replicas})
+    # Serve's external-scaler call (what its REST API's scale endpoint does): a lightweight
+    # update of the target count, where a second serve.run would restart every replica.
+    controller = _get_global_client()._controller
+    ray.get(controller.update_deployment_replicas.remote(
+        DeploymentID(name=service, app_name=app_name(service)), replicas))
+    ray.get(found.declare.remote(service, spec.model_dump(mode="json"),
+                                 declared["route_prefix"]))
+    log.info("service %s scaled to %d replica(s)", service, replicas)
+    return spec
 
 
 def _messages(app) -> str:

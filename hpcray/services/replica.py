@@ -17,7 +17,8 @@ class ServiceRequestError(ValueError):
 
 
 class ReplicaHost:
-    def __init__(self, target: str, args: dict[str, Any], service: str) -> None:
+    def __init__(self, target: str, args: dict[str, Any], service: str,
+                 transport: str = "serve") -> None:
         self.created = time.time()  # the replica's process runs: end of BT launch
         from ray import serve
 
@@ -29,22 +30,72 @@ class ReplicaHost:
         self.replica = serve.get_replica_context().replica_id.unique_id
         # <cluster>/<node> of the Ray node this replica runs on (set by the node agent)
         self.node = os.environ.get(MARKER, "/").rsplit("/", 1)[-1] or None
+        self._methods: dict[str, Any] = {}
+        self.direct = None
+        if transport == "direct":
+            self._serve_direct()
+
+    def _serve_direct(self) -> None:
+        """Open the replica's own socket and publish it: the direct path (docs/services.md)."""
+        import ray
+
+        from hpcray.services.direct.directory import directory
+        from hpcray.services.direct.server import DirectServer, run_token
+
+        self.direct = DirectServer(self.method, self.replica, self.bootstrap(),
+                                   token=run_token())
+        address = self.direct.start()
+        found = directory()
+        if found is None:
+            raise RuntimeError(f"service {self.service!r}: no replica directory to publish "
+                               f"{address} to")
+        actor = ray.get_runtime_context().current_actor
+        ray.get(found.publish.remote(self.service, self.replica, address, self.node, actor),
+                timeout=60)
+
+    def __del__(self) -> None:
+        """Serve's graceful stop: unpublish first, so no client sends here any more."""
+        if getattr(self, "direct", None) is None:
+            return
+        try:
+            from hpcray.services.direct.directory import directory
+
+            found = directory()
+            if found is not None:
+                import ray
+
+                ray.get(found.unpublish.remote(self.service, self.replica), timeout=5)
+        except Exception:  # noqa: BLE001, S110 - the directory's ping notices us gone anyway
+            pass
+        self.direct.stop()
 
     def bootstrap(self) -> dict[str, Any]:
         return {"replica": self.replica, "node": self.node, "created": self.created,
                 "ready": self.ready, "pid": os.getpid()}
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        received = time.perf_counter()
-        method = request.get("method")
-        if not isinstance(method, str) or method.startswith("_"):
-            raise ServiceRequestError(f"request {request.get('id')}: 'method' must name a public "
-                                      f"method of service {self.service!r}, got {method!r}")
+    def method(self, method: str):
+        """The service's public method of that name, or a ServiceRequestError naming them."""
+        fn = self._methods.get(method)
+        if fn is not None:
+            return fn
+        if not isinstance(method, str) or not method or method.startswith("_"):
+            raise ServiceRequestError(f"'method' must name a public method of service "
+                                      f"{self.service!r}, got {method!r}")
         fn = getattr(self.obj, method, None)
         if not callable(fn):
             public = [n for n, v in inspect.getmembers(self.obj, callable) if not n.startswith("_")]
             raise ServiceRequestError(f"service {self.service!r} has no method {method!r}; "
                                       f"methods: {', '.join(public)}")
+        self._methods[method] = fn
+        return fn
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        received = time.perf_counter()
+        method = request.get("method")
+        try:
+            fn = self.method(method)  # type: ignore[arg-type]
+        except ServiceRequestError as exc:
+            raise ServiceRequestError(f"request {request.get('id')}: {exc}") from None
         start = time.perf_counter()
         result = fn(request.get("payload"))
         if asyncio.iscoroutine(result):
@@ -97,6 +148,8 @@ class ReplicaHost:
                                 status_code=500)
 
     def check_health(self) -> None:
+        if self.direct is not None and not self.direct.alive:
+            raise RuntimeError(f"the direct server of replica {self.replica} stopped")
         check = getattr(self.obj, "check_health", None)
         if callable(check):
             check()

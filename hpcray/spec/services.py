@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,9 @@ class ServiceSpec(StrictModel):
     health_check_period: float = Field(10, gt=0)
     health_check_timeout: float = Field(30, gt=0)
     max_ongoing_requests: int = Field(16, ge=1)
+    transport: Literal["direct", "serve"] = Field(
+        "direct", description="How handles reach replicas: each replica's own ZeroMQ socket "
+        "(direct, sub-millisecond) or Ray Serve's DeploymentHandle (serve).")
     after: list[str] = Field(default_factory=list, description="Services that must be ready first.")
     lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec)
 

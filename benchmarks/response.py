@@ -1,0 +1,370 @@
+"""The paper's experiment 2 (response time, RT) on this machine.
+
+    python benchmarks/response.py [--requests 1024] [--services 1 2 4 8 16] [--clients 16]
+
+One run on the local site serves a NOOP service with 16 replicas (and a 1-replica one for the
+single-replica baselines). Client processes send --requests NOOP requests each, all released
+together by a barrier:
+  strong scaling: 16 clients on 1, 2, 4, 8, 16 replicas over the direct path
+  weak scaling:   1/1, 2/2, 4/4, 8/8, 16/16 clients/replicas over the direct path
+and, in the same run, the baselines: raw ZeroMQ REQ/REP between two processes (the floor, and
+16 pairs), the Ray Serve DeploymentHandle path and the Ray Serve HTTP path (1/1 and 16/16).
+Every direct request's RT is split as in the paper: communication (client round trip minus the
+replica's time), service (queue + decode + encode on the replica), inference (the handler).
+The cost of that timing is measured by alternating timed and untimed blocks in one client.
+Writes benchmarks/results/response.{csv,png,txt}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import hpcray  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+WARMUP = 64
+PARTS = ("communication", "service", "inference")
+
+
+# -- client processes (spawned: no Ray unless the kind needs it) ----------------------------
+def client(kind: str, k: int, cfg: dict, barrier, out) -> None:
+    try:
+        out.put(_client(kind, k, cfg, barrier))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, which then stops
+        out.put({"error": f"client {k} ({kind}): {type(exc).__name__}: {exc}"})
+        barrier.abort()
+
+
+def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
+    n = cfg["requests"]
+    perf = time.perf_counter
+    rt, parts = [], {p: [] for p in PARTS}
+    if kind == "raw":
+        import zmq
+
+        sock = zmq.Context().socket(zmq.REQ)
+        sock.connect(cfg["raw"][k % len(cfg["raw"])])
+        for _ in range(WARMUP):
+            sock.send(b"x")
+            sock.recv()
+        barrier.wait()
+        start = perf()
+        for _ in range(n):
+            t = perf()
+            sock.send(b"x")
+            sock.recv()
+            rt.append(perf() - t)
+        end = perf()
+        return {"rt": rt, "parts": None, "start": start, "end": end}
+    if kind in ("direct", "overhead"):
+        from hpcray.services.direct.client import DirectClient
+
+        addresses = dict(list(cfg["replicas"].items())[:cfg["services"]])
+        c = DirectClient("noop", addresses=addresses, token=cfg["token"])
+        for _ in range(WARMUP):
+            c.call("noop")
+        if kind == "overhead":  # alternate blocks so drift hits both alike
+            timed, untimed = [], []
+            barrier.wait()
+            for block in range(16):
+                c.timing = block % 2 == 0
+                target = timed if c.timing else untimed
+                for _ in range(n // 8):
+                    t = perf()
+                    c.call("noop")
+                    target.append(perf() - t)
+            return {"timed": timed, "untimed": untimed}
+        barrier.wait()
+        start = perf()
+        for _ in range(n):
+            timing = c.call("noop").timing
+            rt.append(timing.round_trip_s)
+            parts["communication"].append(timing.communication_s)
+            parts["service"].append(timing.service_s)
+            parts["inference"].append(timing.inference_s)
+        end = perf()
+        return {"rt": rt, "parts": parts, "start": start, "end": end}
+    if kind == "serve":
+        hpcray.connect(cfg["run"], log_to_driver=False)
+        from hpcray.services.handle import ServiceHandle
+
+        h = ServiceHandle(cfg["service"], transport="serve")
+        for _ in range(WARMUP // 4):
+            h.call("noop")
+        barrier.wait()
+        start = perf()
+        for _ in range(n):
+            r = h.call("noop")
+            rt.append(r.round_trip_s)
+            parts["communication"].append(r.communication_s)
+            parts["service"].append(r.service_s)
+            parts["inference"].append(r.inference_s)
+        end = perf()
+        return {"rt": rt, "parts": parts, "start": start, "end": end}
+    if kind == "http":
+        import http.client
+        from urllib.parse import urlsplit
+
+        url = urlsplit(cfg["http"])
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        body = json.dumps({"method": "noop"})
+
+        def post() -> dict:
+            conn.request("POST", url.path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+            return json.loads(data)
+
+        for _ in range(WARMUP // 4):
+            post()
+        barrier.wait()
+        start = perf()
+        for _ in range(n):
+            t = perf()
+            out = post()
+            total = perf() - t
+            rt.append(total)
+            parts["service"].append(out["service_s"])
+            parts["inference"].append(out["inference_s"])
+            parts["communication"].append(max(0.0, total - out["service_s"]
+                                              - out["inference_s"]))
+        end = perf()
+        return {"rt": rt, "parts": parts, "start": start, "end": end}
+    raise ValueError(kind)
+
+
+def raw_server(out) -> None:
+    import zmq
+
+    sock = zmq.Context().socket(zmq.REP)
+    sock.bind("tcp://127.0.0.1:0")
+    out.put(sock.last_endpoint.decode())
+    while True:
+        sock.send(sock.recv())
+
+
+def run_clients(kind: str, clients: int, cfg: dict) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(clients), ctx.Queue()
+    procs = [ctx.Process(target=client, args=(kind, k, cfg, barrier, out)) for k in range(clients)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise SystemExit("\n".join(errors))
+    return results
+
+
+# -- statistics -----------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(label: str, scaling: str, kind: str, clients: int, services: int,
+              results: list[dict]) -> dict:
+    rt = [x for r in results for x in r["rt"]]
+    row = {"experiment": label, "scaling": scaling, "path": kind, "clients": clients,
+           "services": services, "requests": len(rt),
+           "rt_p50_ms": pct(rt, 0.5) * 1e3, "rt_p99_ms": pct(rt, 0.99) * 1e3,
+           "rt_mean_ms": statistics.fmean(rt) * 1e3}
+    for part in PARTS:
+        values = [x for r in results if r["parts"] for x in r["parts"][part]]
+        row[f"{part}_p50_ms"] = pct(values, 0.5) * 1e3 if values else None
+        row[f"{part}_p99_ms"] = pct(values, 0.99) * 1e3 if values else None
+        row[f"{part}_mean_ms"] = statistics.fmean(values) * 1e3 if values else None
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    row["throughput_rps"] = len(rt) / span
+    return row
+
+
+# -- the run --------------------------------------------------------------------------------
+def start_run(work: Path):
+    wf = work / "rt.yaml"
+    wf.write_text("name: rt\nallocation: {nodes: 1, walltime: 60m}\n"
+                  "ray: {object_store_memory: 200000000, teardown_grace: 5}\n"
+                  "services:\n"
+                  "  - {name: noop, deployment: noop, replicas: 16, resources: {cpus: 0.01},\n"
+                  "     readiness_timeout: 600}\n"
+                  "  - {name: noop1, deployment: noop, replicas: 1, resources: {cpus: 0.01}}\n")
+    sub = hpcray.submit(wf, run_root=work / "runs")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        st = hpcray.status(sub.run_dir)
+        if st.finished:
+            raise SystemExit(f"the run ended: {st.state}: {st.error}")
+        if "services_ready" in st.times:
+            return sub.run_dir
+        time.sleep(1)
+    raise SystemExit("services not ready within 900 s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1024, help="per client")
+    parser.add_argument("--services", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--clients", type=int, default=16, help="strong scaling")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console(record=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="hpcray-rt-") as tmp:
+        work = Path(tmp)
+        console.print("starting a run with NOOP services (16 + 1 replicas) ...")
+        run_dir = start_run(work)
+        try:
+            endpoints = json.loads((run_dir / "endpoints.json").read_text())["services"]
+            direct = endpoints["noop"]["direct"]
+            token_file = direct["auth"]["password_file"]
+            cfg = {"requests": args.requests, "run": str(run_dir),
+                   "replicas": {r["replica"]: r["address"] for r in direct["replicas"]},
+                   "token": Path(token_file).read_bytes().strip() if token_file else b"",
+                   "urls": {name: e.get("http") for name, e in endpoints.items()}}
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            raw = [ctx.Process(target=raw_server, args=(q,), daemon=True) for _ in range(16)]
+            for p in raw:
+                p.start()
+            cfg["raw"] = [q.get(timeout=60) for _ in raw]
+            max_n = max(args.services)
+            plan = [("floor", "-", "raw", 1, 1), ("floor", "-", "raw", max_n, max_n)]
+            plan += [("strong", "strong", "direct", args.clients, n) for n in args.services]
+            plan += [("weak", "weak", "direct", n, n) for n in args.services]
+            plan += [("baseline", "-", "serve", 1, 1), ("baseline", "-", "serve", max_n, max_n),
+                     ("baseline", "-", "http", 1, 1), ("baseline", "-", "http", max_n, max_n)]
+            with Progress(console=console) as progress:
+                task = progress.add_task("experiment 2", total=len(plan) + 1)
+                for label, scaling, kind, clients, services in plan:
+                    progress.update(task, description=f"{kind} {clients}/{services}")
+                    service = "noop1" if services == 1 else "noop"
+                    c = {**cfg, "services": services, "service": service,
+                         "http": cfg["urls"][service]}
+                    if kind == "raw" and clients == 1:
+                        c["raw"] = cfg["raw"][:1]
+                    results = run_clients(kind, clients, c)
+                    rows.append(summarize(label, scaling, kind, clients, services, results))
+                    progress.advance(task)
+                progress.update(task, description="timing overhead")
+                over = run_clients("overhead", 1, {**cfg, "services": 1,
+                                                   "requests": max(args.requests, 2048)})[0]
+                progress.advance(task)
+        finally:
+            hpcray.cancel(run_dir, wait_s=120)
+
+    timed_p50, untimed_p50 = pct(over["timed"], 0.5), pct(over["untimed"], 0.5)
+
+    def find(path: str, clients: int, services: int, scaling: str | None = None) -> dict:
+        return next(r for r in rows if r["path"] == path and r["clients"] == clients
+                    and r["services"] == services and (scaling is None or r["scaling"] == scaling))
+
+    max_n = max(args.services)
+    floor = find("raw", 1, 1)
+    one = find("direct", 1, 1, "weak") if 1 in args.services else None
+    top = find("direct", max_n, max_n)
+    serve_top = find("serve", max_n, max_n)
+    targets = {
+        "rt_p50_1x1_over_raw_floor": (one["rt_p50_ms"] / floor["rt_p50_ms"]) if one else None,
+        f"throughput_{max_n}x{max_n}_over_serve_handle":
+            top["throughput_rps"] / serve_top["throughput_rps"],
+        "timing_overhead_on_rt_p50": timed_p50 / untimed_p50 - 1,
+    }
+
+    table = Table(title=f"Experiment 2: NOOP response time, {args.requests} requests per "
+                        "client (ms; throughput in requests/s)")
+    for col in ("experiment", "path", "clients/services", "RT p50", "RT p99", "comm p50",
+                "service p50", "inference p50", "throughput"):
+        table.add_column(col, justify="right" if col not in ("experiment", "path") else "left")
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in rows:
+        table.add_row(r["experiment"], r["path"], f"{r['clients']}/{r['services']}",
+                      ms(r["rt_p50_ms"]), ms(r["rt_p99_ms"]), ms(r["communication_p50_ms"]),
+                      ms(r["service_p50_ms"]), ms(r["inference_p50_ms"]),
+                      f"{r['throughput_rps']:.0f}")
+    console.print(table)
+    overhead = targets["timing_overhead_on_rt_p50"]
+    console.print(f"timing breakdown: RT p50 {timed_p50 * 1e3:.4f} ms timed vs "
+                  f"{untimed_p50 * 1e3:.4f} ms untimed ({overhead:+.1%}, target <= +5%)")
+    if one:
+        console.print(f"RT p50 1/1: direct {one['rt_p50_ms']:.3f} ms vs raw ZeroMQ floor "
+                      f"{floor['rt_p50_ms']:.3f} ms = {targets['rt_p50_1x1_over_raw_floor']:.2f}x"
+                      " (target <= 1.5x)")
+    key = f"throughput_{max_n}x{max_n}_over_serve_handle"
+    console.print(f"throughput {max_n}/{max_n}: direct {top['throughput_rps']:.0f}/s vs Serve "
+                  f"handle {serve_top['throughput_rps']:.0f}/s = {targets[key]:.1f}x "
+                  "(target >= 10x)")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "response.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (RESULTS / "response.json").write_text(json.dumps(
+        {"rows": rows, "targets": targets, "timed_p50_ms": timed_p50 * 1e3,
+         "untimed_p50_ms": untimed_p50 * 1e3, "requests_per_client": args.requests},
+        indent=2))
+    plot(rows, RESULTS / "response.png")
+    (RESULTS / "response.txt").write_text(console.export_text())
+    console.print(f"wrote {RESULTS}/response.{{csv,json,png,txt}}")
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Stacked mean RT components per configuration (as the paper's Figures 4 and 5), and
+    throughput, for strong scaling, weak scaling and the baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("strong scaling (direct)", [r for r in rows if r["scaling"] == "strong"]),
+              ("weak scaling (direct)", [r for r in rows if r["scaling"] == "weak"]),
+              ("baselines", [r for r in rows if r["experiment"] in ("floor", "baseline")])]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharey="row")
+    colors = {"communication": "#4c72b0", "service": "#dd8452", "inference": "#55a868"}
+    for col, (title, group) in enumerate(groups):
+        labels = [f"{r['path']}\n{r['clients']}/{r['services']}" for r in group]
+        bottom = [0.0] * len(group)
+        ax = axes[0][col]
+        for part in PARTS:
+            values = [r[f"{part}_mean_ms"] if r[f"{part}_mean_ms"] is not None
+                      else (r["rt_mean_ms"] if part == "communication" else 0.0) for r in group]
+            ax.bar(labels, values, bottom=bottom, label=part, color=colors[part])
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_title(title)
+        ax.set_ylabel("mean RT (ms)")
+        ax.tick_params(axis="x", labelsize=8)
+        axes[1][col].bar(labels, [r["throughput_rps"] for r in group], color="#8172b3")
+        axes[1][col].set_ylabel("throughput (requests/s)")
+        axes[1][col].tick_params(axis="x", labelsize=8)
+    axes[0][0].legend()
+    fig.suptitle("Experiment 2: NOOP response time (clients/services); raw rows have no split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,424 @@
+"""The client side of the direct path: requests go straight to a replica's socket.
+
+Load balancing is client-side: power-of-two choices on requests outstanding from this
+process. Sockets are per thread (ZeroMQ sockets are single-threaded), so threads never wait on
+each other; `call_many` keeps a window of requests in flight over those connections.
+A replica whose connection drops, or that the directory reports gone, has its in-flight
+requests sent to another replica (`retries`), or failed with an error naming the replica:
+never dropped."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from hpcray.errors import HpcrayError
+from hpcray.services.direct.protocol import (
+    FAILED,
+    OK,
+    PING,
+    REFUSED,
+    Reply,
+    pack_request,
+    reply_id,
+    unpack_reply,
+)
+from hpcray.services.direct.server import PLAIN_USER, run_token
+
+log = logging.getLogger("hpcray.services.direct")
+
+POLL_MS = 50  # how often a waiting caller checks whether its replica is still there
+LOST_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+class ServiceCallError(HpcrayError):
+    """The service's handler raised; the message is its exception, the replica is named."""
+
+    def __init__(self, message: str, replica: str | None = None) -> None:
+        super().__init__(message)
+        self.replica = replica
+
+
+class ReplicaLost(ServiceCallError):
+    """A request's replica went away and no other replica could take it."""
+
+
+class ServiceTimeout(ServiceCallError, TimeoutError):
+    """No reply within the caller's timeout."""
+
+
+@dataclass
+class _Conn:
+    replica: str
+    sock: zmq.Socket
+    monitor: zmq.Socket
+    lost: str | None = None
+
+    def check(self) -> str | None:
+        """Why this connection is unusable (from its monitor's events), else None."""
+        while self.lost is None and self.monitor.poll(0):
+            from zmq.utils.monitor import recv_monitor_message
+
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.lost = "connection closed"
+            elif event & LOST_EVENTS:
+                self.lost = "authentication failed (wrong run token?)"
+        return self.lost
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+@dataclass
+class _InFlight:
+    index: int
+    request_id: bytes
+    frame: bytes
+    replica: str = ""
+    sent: float = 0.0
+    tried: list[str] = field(default_factory=list)
+
+
+class DirectClient:
+    def __init__(self, service: str, *, directory: Any = None, retries: int = 2,
+                 replica_wait_s: float = 30.0, codec: str = "msgpack", timing: bool = True,
+                 watch: bool = True, addresses: dict[str, str] | None = None,
+                 token: bytes | None = None) -> None:
+        """`addresses` ({replica: tcp://host:port}) fixes the replica set without Ray: for a
+        program outside the cluster that read endpoints.json, and for tests."""
+        self.service = service
+        self.retries = retries
+        self.replica_wait_s = replica_wait_s
+        self.codec = codec
+        self.timing = timing
+        if addresses is None:
+            from hpcray.services.direct.directory import directory as find_directory
+
+            self._directory = directory or find_directory()
+            if self._directory is None:
+                raise HpcrayError(f"service {service!r}: no replica directory in this cluster "
+                                  "(services start through hpcray's ServiceManager)")
+        else:
+            self._directory = None
+            watch = False
+        self._ctx = zmq.Context()
+        self._token = token if token is not None else run_token()
+        self._local = threading.local()
+        self._outstanding: defaultdict[str, int] = defaultdict(int)
+        self._changed = threading.Condition()
+        self._ids = itertools.count()
+        self._prefix = os.urandom(4).hex()
+        self._closed = False
+        self._why: dict[str, str] = {}  # replica -> why it was given up on
+        if addresses is None:
+            self.refresh()
+        else:
+            self._apply({"transport": "direct", "version": 0, "replicas": [
+                {"replica": r, "address": a, "node": None} for r, a in addresses.items()]})
+        self._watching = watch
+        if watch:
+            self._watch()
+
+    # -- replica table ---------------------------------------------------------------------
+    def _apply(self, described: dict[str, Any]) -> None:
+        with self._changed:
+            self.transport = described["transport"]
+            self.version = described["version"]
+            self.table = {r["replica"]: r for r in described["replicas"]}
+            self._choices = list(self.table)
+            self._changed.notify_all()
+
+    def _watch(self) -> None:
+        """Long-poll the directory without a thread of ours blocked in Ray: the reply's
+        future re-arms the watch (a thread parked in ray.get breaks interpreter exit)."""
+        if self._closed:
+            return
+        future = self._directory.watch.remote(self.service, self.version, 10.0).future()
+        future.add_done_callback(self._watched)
+
+    def _watched(self, future) -> None:
+        try:
+            self._apply(future.result())
+        except Exception as exc:  # noqa: BLE001 - cluster going away: stop watching
+            if not self._closed:
+                log.debug("directory watch for %s ended: %s", self.service, exc)
+            return
+        self._watch()
+
+    @property
+    def replicas(self) -> list[str]:
+        return list(self._choices)
+
+    def refresh(self) -> None:
+        if self._directory is None:
+            return
+        import ray
+
+        self._apply(ray.get(self._directory.describe.remote(self.service)))
+
+    def _report(self, replica: str, why: str | None = None) -> None:
+        self._why[replica] = why or "lost"
+        with self._changed:
+            if replica in self.table:
+                del self.table[replica]
+                self._choices = list(self.table)
+        if self._directory is not None:
+            self._directory.report_lost.remote(self.service, replica)
+
+    def _pick(self, exclude: list[str]) -> str | None:
+        choices = [r for r in self._choices if r not in exclude] if exclude else self._choices
+        if not choices:
+            return None
+        if len(choices) == 1:
+            return choices[0]
+        a, b = random.sample(choices, 2)
+        out = self._outstanding
+        return a if out[a] <= out[b] else b
+
+    def _await_replica(self, exclude: list[str], deadline: float | None) -> str:
+        """Wait for a replica not tried yet (Serve restarts lost ones)."""
+        limit = time.monotonic() + self.replica_wait_s
+        if deadline is not None:
+            limit = min(limit, deadline)
+        with self._changed:
+            while True:
+                replica = self._pick(exclude)
+                if replica is not None:
+                    return replica
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(remaining, 1.0))
+                if not self._watching and self._directory is not None:
+                    self._changed.release()
+                    try:
+                        self.refresh()
+                    finally:
+                        self._changed.acquire()
+        lost = ", ".join(f"{r}: {self._why.get(r, 'lost')}" for r in exclude)
+        raise ReplicaLost(f"service {self.service!r}: no replica to send the request to"
+                          + (f" (lost {lost})" if exclude else "")
+                          + f" within {self.replica_wait_s:g}s", exclude[-1] if exclude else None)
+
+    # -- connections ------------------------------------------------------------------------
+    def _conn(self, replica: str) -> _Conn | None:
+        """This thread's connection to the replica; None if the replica just left the table."""
+        conns: dict[str, _Conn] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(replica)
+        if conn is not None and conn.lost is None:
+            return conn
+        if conn is not None:
+            conn.close()
+        for gone in [r for r in conns if r not in self.table]:
+            conns.pop(gone).close()
+        entry = self.table.get(replica)
+        if entry is None:
+            return None
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.immediate = True  # never queue for a peer that is not connected
+        if self._token:
+            sock.plain_username = PLAIN_USER
+            sock.plain_password = self._token
+        sock.rcvtimeo = POLL_MS  # a waiting caller wakes up to check on the replica
+        monitor = sock.get_monitor_socket(LOST_EVENTS)
+        sock.connect(entry["address"])
+        conn = conns[replica] = _Conn(replica, sock, monitor)
+        return conn
+
+    def _send(self, conn: _Conn, frame: bytes) -> bool:
+        try:
+            conn.sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # not connected yet (first use) or no longer
+            if conn.sock.poll(2000, zmq.POLLOUT) and conn.check() is None:
+                conn.sock.send(frame, zmq.NOBLOCK)
+                return True
+            conn.lost = conn.check() or "cannot connect"
+            return False
+
+    # -- calls ------------------------------------------------------------------------------
+    def _request_id(self, given: str | None) -> bytes:
+        return (given if given is not None else f"{self._prefix}-{next(self._ids)}").encode()
+
+    def call(self, method: str, payload: Any = None, *, request_id: str | None = None,
+             timeout: float | None = None) -> Reply:
+        rid = self._request_id(request_id)
+        frame = pack_request(rid, method, payload, codec=self.codec, timing=self.timing)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried: list[str] = []
+        perf = time.perf_counter
+        while True:
+            replica = self._pick(tried) or self._await_replica(tried, deadline)
+            conn = self._conn(replica)
+            if conn is None:
+                continue
+            self._outstanding[replica] += 1
+            try:
+                start = perf()
+                if not self._send(conn, frame):
+                    why = conn.lost
+                else:
+                    why = None
+                    recv = conn.sock.recv
+                    while True:
+                        try:
+                            reply = recv()
+                        except zmq.Again:  # nothing within POLL_MS: is the replica still there?
+                            why = conn.check() or (None if replica in self.table else "removed")
+                            if why:
+                                break
+                            if deadline is not None and time.monotonic() > deadline:
+                                raise ServiceTimeout(
+                                    f"service {self.service!r}: no reply to request "
+                                    f"{rid.decode()} from replica {replica} within {timeout}s",
+                                    replica) from None
+                            continue
+                        if reply_id(reply) == rid:
+                            return self._result(unpack_reply(reply, perf() - start))
+                        # else: the late reply of an earlier, abandoned request
+            finally:
+                self._outstanding[replica] -= 1
+            tried.append(replica)
+            self._report(replica, why)
+            if len(tried) > self.retries:
+                raise ReplicaLost(f"service {self.service!r}: request {rid.decode()} lost with "
+                                  f"replica {replica} ({why}) after {len(tried)} attempt(s)",
+                                  replica)
+            log.warning("service %s: replica %s lost (%s); request %s goes to another replica",
+                        self.service, replica, why, rid.decode())
+
+    def call_many(self, method: str, payloads: Iterable[Any], *, window: int = 64,
+                  timeout: float | None = None) -> list[Reply]:
+        """Pipelined: up to `window` requests in flight at once; replies in input order."""
+        items = []
+        for i, p in enumerate(payloads):
+            rid = self._request_id(None)
+            items.append(_InFlight(i, rid, pack_request(rid, method, p, codec=self.codec,
+                                                        timing=self.timing)))
+        results: list[Reply | None] = [None] * len(items)
+        waiting = list(reversed(items))
+        inflight: dict[bytes, _InFlight] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = zmq.Poller()
+        registered: set[zmq.Socket] = set()
+        perf = time.perf_counter
+        try:
+            while waiting or inflight:
+                while waiting and len(inflight) < window:
+                    item = waiting.pop()
+                    replica = self._pick(item.tried) or self._await_replica(item.tried, deadline)
+                    conn = self._conn(replica)
+                    if conn is None:
+                        waiting.append(item)
+                        continue
+                    if conn.sock not in registered:
+                        poller.register(conn.sock, zmq.POLLIN)
+                        registered.add(conn.sock)
+                    item.replica, item.sent = replica, perf()
+                    if not self._send(conn, item.frame):
+                        waiting.append(item)
+                        self._lose(replica, conn.lost or "cannot connect", inflight, waiting)
+                        continue
+                    inflight[item.request_id] = item
+                    self._outstanding[replica] += 1
+                for sock, _ in poller.poll(POLL_MS):
+                    while sock.get(zmq.EVENTS) & zmq.POLLIN:
+                        reply = sock.recv(zmq.NOBLOCK)
+                        item = inflight.pop(reply_id(reply), None)
+                        if item is None:
+                            continue
+                        self._outstanding[item.replica] -= 1
+                        results[item.index] = self._result(unpack_reply(reply, perf() - item.sent))
+                for replica in {i.replica for i in inflight.values()}:
+                    conn = self._conn_if_open(replica)
+                    why = conn.check() if conn else "closed"
+                    if why is None and replica not in self.table:
+                        why = "removed"
+                    if why:
+                        if conn is not None and conn.sock in registered:
+                            poller.unregister(conn.sock)
+                            registered.discard(conn.sock)
+                        self._lose(replica, why, inflight, waiting)
+                if deadline is not None and time.monotonic() > deadline and inflight:
+                    item = next(iter(inflight.values()))
+                    raise ServiceTimeout(f"service {self.service!r}: {len(inflight)} request(s)"
+                                         f" unanswered after {timeout}s", item.replica)
+        finally:
+            for item in inflight.values():
+                self._outstanding[item.replica] -= 1
+        return results  # type: ignore[return-value]
+
+    def _conn_if_open(self, replica: str) -> _Conn | None:
+        return self._local.__dict__.get("conns", {}).get(replica)
+
+    def _lose(self, replica: str, why: str, inflight: dict[bytes, _InFlight],
+              waiting: list[_InFlight]) -> None:
+        self._report(replica, why)
+        for rid, item in list(inflight.items()):
+            if item.replica != replica:
+                continue
+            del inflight[rid]
+            self._outstanding[replica] -= 1
+            item.tried.append(replica)
+            if len(item.tried) > self.retries:
+                raise ReplicaLost(f"service {self.service!r}: request {rid.decode()} lost with "
+                                  f"replica {replica} ({why}) after {len(item.tried)} "
+                                  "attempt(s)", replica)
+            waiting.append(item)
+        log.warning("service %s: replica %s lost (%s); its requests go to other replicas",
+                    self.service, replica, why)
+
+    def ping(self, replica: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The replica's identity and counters, straight from it (no user code runs)."""
+        rid = self._request_id(None)
+        conn = self._conn(replica)
+        if conn is None:
+            raise ReplicaLost(f"replica {replica} of {self.service!r} is not published", replica)
+        start = time.perf_counter()
+        if not self._send(conn, pack_request(rid, PING, None)):
+            raise ReplicaLost(f"replica {replica} of {self.service!r}: {conn.lost}", replica)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = conn.sock.recv()
+            except zmq.Again:
+                continue
+            if reply_id(reply) == rid:
+                return self._result(unpack_reply(reply, time.perf_counter() - start)).payload
+        raise ServiceTimeout(f"replica {replica} of {self.service!r} did not answer a ping "
+                             f"within {timeout}s", replica)
+
+    def _result(self, reply: Reply) -> Reply:
+        if reply.status == OK:
+            return reply
+        if reply.status == REFUSED:
+            from hpcray.services.replica import ServiceRequestError
+
+            raise ServiceRequestError(f"service {self.service!r} refused request {reply.id}: "
+                                      f"{reply.payload}")
+        assert reply.status == FAILED
+        raise ServiceCallError(f"service {self.service!r}, replica {reply.replica}, request "
+                               f"{reply.id}: {reply.payload}", reply.replica)
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._local.__dict__.get("conns", {}).values():
+            conn.close()
+        self._ctx.destroy(linger=0)

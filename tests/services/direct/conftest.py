@@ -1,0 +1,107 @@
+"""A DirectServer on loopback in this process, with a client: real sockets, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from hpcray.services.direct.client import DirectClient
+from hpcray.services.direct.server import DirectServer
+from hpcray.services.replica import ServiceRequestError
+
+
+class Model:
+    """What a service class looks like to the server: public methods take one payload."""
+
+    def echo(self, payload):
+        return payload
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    async def asleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    def fail(self, payload):
+        raise RuntimeError(f"model failed on {payload!r}")
+
+    def array(self, payload: bytes) -> bytes:
+        return payload[::-1]
+
+
+def resolver(obj):
+    def resolve(name: str):
+        fn = getattr(obj, name, None)
+        if name.startswith("_") or not callable(fn):
+            raise ServiceRequestError(f"no method {name!r}")
+        return fn
+    return resolve
+
+
+@pytest.fixture
+def serve_model():
+    """serve_model(name, token=None) -> (server, address); every server stops afterwards."""
+    servers = []
+
+    def start(replica: str = "r1", token: bytes | None = None):
+        server = DirectServer(resolver(Model()), replica, {"replica": replica, "pid": 0},
+                              host="127.0.0.1", token=token)
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def client_for():
+    clients = []
+
+    def make(addresses: dict[str, str], **options) -> DirectClient:
+        options.setdefault("token", b"")
+        client = DirectClient("model", addresses=addresses, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+SERVE_IN_CHILD = """
+import sys, threading
+from hpcray.services.direct.server import DirectServer
+from tests.services.direct.conftest import Model, resolver
+server = DirectServer(resolver(Model()), sys.argv[1], {}, host="127.0.0.1")
+print(server.start(), flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.fixture
+def model_process():
+    """model_process(name) -> (Popen, address): a replica in its own process, to SIGKILL."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    procs = []
+
+    def start(replica: str):
+        root = Path(__file__).resolve().parents[3]
+        env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_TOKEN_PATH": ""}
+        proc = subprocess.Popen([sys.executable, "-c", SERVE_IN_CHILD, replica], cwd=root,
+                                env=env, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc, proc.stdout.readline().strip()
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,60 @@
+"""The shipped C client (examples/c/hpcray_call.c), built with the system compiler and libzmq,
+against a real replica socket with PLAIN authentication."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SOURCE = ROOT / "examples" / "c" / "hpcray_call.c"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _has_libzmq_headers() -> bool:
+    return any(Path(d, "zmq.h").exists() for d in ("/usr/include", "/usr/local/include"))
+
+
+@pytest.fixture(scope="module")
+def c_client(tmp_path_factory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not _has_libzmq_headers():
+        pytest.skip("needs a C compiler and libzmq headers (apt-get install libzmq3-dev; "
+                    ".ci/run installs them)")
+    binary = tmp_path_factory.mktemp("c") / "hpcray_call"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary), str(SOURCE),
+                    "-lzmq"], check=True, capture_output=True, text=True)
+    return binary
+
+
+def run(binary: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_c_client_calls_a_service(c_client, serve_model, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("c-secret\n")
+    token.chmod(0o600)
+    _, address = serve_model("r1", token=b"c-secret")
+    out = run(c_client, address, str(token), "echo", '{"dose": 2.5, "genes": ["TP53"]}', "200")
+    assert out.returncode == 0, out.stderr
+    lines = dict(part.split("=", 1) for line in out.stdout.splitlines()
+                 for part in (line.split(" ") if not line.startswith("payload=") else [line]))
+    assert lines["status"] == "o" and lines["replica"] == "r1"
+    assert lines["payload"] == '{"dose":2.5,"genes":["TP53"]}'  # the service's JSON encoding
+    assert float(lines["before_us"]) > 0 and float(lines["inference_us"]) > 0
+    assert lines["requests"] == "200" and float(lines["p50_us"]) > 0
+
+
+def test_c_client_reports_handler_errors_and_refusals(c_client, serve_model, tmp_path):
+    _, address = serve_model("r1")
+    failed = run(c_client, address, "-", "fail", "3")
+    assert failed.returncode == 3 and "status=e" in failed.stdout
+    assert "RuntimeError: model failed on 3" in failed.stdout
+    refused = run(c_client, address, "-", "nothing")
+    assert refused.returncode == 3 and "status=r" in refused.stdout
+    assert "no method 'nothing'" in refused.stdout

@@ -1,0 +1,152 @@
+"""The direct path end to end on loopback: results, errors, timing, failover, concurrency."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import zmq
+
+from hpcray.services.direct.client import ReplicaLost, ServiceCallError
+from hpcray.services.direct.protocol import pack_request, unpack_reply
+from hpcray.services.replica import ServiceRequestError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_round_trip_names_the_replica_and_splits_the_time(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    reply = client.call("sleep", 0.02, request_id="first")
+    assert (reply.id, reply.replica, reply.payload) == ("first", "r1", 0.02)
+    t = reply.timing
+    assert t.inference_s >= 0.02  # the handler slept that long, on the replica's clock
+    assert t.before_s > 0 and t.after_s > 0
+    assert t.round_trip_s >= t.inference_s + t.service_s
+    assert t.communication_s == pytest.approx(t.round_trip_s - t.inference_s - t.service_s)
+    client.timing = False
+    untimed = client.call("echo", "x").timing
+    assert (untimed.before_s, untimed.inference_s, untimed.after_s) == (0, 0, 0)
+
+
+def test_errors_are_explicit(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    with pytest.raises(ServiceCallError, match=r"replica r1, request .*RuntimeError: model "
+                                               r"failed on 7") as info:
+        client.call("fail", 7)
+    assert info.value.replica == "r1"
+    with pytest.raises(ServiceRequestError, match="no method 'missing'"):
+        client.call("missing")
+    with pytest.raises(ServiceRequestError, match="no method '_private'"):
+        client.call("_private")
+    assert client.call("echo", [1, "two", None]).payload == [1, "two", None]
+
+
+def test_queue_time_counts_as_service_not_communication(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    replies = client.call_many("sleep", [0.02] * 5, window=5)
+    waits = [r.timing.before_s for r in replies]
+    # all five arrived at once; each waited for the ones before it on the replica
+    assert waits[-1] >= 3 * 0.02
+    assert all(r.timing.inference_s >= 0.02 for r in replies)
+    assert all(r.timing.communication_s < r.timing.before_s for r in replies[2:])
+
+
+def test_coroutine_handlers_run_concurrently(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    replies = client.call_many("asleep", [0.2] * 10, window=10)
+    assert [r.payload for r in replies] == [0.2] * 10
+    # none waited for another: handler starts are not queued behind the 0.2 s handlers
+    assert max(r.timing.before_s for r in replies) < 0.2
+
+
+def test_a_req_socket_and_malformed_bytes(serve_model):
+    _, address = serve_model("r1")
+    ctx = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.connect(address)
+        req.send(pack_request(b"q1", "echo", b'{"a":1}', codec="raw"))
+        reply = unpack_reply(req.recv(), 0.0)
+        assert (reply.id, reply.status, reply.payload) == ("q1", b"o", b'{"a":1}')
+        req.send(b"GET / HTTP/1.0\r\n\r\n")
+        bad = unpack_reply(req.recv(), 0.0)
+        assert bad.status == b"r" and "bytes 0-4 must be 'HPR1Q'" in bad.payload
+        req.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_plain_authentication_with_the_run_token(serve_model, client_for):
+    _, address = serve_model("r1", token=b"secret-token")
+    assert client_for({"r1": address}, token=b"secret-token").call("echo", 1).payload == 1
+    wrong = client_for({"r1": address}, token=b"wrong", replica_wait_s=0.2, retries=0)
+    with pytest.raises(ReplicaLost, match=r"replica r1 \(authentication failed"):
+        wrong.call("echo", 1)
+
+
+def test_power_of_two_choices_spreads_load(serve_model, client_for):
+    addresses = {name: serve_model(name)[1] for name in ("r1", "r2", "r3")}
+    client = client_for(addresses)
+    replies = client.call_many("sleep", [0.001] * 300, window=12)
+    counts = {r: sum(1 for x in replies if x.replica == r) for r in addresses}
+    assert all(n >= 50 for n in counts.values()), counts
+
+
+def test_a_killed_replica_has_its_requests_retried_elsewhere(model_process, client_for):
+    (victim, a1), (_, a2) = model_process("r1"), model_process("r2")
+    client = client_for({"r1": a1, "r2": a2})
+    killer = threading.Timer(0.3, lambda: victim.send_signal(signal.SIGKILL))
+    killer.start()
+    replies = client.call_many("sleep", [0.004] * 400, window=16)
+    killer.join()
+    assert len(replies) == 400 and all(r.payload == 0.004 for r in replies)
+    assert {r.replica for r in replies} == {"r1", "r2"}
+    assert replies[-1].replica == "r2"
+    assert client.replicas == ["r2"]  # r1 was given up on
+
+
+def test_without_another_replica_the_failure_names_the_lost_one(model_process, client_for):
+    victim, address = model_process("only")
+    client = client_for({"only": address}, replica_wait_s=0.2)
+    threading.Timer(0.3, lambda: victim.send_signal(signal.SIGKILL)).start()
+    with pytest.raises(ReplicaLost, match=r"only: connection closed"):
+        client.call("sleep", 5.0)
+
+
+def test_sixteen_clients_no_request_lost_or_duplicated(serve_model, client_for):
+    addresses = {name: serve_model(name)[1] for name in ("r1", "r2")}
+    shared = client_for(addresses)
+    seen: dict[int, list[str]] = {}
+    errors: list[str] = []
+
+    def work(k: int) -> None:
+        client = shared if k % 2 else client_for(addresses)
+        ids = []
+        try:
+            if k % 4 == 0:  # pipelined
+                replies = client.call_many("echo", [[k, i] for i in range(1024)], window=32)
+                for i, r in enumerate(replies):
+                    assert r.payload == [k, i]
+                    ids.append(r.id)
+            else:
+                for i in range(1024):
+                    r = client.call("echo", [k, i], request_id=f"c{k}-{i}")
+                    assert r.payload == [k, i] and r.id == f"c{k}-{i}"
+                    ids.append(r.id)
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(f"client {k}: {exc!r}")
+        seen[k] = ids
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(seen) == list(range(16))
+    assert all(len(ids) == len(set(ids)) == 1024 for ids in seen.values())
