@@ -124,6 +124,7 @@ class DirectClient:
         self._changed = threading.Condition()
         self._ids = itertools.count()
         self._prefix = os.urandom(4).hex()
+        self._prefix_b = self._prefix.encode()
         self._closed = False
         self._why: dict[str, str] = {}  # replica -> why it was given up on
         if addresses is None:
@@ -220,6 +221,8 @@ class DirectClient:
     def _conn(self, replica: str) -> _Conn | None:
         """This thread's connection to the replica; None if the replica just left the table."""
         conns: dict[str, _Conn] = self._local.__dict__.setdefault("conns", {})
+        if replica in conns and conns[replica].lost is None and replica in self.table:
+            return conns[replica]
         conn = conns.get(replica)
         if conn is not None and conn.lost is None:
             return conn
@@ -259,42 +262,55 @@ class DirectClient:
 
     def call(self, method: str, payload: Any = None, *, request_id: str | None = None,
              timeout: float | None = None) -> Reply:
-        rid = self._request_id(request_id)
+        rid = request_id.encode() if request_id is not None else \
+            b"%s-%d" % (self._prefix_b, next(self._ids))
         frame = pack_request(rid, method, payload, codec=self.codec, timing=self.timing)
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: list[str] = []
         perf = time.perf_counter
+        outstanding = self._outstanding
+        try:
+            conns = self._local.conns
+        except AttributeError:
+            conns = self._local.conns = {}
         while True:
-            replica = self._pick(tried) or self._await_replica(tried, deadline)
-            conn = self._conn(replica)
-            if conn is None:
-                continue
-            self._outstanding[replica] += 1
+            choices = self._choices
+            replica = choices[0] if len(choices) == 1 and not tried else \
+                (self._pick(tried) or self._await_replica(tried, deadline))
+            conn = conns.get(replica)
+            if conn is None or conn.lost is not None:
+                conn = self._conn(replica)
+                if conn is None:
+                    continue
+            outstanding[replica] += 1
             try:
                 start = perf()
-                if not self._send(conn, frame):
-                    why = conn.lost
-                else:
-                    why = None
-                    recv = conn.sock.recv
-                    while True:
-                        try:
-                            reply = recv()
-                        except zmq.Again:  # nothing within POLL_MS: is the replica still there?
-                            why = conn.check() or (None if replica in self.table else "removed")
-                            if why:
-                                break
-                            if deadline is not None and time.monotonic() > deadline:
-                                raise ServiceTimeout(
-                                    f"service {self.service!r}: no reply to request "
-                                    f"{rid.decode()} from replica {replica} within {timeout}s",
-                                    replica) from None
-                            continue
-                        if reply_id(reply) == rid:
-                            return self._result(unpack_reply(reply, perf() - start))
-                        # else: the late reply of an earlier, abandoned request
+                try:
+                    conn.sock.send(frame, zmq.NOBLOCK)
+                    sent = True
+                except zmq.Again:
+                    sent = self._send(conn, frame)
+                why = None if sent else conn.lost
+                recv = conn.sock.recv
+                while sent:
+                    try:
+                        reply = recv()
+                    except zmq.Again:  # nothing within POLL_MS: is the replica still there?
+                        why = conn.check() or (None if replica in self.table else "removed")
+                        if why:
+                            break
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise ServiceTimeout(
+                                f"service {self.service!r}: no reply to request "
+                                f"{rid.decode()} from replica {replica} within {timeout}s",
+                                replica) from None
+                        continue
+                    if reply_id(reply) == rid:
+                        result = unpack_reply(reply, perf() - start)
+                        return result if result.status == OK else self._result(result)
+                    # else: the late reply of an earlier, abandoned request
             finally:
-                self._outstanding[replica] -= 1
+                outstanding[replica] -= 1
             tried.append(replica)
             self._report(replica, why)
             if len(tried) > self.retries:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -40,15 +39,19 @@ class ProtocolError(ValueError):
     """Bytes that do not follow HPR1; the message says which field is wrong."""
 
 
-@dataclass(frozen=True)
 class Timing:
     """Where one request's time went. Each side measures its own spans with its own clock, so
-    communication needs no clock synchronisation: round trip minus what the replica spent."""
+    communication needs no clock synchronisation: round trip minus what the replica spent.
+    (A plain slotted class: one is built per request, on the hot path.)"""
 
-    round_trip_s: float
-    before_s: float     # replica: receive -> handler start (queue wait + decode)
-    inference_s: float  # replica: the handler itself
-    after_s: float      # replica: handler end -> send (encode)
+    __slots__ = ("after_s", "before_s", "inference_s", "round_trip_s")
+
+    def __init__(self, round_trip_s: float, before_s: float, inference_s: float,
+                 after_s: float) -> None:
+        self.round_trip_s = round_trip_s
+        self.before_s = before_s        # replica: receive -> handler start (queue + decode)
+        self.inference_s = inference_s  # replica: the handler itself
+        self.after_s = after_s          # replica: handler end -> send (encode)
 
     @property
     def service_s(self) -> float:
@@ -58,18 +61,40 @@ class Timing:
     def communication_s(self) -> float:
         return max(0.0, self.round_trip_s - self.before_s - self.inference_s - self.after_s)
 
+    def __repr__(self) -> str:
+        return (f"Timing(round_trip_s={self.round_trip_s!r}, before_s={self.before_s!r}, "
+                f"inference_s={self.inference_s!r}, after_s={self.after_s!r})")
 
-@dataclass
+
 class Reply:
-    id: str
-    replica: str
-    status: bytes
-    payload: Any
-    timing: Timing
+    """One reply. `timing` is built on first use from the replica's raw nanoseconds."""
+
+    __slots__ = ("_ns", "_timing", "id", "payload", "replica", "round_trip_s", "status")
+
+    def __init__(self, id: str, replica: str, status: bytes, payload: Any,  # noqa: A002
+                 round_trip_s: float, ns: tuple[int, int, int] | None) -> None:
+        self.id = id
+        self.replica = replica
+        self.status = status
+        self.payload = payload
+        self.round_trip_s = round_trip_s
+        self._ns = ns
+        self._timing: Timing | None = None
+
+    @property
+    def timing(self) -> Timing:
+        if self._timing is None:
+            before, inference, after = self._ns or (0, 0, 0)
+            self._timing = Timing(self.round_trip_s, before * 1e-9, inference * 1e-9,
+                                  after * 1e-9)
+        return self._timing
+
+    def __repr__(self) -> str:
+        return (f"Reply(id={self.id!r}, replica={self.replica!r}, status={self.status!r}, "
+                f"payload={self.payload!r}, timing={self.timing!r})")
 
 
-@dataclass
-class Request:
+class Request(NamedTuple):
     id: bytes
     method: str
     codec: bytes
@@ -99,14 +124,19 @@ def decode(codec: str, data: bytes) -> Any:
     return json.loads(data)
 
 
+_request_head = REQUEST_HEADER.pack
+
+
 def pack_request(request_id: bytes, method: str, payload: Any, *, codec: str = "msgpack",
                  timing: bool = True) -> bytes:
     if not 0 < len(request_id) <= MAX_ID:
         raise ValueError(f"a request id is 1 to {MAX_ID} bytes, got {len(request_id)}")
     name = method.encode()
-    head = REQUEST_HEADER.pack(MAGIC, REQUEST, CODEC_BYTE[codec], TIMING_FLAG if timing else 0,
-                               len(request_id), len(name))
-    return b"".join((head, request_id, name, encode(codec, payload)))
+    body = msgpack.packb(payload, use_bin_type=True) if codec == "msgpack" else \
+        encode(codec, payload)
+    return b"".join((_request_head(MAGIC, REQUEST, CODEC_BYTE[codec],
+                                   TIMING_FLAG if timing else 0, len(request_id), len(name)),
+                     request_id, name, body))
 
 
 def unpack_request(frame: bytes) -> Request:
@@ -134,24 +164,30 @@ def pack_reply(request_id: bytes, replica: bytes, codec: bytes, status: bytes, t
     return b"".join((head, request_id, replica, timing, body))
 
 
+_reply_head = REPLY_HEADER.unpack_from
+_timing = TIMING.unpack_from
+_unpackb = msgpack.unpackb
+
+
 def unpack_reply(frame: bytes, round_trip_s: float) -> Reply:
     if len(frame) < REPLY_HEADER.size:
         raise ProtocolError(f"a reply is at least {REPLY_HEADER.size} bytes, got {len(frame)}")
-    magic, kind, codec_b, status, id_len, rep_len, t_len = REPLY_HEADER.unpack_from(frame)
+    magic, kind, codec_b, status, id_len, rep_len, t_len = _reply_head(frame)
     if magic != MAGIC or kind != REPLY or codec_b not in CODECS:
         raise ProtocolError(f"not an HPR1 reply: {frame[:REPLY_HEADER.size]!r}")
-    pos = REPLY_HEADER.size
-    rid = frame[pos:pos + id_len].decode()
-    pos += id_len
+    pos = REPLY_HEADER.size + id_len
     replica = frame[pos:pos + rep_len].decode()
     pos += rep_len
-    if t_len == TIMING.size:
-        before, inference, after = (n * 1e-9 for n in TIMING.unpack_from(frame, pos))
-    else:
-        before = inference = after = 0.0
+    ns = _timing(frame, pos) if t_len == 24 else None
     body = frame[pos + t_len:]
-    payload = decode(CODECS[codec_b], body) if status == OK else body.decode(errors="replace")
-    return Reply(rid, replica, status, payload, Timing(round_trip_s, before, inference, after))
+    if status != OK:
+        payload: Any = body.decode(errors="replace")
+    elif codec_b == b"m":
+        payload = _unpackb(body, raw=False) if body else None
+    else:
+        payload = decode(CODECS[codec_b], body)
+    return Reply(frame[REPLY_HEADER.size:REPLY_HEADER.size + id_len].decode(), replica, status,
+                 payload, round_trip_s, ns)
 
 
 def reply_id(frame: bytes) -> bytes:

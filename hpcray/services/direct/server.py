@@ -1,16 +1,21 @@
 """The replica side of the direct path: a ROUTER socket served by one thread of the replica.
 
-Synchronous handlers run on that thread one request at a time (the lowest latency; a replica
-is one model instance); coroutine handlers run concurrently on a private event loop, for
-engines that batch (vLLM). Every message is stamped when taken off the socket, so time spent
-queued behind other requests counts as service time, not communication.
+Every request is stamped when it is taken off the socket, so time queued behind other requests
+counts as service time, not communication. Synchronous handlers run one at a time per replica
+(a replica is one model instance). A handler that takes less than INLINE_LIMIT_NS runs on the
+socket thread itself: the lowest latency, and a request that arrives meanwhile is stamped at
+most that long after its arrival. Slower handlers run on a worker thread while the socket
+thread keeps receiving and stamping, so their queue time is exact. Coroutine handlers run
+concurrently on an event loop of the replica, for engines that batch (vLLM).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from hpcray.bootstrap.network import NODE_IP_ENV
@@ -36,6 +42,12 @@ from hpcray.services.direct.protocol import (
 from hpcray.services.direct.protocol import decode as decode_payload
 
 log = logging.getLogger("hpcray.services.direct")
+
+_packb, _unpackb = msgpack.packb, msgpack.unpackb
+_timing_pack = TIMING.pack
+_SNDMORE = zmq.SNDMORE
+INLINE_LIMIT_NS = 100_000  # handlers faster than this (moving average) run on the socket thread
+WORKER, LOOP = b"w", b"a"  # which side a completion comes from
 
 PLAIN_USER = b"hpcray"
 
@@ -87,14 +99,18 @@ class DirectServer:
             log.warning("cannot bind %s; serving the direct path on loopback only", host)
             self.router.bind("tcp://127.0.0.1:0")
         self.address = self.router.last_endpoint.decode()
-        self.completions = self.ctx.socket(zmq.PULL)  # replies of coroutine handlers
+        self.completions = self.ctx.socket(zmq.PULL)  # replies from the worker and the loop
         self.completions.bind(f"inproc://done-{id(self)}")
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_push = threading.local()
+        self._work: queue.SimpleQueue | None = None  # the worker thread's requests
+        self._offloaded = 0  # requests on the worker, not yet replied (socket thread only)
         self.thread = threading.Thread(target=self._serve_forever, name="hpcray-direct",
                                        daemon=True)
         self.served = 0
+        self._handlers: dict[str, list[Any]] = {}
+        self._by_bytes: dict[bytes, list[Any]] = {}  # the same, keyed by the method's bytes
 
     def start(self) -> str:
         self.thread.start()
@@ -110,6 +126,8 @@ class DirectServer:
             self.thread.join(timeout=2)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._work is not None:
+            self._work.put(None)
         if self.auth is not None:
             self.auth.stop()
         self.ctx.destroy(linger=0)
@@ -118,28 +136,38 @@ class DirectServer:
     def _serve_forever(self) -> None:
         router, completions = self.router, self.completions
         router.rcvtimeo = 100  # wake up to see a stop request
-        poller = zmq.Poller()  # only once a coroutine handler ran: replies arrive from its loop
+        poller = zmq.Poller()  # while replies can come from the worker or the event loop
         poller.register(router, zmq.POLLIN)
         poller.register(completions, zmq.POLLIN)
-        queue: deque[tuple[int, list[bytes]]] = deque()
+        waiting: deque[tuple[int, list[bytes]]] = deque()
         clock = time.perf_counter_ns
         events, pollin, noblock = zmq.EVENTS, zmq.POLLIN, zmq.NOBLOCK
+        recv = router.recv
         try:
             while not self._stop.is_set():
-                if self._loop is not None:
+                if self._loop is not None or self._offloaded:
                     self._forward(completions)
-                    if not queue and not poller.poll(100):
+                    if not waiting and not poller.poll(100):
                         continue
-                elif not queue:
+                elif not waiting:
                     try:
-                        frames = router.recv_multipart()
+                        frames = [recv()]  # the client's identity; more frames follow
                     except zmq.Again:
                         continue
-                    queue.append((clock(), frames))
+                    received = clock()
+                    part = recv(copy=False)
+                    while part.more:  # a REQ client's delimiter, or a malformed message
+                        frames.append(part.bytes)
+                        part = recv(copy=False)
+                    frames.append(part.bytes)
+                    if not router.get(events) & pollin:  # alone: no queue to keep
+                        self._serve_one(received, frames)
+                        continue
+                    waiting.append((received, frames))
                 while router.get(events) & pollin:  # everything waiting, stamped now
-                    queue.append((clock(), router.recv_multipart(noblock)))
-                if queue:
-                    received, frames = queue.popleft()
+                    waiting.append((clock(), router.recv_multipart(noblock)))
+                if waiting:
+                    received, frames = waiting.popleft()
                     self._serve_one(received, frames)
         except zmq.ContextTerminated:
             pass
@@ -149,25 +177,39 @@ class DirectServer:
 
     def _forward(self, completions: zmq.Socket) -> None:
         while completions.get(zmq.EVENTS) & zmq.POLLIN:
-            self.router.send_multipart(completions.recv_multipart(zmq.NOBLOCK))
+            frames = completions.recv_multipart(zmq.NOBLOCK)
+            if frames[0] == WORKER:
+                self._offloaded -= 1
+            self.router.send_multipart(frames[1:])
 
     def _serve_one(self, received: int, frames: list[bytes]) -> None:
         clock = time.perf_counter_ns
         envelope = frames[:-1]  # the client's identity, and a REQ client's empty delimiter
+        frame = frames[-1]
+        # the header read inline; anything unexpected goes to unpack_request for its message
+        head = frame[:10]
+        handler = self._by_bytes.get(frame[10 + frame[7]:10 + frame[7] + frame[8]]) \
+            if len(head) == 10 and head[:5] == b"HPR1Q" and not head[9] else None
         try:
-            request = unpack_request(frames[-1])
+            request = unpack_request(frame)
         except (ProtocolError, UnicodeDecodeError) as exc:
             self._send(envelope, b"?", b"m", REFUSED, b"",
                        f"not an HPR1 request ({exc}); see docs/direct-protocol.md".encode())
             return
         rid, codec_b = request.id, request.codec
         try:
-            fn: Callable[[Any], Any] = self._ping if request.method == PING else \
-                self.resolve(request.method)
-            payload = decode_payload(CODECS[codec_b], request.payload)
+            if handler is None:
+                handler = self._handler(request.method)
+                self._by_bytes[request.method.encode()] = handler
+            fn, is_async = handler[0], handler[1]
+            payload = (_unpackb(request.payload, raw=False) if request.payload else None) \
+                if codec_b == b"m" else decode_payload(CODECS[codec_b], request.payload)
         except Exception as exc:  # noqa: BLE001 - the client's mistake, answered as such
             message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             self._send(envelope, rid, codec_b, REFUSED, b"", message.encode())
+            return
+        if not is_async and handler[2] >= 0 and (self._offloaded or handler[2] > INLINE_LIMIT_NS):
+            self._offload(handler, payload, envelope, request, received)
             return
         start = clock()
         try:
@@ -175,11 +217,76 @@ class DirectServer:
         except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
             self._send(envelope, rid, codec_b, FAILED, b"", _describe(exc))
             return
-        if asyncio.iscoroutine(result):
+        if is_async or asyncio.iscoroutine(result):
             self._submit(result, envelope, request, received, start)
             return
-        self._reply(self.router.send_multipart, envelope, request, result, received, start,
-                    clock())
+        end = clock()
+        if handler[2] >= 0:
+            handler[2] += (end - start - handler[2]) * 0.2  # moving average of its run time
+        if codec_b == b"m":  # the common case, inline
+            try:
+                body = _packb(result, use_bin_type=True)
+            except Exception:  # noqa: BLE001 - _reply says why
+                self._reply(self.router.send_multipart, envelope, request, result, received,
+                            start, end)
+                return
+            timing = _timing_pack(start - received, end - start, clock() - end) \
+                if request.timed else b""
+            router = self.router
+            for part in envelope:
+                router.send(part, _SNDMORE)
+            router.send(pack_reply(rid, self.replica, codec_b, OK, timing, body))
+            self.served += 1
+            return
+        self._reply(self.router.send_multipart, envelope, request, result, received, start, end)
+
+    def _handler(self, method: str) -> list[Any]:
+        """[callable, is a coroutine function, moving-average run time in ns]."""
+        cached = self._handlers.get(method)
+        if cached is None:
+            fn = self._ping if method == PING else self.resolve(method)
+            # .ping never touches the model: always answered at once, never offloaded
+            cached = self._handlers[method] = [fn, inspect.iscoroutinefunction(fn),
+                                               -1.0 if method == PING else 0.0]
+        return cached
+
+    # -- slow synchronous handlers: one worker thread -----------------------------------------
+    def _offload(self, handler, payload, envelope, request, received) -> None:
+        if self._work is None:
+            self._work = queue.SimpleQueue()
+            threading.Thread(target=self._work_forever, name="hpcray-direct-worker",
+                             daemon=True).start()
+        self._offloaded += 1
+        self._work.put((handler, payload, envelope, request, received))
+
+    def _work_forever(self) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.connect(f"inproc://done-{id(self)}")
+
+        def send(frames: list[bytes]) -> None:
+            push.send_multipart([WORKER, *frames])
+
+        clock = time.perf_counter_ns
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                handler, payload, envelope, request, received = item
+                start = clock()
+                try:
+                    result = handler[0](payload)
+                except Exception as exc:  # noqa: BLE001 - returned to the caller
+                    self._send(envelope, request.id, request.codec, FAILED, b"",
+                               _describe(exc), send=send)
+                    continue
+                end = clock()
+                handler[2] += (end - start - handler[2]) * 0.2
+                self._reply(send, envelope, request, result, received, start, end)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            push.close(linger=0)
 
     def _reply(self, send, envelope, request, result, received, start, end) -> None:
         try:
@@ -227,7 +334,7 @@ class DirectServer:
             sock = self.ctx.socket(zmq.PUSH)
             sock.connect(f"inproc://done-{id(self)}")
             self._loop_push.sock = sock
-        return sock.send_multipart
+        return lambda frames: sock.send_multipart([LOOP, *frames])
 
 
 def _describe(exc: BaseException) -> bytes:
