@@ -81,6 +81,7 @@ def test_sixteen_client_processes_lose_and_duplicate_nothing(live_run):
         assert c["n"] == c["unique"] == 1024 and c["wrong"] == 0, c
     used = {r for c in result["clients"] for r in c["replicas"]}
     assert used == set(result["replicas"])  # both replicas took work
+    assert result["task"] == ["direct", "from a task", True]
 
 
 def test_sigkill_of_a_replica_mid_load(live_run):

@@ -67,19 +67,28 @@ class Timing:
 
 
 class Reply:
-    """One reply. `timing` is built on first use from the replica's raw nanoseconds."""
+    """One reply. Built on the caller's critical path, so the id, the replica name and the
+    timing are decoded from the frame only when first read."""
 
-    __slots__ = ("_ns", "_timing", "id", "payload", "replica", "round_trip_s", "status")
+    __slots__ = ("_frame", "_ns", "_timing", "payload", "round_trip_s", "status")
 
-    def __init__(self, id: str, replica: str, status: bytes, payload: Any,  # noqa: A002
-                 round_trip_s: float, ns: tuple[int, int, int] | None) -> None:
-        self.id = id
-        self.replica = replica
+    def __init__(self, frame: bytes, status: bytes, payload: Any, round_trip_s: float,
+                 ns: tuple[int, int, int] | None) -> None:
+        self._frame = frame
         self.status = status
         self.payload = payload
         self.round_trip_s = round_trip_s
         self._ns = ns
         self._timing: Timing | None = None
+
+    @property
+    def id(self) -> str:
+        return reply_id(self._frame).decode()
+
+    @property
+    def replica(self) -> str:
+        start = REPLY_HEADER.size + self._frame[7]
+        return self._frame[start:start + self._frame[8]].decode()
 
     @property
     def timing(self) -> Timing:
@@ -164,30 +173,25 @@ def pack_reply(request_id: bytes, replica: bytes, codec: bytes, status: bytes, t
     return b"".join((head, request_id, replica, timing, body))
 
 
-_reply_head = REPLY_HEADER.unpack_from
 _timing = TIMING.unpack_from
 _unpackb = msgpack.unpackb
 
 
 def unpack_reply(frame: bytes, round_trip_s: float) -> Reply:
-    if len(frame) < REPLY_HEADER.size:
-        raise ProtocolError(f"a reply is at least {REPLY_HEADER.size} bytes, got {len(frame)}")
-    magic, kind, codec_b, status, id_len, rep_len, t_len = _reply_head(frame)
-    if magic != MAGIC or kind != REPLY or codec_b not in CODECS:
+    if len(frame) < 10 or frame[:5] != b"HPR1A" or frame[5:6] not in CODECS:
         raise ProtocolError(f"not an HPR1 reply: {frame[:REPLY_HEADER.size]!r}")
-    pos = REPLY_HEADER.size + id_len
-    replica = frame[pos:pos + rep_len].decode()
-    pos += rep_len
+    t_len = frame[9]
+    pos = 10 + frame[7] + frame[8]
     ns = _timing(frame, pos) if t_len == 24 else None
-    body = frame[pos + t_len:]
+    status, codec_b = frame[6:7], frame[5:6]
+    pos += t_len
     if status != OK:
-        payload: Any = body.decode(errors="replace")
+        payload: Any = frame[pos:].decode(errors="replace")
     elif codec_b == b"m":
-        payload = _unpackb(body, raw=False) if body else None
+        payload = _unpackb(frame[pos:], raw=False) if len(frame) > pos else None
     else:
-        payload = decode(CODECS[codec_b], body)
-    return Reply(frame[REPLY_HEADER.size:REPLY_HEADER.size + id_len].decode(), replica, status,
-                 payload, round_trip_s, ns)
+        payload = decode(CODECS[codec_b], frame[pos:])
+    return Reply(frame, status, payload, round_trip_s, ns)
 
 
 def reply_id(frame: bytes) -> bytes:
