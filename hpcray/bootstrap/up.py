@@ -247,6 +247,22 @@ class ClusterUp:
         self.env["HPCRAY_ENDPOINTS"] = str(self.run.path / "endpoints.json")
         self.run.mark("services_ready")
 
+    # -- stages ----------------------------------------------------------------------------
+    def run_stages(self) -> None:
+        """Every stage to its end, after the services and before the driver."""
+        from hpcray.stages import StageError, StageRunner
+
+        for path in reversed(self.code_paths()):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        runner = StageRunner(self.workflow.stages, self.run, Path(self.request["workflow_dir"]),
+                             env={**self.env, "HPCRAY_RUN_DIR": str(self.run.path)},
+                             stop=self.stop.event)
+        try:
+            runner.run()
+        except StageError as exc:
+            raise BootstrapError(f"stages: {exc}") from None
+
     # -- while running ---------------------------------------------------------------------
     def watch_nodes(self, plan: ClusterPlan, interval: float = 1.0) -> threading.Thread:
         """Report every node whose agent stops while the run is up. A lost worker is recorded
@@ -288,6 +304,8 @@ class ClusterUp:
 
     def run_driver(self, plan: ClusterPlan, head: dict[str, Any]) -> int | None:
         cmd = self.driver_command()
+        if cmd is None and self.workflow.stages:
+            return None  # the stages were the workflow: done
         if cmd is None:
             log.info("no driver: the cluster stays up until cancel or the walltime; connect "
                      "with hpcray.connect(%r)", str(self.run.path))
@@ -398,6 +416,8 @@ class ClusterUp:
             self.watch_nodes(plan)
             if self.workflow.services:
                 self.start_services(head)
+            if self.workflow.stages:
+                self.run_stages()
             driver_code = self.run_driver(plan, head)
             if self.stop.reason and self.stop.reason.startswith("head node"):
                 state, error = "failed", self.stop.reason

@@ -191,7 +191,8 @@ class Workflow(StrictModel):
     services: list[ServiceSpec] = Field(
         default_factory=list, description="Model services, started before the driver.")
     endpoints: EndpointsSpec = Field(default_factory=EndpointsSpec)
-    stages: Annotated[list[dict[str, Any]], _reserved("stages")] = Field(default_factory=list)
+    stages: list[StageSpec] = Field(
+        default_factory=list, description="Compute stages, run after the services are ready.")
     hpo: Annotated[dict[str, Any], _reserved("hpo")] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -214,9 +215,21 @@ class Workflow(StrictModel):
         check_service_graph(value)
         return value
 
+    @field_validator("stages")
+    @classmethod
+    def _stage_graph(cls, value: list[StageSpec]) -> list[StageSpec]:
+        check_stage_graph(value, None)
+        return value
+
+    @model_validator(mode="after")
+    def _stage_services(self) -> Workflow:
+        check_stage_graph(self.stages, [s.name for s in self.services])
+        return self
+
 
 Scheduler = Literal["slurm", "pbs", "lsf", "flux", "local"]
 
 from hpcray.spec.services import ServiceSpec, check_service_graph  # noqa: E402
+from hpcray.spec.stages import StageSpec, check_stage_graph  # noqa: E402
 
 Workflow.model_rebuild()

@@ -1,0 +1,57 @@
+"""Every task attempt, as one JSON line in <run>/stages/<stage>/attempts.jsonl."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Attempt:
+    stage: str
+    index: int
+    attempt: int
+    item: str                       # repr of the item, cut to 200 characters
+    state: str                      # done | failed | timeout | lost
+    submitted: float
+    started: float | None = None    # on the worker's clock
+    ended: float | None = None
+    finished: float | None = None   # when the runner saw it
+    node: str | None = None
+    pid: int | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    error: str | None = None
+    detail: str | None = None       # traceback or the tail of stderr
+    command: list[str] | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+class AttemptLog:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def dir(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, attempt: Attempt) -> None:
+        line = json.dumps(asdict(attempt), default=str)
+        with self._lock, open(self.dir(attempt.stage) / "attempts.jsonl", "a") as f:
+            f.write(line + "\n")
+
+
+def read_attempts(run_path: Path, stage: str | None = None) -> list[dict[str, Any]]:
+    root = run_path / "stages"
+    files = [root / stage / "attempts.jsonl"] if stage else sorted(root.glob("*/attempts.jsonl"))
+    out = []
+    for path in files:
+        if path.exists():
+            out.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return out

@@ -1,0 +1,284 @@
+"""StageRunner: the workflow's stages as Ray tasks, scheduled from the `hpcray up` process.
+
+A stage opens when every stage in its `after` has finished (and, for `stream_from`, when its
+producer has opened). Fan-out stages queue one task per item; a streaming stage queues one
+task per output of its producer as each output arrives. At most `max_in_flight` tasks of a
+stage run at once, and a producer stops submitting while a consumer has that many outputs
+waiting (backpressure). A failing attempt is retried `retries` times; a task that still fails
+stops the run, with the stage, item, command and error in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
+from hpcray.errors import HpcrayError
+from hpcray.rundir import RunDir
+from hpcray.spec.stages import StageSpec, check_stage_graph
+from hpcray.stages.fanout import expand, fill
+from hpcray.stages.records import Attempt, AttemptLog
+
+log = logging.getLogger("hpcray.stages")
+
+
+class StageError(HpcrayError):
+    """A task failed after its retries; the message names stage, item and error."""
+
+
+@dataclass
+class _Task:
+    stage: str
+    index: int
+    item: Any
+    has_item: bool
+    attempt: int = 0
+    submitted: float = 0.0
+    command: list[str] | None = None
+
+
+@dataclass
+class _Stage:
+    spec: StageSpec
+    pending: deque = field(default_factory=deque)
+    opened: bool = False
+    finished: bool = False
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    running: int = 0
+    next_index: int = 0
+    opened_at: float | None = None
+    finished_at: float | None = None
+
+
+class StageRunner:
+    def __init__(self, stages: list[StageSpec], run: RunDir, base: Path,
+                 env: dict[str, str] | None = None, stop: threading.Event | None = None) -> None:
+        self.order = check_stage_graph(stages, None)
+        self.stages = {s.name: _Stage(s) for s in stages}
+        self.consumers = {s.name: [c.name for c in stages if c.stream_from == s.name]
+                          for s in stages}
+        self.rundir = run
+        self.base = base
+        self.env = dict(env or {})
+        self.stop = stop or threading.Event()
+        self.log = AttemptLog(run.path / "stages")
+        self.inflight: dict[Any, _Task] = {}
+        self._last_save = 0.0
+
+    # -- opening and finishing stages ------------------------------------------------------
+    def _open_ready(self) -> None:
+        for name in self.order:
+            st = self.stages[name]
+            if st.opened:
+                continue
+            spec = st.spec
+            if not all(self.stages[d].finished for d in spec.after):
+                continue
+            if spec.stream_from and not self.stages[spec.stream_from].opened:
+                continue
+            st.opened, st.opened_at = True, time.time()
+            if not spec.stream_from:
+                items = expand(spec.each, self.base)
+                for item in items:
+                    self._queue(st, item, has_item=spec.each is not None)
+                if not items:
+                    log.warning("stage %s: its fan-out is empty (no tasks)", name)
+            log.info("stage %s opened: %s", name, f"{st.total} task(s)" if not spec.stream_from
+                     else f"streaming from {spec.stream_from}")
+
+    def _queue(self, st: _Stage, item: Any, has_item: bool) -> None:
+        st.pending.append(_Task(st.spec.name, st.next_index, item, has_item))
+        st.next_index += 1
+        st.total += 1
+
+    def _finish_ready(self) -> None:
+        for name in self.order:
+            st = self.stages[name]
+            if st.finished or not st.opened or st.pending or st.running:
+                continue
+            if st.spec.stream_from and not self.stages[st.spec.stream_from].finished:
+                continue
+            st.finished, st.finished_at = True, time.time()
+            log.info("stage %s finished: %d task(s) done, %d retried", name, st.done, st.retried)
+
+    # -- submitting --------------------------------------------------------------------------
+    def _may_submit(self, st: _Stage) -> bool:
+        if st.running >= st.spec.max_in_flight:
+            return False
+        # backpressure: do not produce more while a consumer has a full queue of outputs
+        return all(len(self.stages[c].pending) < self.stages[c].spec.max_in_flight
+                   for c in self.consumers[st.spec.name])
+
+    def _submit_ready(self) -> None:
+        for name in self.order:
+            st = self.stages[name]
+            while st.opened and st.pending and self._may_submit(st):
+                self._submit(st, st.pending.popleft())
+
+    def _options(self, spec: StageSpec) -> dict[str, Any]:
+        res = spec.resources
+        custom = dict(res.resources)
+        if res.node:
+            custom[node_resource(res.node)] = 0.001
+        options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus,
+                                   "resources": custom, "max_retries": 0}
+        if res.memory:
+            options["memory"] = res.memory
+        if res.nodes:
+            options["label_selector"] = {
+                NODE_LABEL: f"in({','.join(node_label(n) for n in res.nodes)})"}
+        return options
+
+    def _submit(self, st: _Stage, task: _Task) -> None:
+        spec = st.spec
+        options = self._options(spec)
+        if spec.function is not None:
+            ref = _remote("run_function").options(**options).remote(
+                spec.function, spec.args, task.item, task.has_item, spec.timeout)
+        else:
+            values = {"index": task.index, "stage": spec.name, "run_dir": str(self.rundir.path)}
+            task.command = fill(spec.command or [], task.item, values)
+            out_dir = self.log.dir(spec.name)
+            stem = f"{task.index}.{task.attempt}"
+            ref = _remote("run_command").options(**options).remote(
+                task.command, str(self.base), self._task_env(spec, task),
+                str(out_dir / f"{stem}.out"), str(out_dir / f"{stem}.err"), spec.timeout)
+        task.submitted = time.time()
+        self.inflight[ref] = task
+        st.running += 1
+
+    def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
+        env = {k: v for k, v in self.env.items()
+               if k.startswith("HPCRAY_SERVICE_") or k in ("HPCRAY_ENDPOINTS",
+                                                           "HPCRAY_OPENAI_BASE_URL")}
+        env.update(HPCRAY_RUN_DIR=str(self.rundir.path), HPCRAY_STAGE=spec.name,
+                   HPCRAY_TASK_INDEX=str(task.index))
+        return env
+
+    # -- completions ------------------------------------------------------------------------
+    def _complete(self, ref: Any) -> None:
+        import ray
+
+        task = self.inflight.pop(ref)
+        st = self.stages[task.stage]
+        st.running -= 1
+        spec = st.spec
+        try:
+            result = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a lost worker or node: recorded, retried
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "lost": True}
+        state = "done" if result.get("ok") else "timeout" if result.get("timed_out") else \
+            "lost" if result.get("lost") else "failed"
+        stem = f"{task.index}.{task.attempt}"
+        attempt = Attempt(
+            stage=task.stage, index=task.index, attempt=task.attempt,
+            item=repr(task.item)[:200], state=state, submitted=task.submitted,
+            started=result.get("started"), ended=result.get("ended"), finished=time.time(),
+            node=result.get("node"), pid=result.get("pid"), resources=self._options(spec),
+            exit_code=result.get("exit_code"), error=result.get("error"),
+            detail=result.get("traceback") or result.get("stderr_tail"), command=task.command,
+            stdout=str(self.log.dir(task.stage) / f"{stem}.out") if task.command else None,
+            stderr=str(self.log.dir(task.stage) / f"{stem}.err") if task.command else None)
+        attempt.resources.pop("max_retries", None)
+        self.log.write(attempt)
+        if state == "done":
+            st.done += 1
+            for consumer in self.consumers[task.stage]:
+                self._queue(self.stages[consumer], result.get("output"), has_item=True)
+            return
+        if task.attempt < spec.retries:
+            st.retried += 1
+            log.warning("stage %s task %d (item %s) attempt %d %s: %s; retrying", task.stage,
+                        task.index, attempt.item, task.attempt + 1, state, attempt.error)
+            task.attempt += 1
+            st.pending.appendleft(task)
+            return
+        st.failed += 1
+        what = " ".join(task.command) if task.command else spec.function
+        detail = (attempt.detail or "").strip()
+        raise StageError(
+            f"stage {task.stage!r} task {task.index} (item {attempt.item}) failed after "
+            f"{task.attempt + 1} attempt(s): {attempt.error}\n  ran: {what}"
+            + (f"\n  on node {attempt.node}" if attempt.node else "")
+            + (f"\n  {detail[-1500:]}" if detail else ""))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, dict[str, Any]]:
+        """Run every stage to the end; raises StageError for a task that failed for good."""
+        import ray
+
+        self.rundir.mark("stages_start")
+        try:
+            while not all(st.finished for st in self.stages.values()):
+                if self.stop.is_set():
+                    raise StageError("stages stopped before they finished")
+                self._open_ready()
+                self._submit_ready()
+                if self.inflight:
+                    ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2,
+                                        fetch_local=False)
+                    for ref in ready:
+                        self._complete(ref)
+                    # everything else that is done as well, without waiting again
+                    more, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight),
+                                       timeout=0, fetch_local=False)
+                    for ref in more:
+                        self._complete(ref)
+                self._finish_ready()
+                self._save()
+        except BaseException:
+            self._cancel_inflight()
+            self._save(force=True)
+            raise
+        self._save(force=True)
+        self.rundir.mark("stages_end")
+        return self.summary()
+
+    def _cancel_inflight(self) -> None:
+        import ray
+
+        for ref in list(self.inflight):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as exc:  # noqa: BLE001 - teardown sweeps what is left
+                log.debug("cancel: %s", exc)
+        self.inflight.clear()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, st in self.stages.items():
+            state = "done" if st.finished else "failed" if st.failed else \
+                "running" if st.opened else "waiting"
+            out[name] = {"state": state, "total": st.total, "done": st.done,
+                         "failed": st.failed, "running": st.running, "retried": st.retried,
+                         "opened": st.opened_at, "finished": st.finished_at}
+        return out
+
+    def _save(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self._last_save > 0.5:
+            self._last_save = now
+            self.rundir.update(stages=self.summary())
+
+
+_REMOTES: dict[str, Any] = {}
+
+
+def _remote(name: str):
+    """One Ray remote function per task kind, exported once (not once per task)."""
+    if name not in _REMOTES:
+        import ray
+
+        from hpcray.stages import tasks
+
+        _REMOTES[name] = ray.remote(getattr(tasks, name))
+    return _REMOTES[name]

@@ -1,0 +1,176 @@
+"""Stages in real runs: Ray tasks on the local site, started by `hpcray up` after the services."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+import hpcray
+from hpcray.rundir import read_json
+from hpcray.stages.records import read_attempts
+from tests.conftest import FIXTURES, ray_processes, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def run_stages(tmp_path, run_root, body: str, name: str = "stg", timeout: float = 240):
+    """A workflow file next to the stage functions (tests/fixtures/stages); waits for its end
+    and checks that nothing of it is left running."""
+    path = FIXTURES / "stages" / f"{tmp_path.name}.yaml"
+    path.write_text(f"name: {name}\nallocation: {{nodes: 1, walltime: 10m}}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n" + body)
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=timeout)
+    finally:
+        path.unlink()
+    cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
+    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+    return sub.run_dir, st
+
+
+def text(path: str) -> str:
+    return Path(path).read_text().strip()
+
+
+def by_stage(attempts, stage):
+    return [a for a in attempts if a["stage"] == stage]
+
+
+def test_fan_out_stream_and_dependency(tmp_path, run_root):
+    items = ", ".join(str(i) for i in range(100))
+    run, st = run_stages(tmp_path, run_root, """\
+stages:
+  - name: squares
+    function: stagefns:square
+    args: {scale: 2}
+    each: {items: [ITEMS]}
+    resources: {cpus: 0.1}
+  - name: show
+    command: [sh, -c, 'echo "value={item} index={index} stage=$HPCRAY_STAGE"']
+    stream_from: squares
+    resources: {cpus: 0.1}
+    max_in_flight: 4
+  - name: last
+    function: stagefns:total
+    args: {marker: after.txt}
+    after: [show, squares]
+    resources: {cpus: 0.1}
+""".replace("ITEMS", items))
+    assert st.state == "completed", hpcray.logs(run)
+    attempts = read_attempts(run)
+    squares, show, last = (by_stage(attempts, s) for s in ("squares", "show", "last"))
+    assert sorted(a["index"] for a in squares) == list(range(100))
+    assert all(a["state"] == "done" and a["node"] == st.nodes[0].name for a in attempts)
+    # one executable task per output of the producer, fed as the outputs arrived
+    assert len(show) == 100
+    outputs = sorted(int(text(a["stdout"]).split()[0].split("=")[1]) for a in show)
+    assert outputs == sorted(2 * i * i for i in range(100))
+    assert all(text(a["stdout"]).endswith("stage=show") for a in show)
+    stages = read_json(run / "run.json")["stages"]
+    assert min(a["submitted"] for a in show) < stages["squares"]["finished"]  # streaming
+    # backpressure: never more than max_in_flight executables at once
+    events = sorted([(a["started"], 1) for a in show] + [(a["ended"], -1) for a in show])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 4
+    # the `after` stage ran once everything it waits for was done
+    assert len(last) == 1 and last[0]["started"] >= max(a["ended"] for a in show)
+    assert (run / "after.txt").read_text() == "after ran"
+    assert {n: s["done"] for n, s in stages.items()} == {"squares": 100, "show": 100, "last": 1}
+
+
+def test_retry_then_failure_with_its_error(tmp_path, run_root):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    run, st = run_stages(tmp_path, run_root, f"""\
+stages:
+  - name: flaky
+    function: stagefns:flaky
+    args: {{state_dir: '{state_dir}'}}
+    each: {{items: [1, 2, 3]}}
+    retries: 1
+    resources: {{cpus: 0.1}}
+  - name: broken
+    function: stagefns:always_fails
+    each: {{items: [7]}}
+    retries: 2
+    after: [flaky]
+    resources: {{cpus: 0.1}}
+  - name: never
+    command: [echo, never]
+    after: [broken]
+""")
+    assert st.state == "failed"
+    assert "stage 'broken' task 0 (item 7) failed after 3 attempt(s): ValueError: bad input 7" \
+        in st.error
+    assert "stagefns.py" in st.error  # the traceback's tail
+    attempts = read_attempts(run)
+    flaky = by_stage(attempts, "flaky")
+    assert sorted((a["index"], a["attempt"], a["state"]) for a in flaky) == [
+        (0, 0, "failed"), (0, 1, "done"), (1, 0, "done"), (2, 0, "failed"), (2, 1, "done")]
+    assert [a["attempt"] for a in by_stage(attempts, "broken")] == [0, 1, 2]
+    assert not by_stage(attempts, "never")
+    stages = read_json(run / "run.json")["stages"]
+    assert stages["flaky"]["retried"] == 2 and stages["never"]["state"] == "waiting"
+
+
+def test_timeouts_kill_the_task_and_free_its_resources(tmp_path, run_root):
+    run, st = run_stages(tmp_path, run_root, """\
+stages:
+  - name: exe
+    command: [sh, -c, 'if [ -e "{run_dir}/t{index}" ]; then echo second; exit 0; fi;
+                       touch "{run_dir}/t{index}"; exec sleep 77']
+    timeout: 2
+    retries: 1
+    resources: {cpus: 2}
+  - name: fn
+    function: stagefns:sleeps
+    each: {items: [30]}
+    timeout: 2
+    resources: {cpus: 2}
+    after: [exe]
+""")
+    assert st.state == "failed"
+    assert "stage 'fn' task 0 (item 30) failed after 1 attempt(s): timed out after 2s" in st.error
+    attempts = read_attempts(run)
+    exe = by_stage(attempts, "exe")
+    assert [(a["attempt"], a["state"]) for a in exe] == [(0, "timeout"), (1, "done")]
+    # both attempts needed all CPUs of the node: the second ran, so the first's were freed
+    assert text(exe[1]["stdout"]) == "second"
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and p.info["cmdline"][:2] == ["sleep", "77"]]
+
+
+def test_stages_call_a_service_from_functions_and_executables(tmp_path, run_root):
+    run, st = run_stages(tmp_path, run_root, """\
+services:
+  - {name: noop, deployment: noop, replicas: 2, resources: {cpus: 0.05}}
+stages:
+  - name: fn
+    function: stagefns:call_service
+    each: {items: [1, 2, 3, 4]}
+    services: [noop]
+    resources: {cpus: 0.1}
+  - name: exe
+    command: [python3, -c, 'import json, os, urllib.request as u;
+        r = u.urlopen(u.Request(os.environ["HPCRAY_SERVICE_NOOP_URL"],
+        data=json.dumps({"method": "echo", "payload": {index}}).encode(),
+        headers={"Content-Type": "application/json"}));
+        print(json.load(r)["result"])']
+    each: {items: [a, b]}
+    services: [noop]
+    resources: {cpus: 0.1}
+""")
+    assert st.state == "completed", hpcray.logs(run)
+    attempts = read_attempts(run)
+    replicas = json.loads((run / "metrics" / "services.json").read_text())["noop"]["bt"]
+    assert all(a["state"] == "done" for a in attempts)
+    assert len(by_stage(attempts, "fn")) == 4 and {r["replica"] for r in replicas}
+    outs = sorted(text(a["stdout"]) for a in by_stage(attempts, "exe"))
+    assert outs == ["0", "1"]
