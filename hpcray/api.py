@@ -191,6 +191,32 @@ def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
 
 
 @dataclass
+class StageStatus:
+    name: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    running: int
+    retried: int
+
+    def line(self) -> str:
+        return (f"  stage {self.name}: {self.state}; tasks {self.done}/{self.total} done, "
+                f"{self.running} running, {self.failed} failed, {self.retried} retried")
+
+
+def _stage_statuses(run: RunDir, wf: dict[str, Any]) -> list[StageStatus]:
+    states = run.read().get("stages", {})
+    out = []
+    for spec in wf.get("stages", []):
+        got = states.get(spec["name"], {})
+        out.append(StageStatus(spec["name"], got.get("state", "waiting"), got.get("total", 0),
+                               got.get("done", 0), got.get("failed", 0), got.get("running", 0),
+                               got.get("retried", 0)))
+    return out
+
+
+@dataclass
 class RunStatus:
     run_id: str
     run_dir: Path
@@ -203,6 +229,7 @@ class RunStatus:
     times: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     services: list[ServiceStatus] = field(default_factory=list)
+    stages: list[StageStatus] = field(default_factory=list)
 
     @property
     def nodes_joined(self) -> int:
@@ -211,6 +238,13 @@ class RunStatus:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """For scripts (`hpcray status --json`)."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "run_dir": str(self.run_dir), "finished": self.finished,
+                "nodes_joined": self.nodes_joined}
 
     def summary(self) -> str:
         head = f"{self.run_id} (job {self.job_id}, {self.scheduler}): {self.state}"
@@ -222,6 +256,7 @@ class RunStatus:
             extra += ", lost while running" if n.lost else ""
             lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
         lines += [s.line() for s in self.services]
+        lines += [s.line() for s in self.stages]
         if self.error:
             lines.append(f"  error: {self.error.splitlines()[0]}")
         return "\n".join(lines)
@@ -246,6 +281,7 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
         if state in ("bootstrapping", "running"):
             state = "lost"
     joined = data.get("nodes", {})
+    workflow = (read_json(run.resolved, {}) or {}).get("workflow", {})
     agents = run.node_states()
     names = data.get("node_names") or sorted(agents)
     nodes = [NodeStatus(n, agents.get(n, {}).get("state", "pending"),
@@ -257,8 +293,8 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
                      scheduler=scheduler, state=state, scheduler_state=sched_state.value,
                      nodes_expected=data.get("nodes_expected", len(names)), nodes=nodes,
                      times=data.get("times", {}), error=data.get("error"),
-                     services=_service_statuses(run, (read_json(run.resolved, {}) or {})
-                                                .get("workflow", {})))
+                     services=_service_statuses(run, workflow),
+                     stages=_stage_statuses(run, workflow))
 
 
 def wait(ref: str | Path, timeout: float | None = None, poll: float = 0.5,

@@ -79,9 +79,33 @@ def _follow(run_dir: Path, timeout: float | None) -> None:
 @main.command()
 @click.argument("ref")
 @_root
-def status(ref: str, run_root: str | None) -> None:
-    """State of a run (job id, run id or run directory), per node."""
-    click.echo(api.status(ref, run_root).summary())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, for scripts.")
+@click.option("--watch", is_flag=True, help="A live view until the run ends.")
+def status(ref: str, run_root: str | None, as_json: bool, watch: bool) -> None:
+    """State of a run (job id, run id or run directory): nodes, services, stages."""
+    if watch:
+        from hpcray.metrics.live import watch as live
+
+        live(ref, run_root)
+        return
+    st = api.status(ref, run_root)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(st.to_dict(), indent=2, default=str))
+    else:
+        click.echo(st.summary())
+
+
+@main.command()
+@click.argument("ref")
+@_root
+@click.option("--no-plot", is_flag=True, help="Only the numbers, no timeline PNG.")
+def report(ref: str, run_root: str | None, no_plot: bool) -> None:
+    """Where a run's time went: timeline PNG per node, busy CPU/GPU over allocated."""
+    from hpcray.metrics.report import report as make_report
+
+    click.echo(make_report(ref, run_root, plot=not no_plot).summary())
 
 
 @main.command()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 import hpcray
+from hpcray.metrics.report import report
 from hpcray.rundir import read_json
 from hpcray.stages.records import read_attempts
 from tests.conftest import FIXTURES, ray_processes, wait_until
@@ -83,6 +86,19 @@ stages:
     assert len(last) == 1 and last[0]["started"] >= max(a["ended"] for a in show)
     assert (run / "after.txt").read_text() == "after ran"
     assert {n: s["done"] for n, s in stages.items()} == {"squares": 100, "show": 100, "last": 1}
+    # what a user looks at afterwards: status for scripts, and the report
+    out = subprocess.run([sys.executable, "-m", "hpcray", "status", str(run), "--json"],
+                         capture_output=True, text=True, check=True)
+    as_json = json.loads(out.stdout)
+    assert as_json["state"] == "completed"
+    assert [(s["name"], s["state"], s["done"], s["total"]) for s in as_json["stages"]] == [
+        ("squares", "done", 100, 100), ("show", "done", 100, 100), ("last", "done", 1, 1)]
+    rep = report(run)
+    assert {u.stage: (u.attempts, u.failed) for u in rep.stages} == {
+        "squares": (100, 0), "show": (100, 0), "last": (1, 0)}
+    assert rep.cpus > 0 and rep.nodes == 1
+    assert 0 < rep.cpu_utilisation <= 1
+    assert Path(rep.timeline).stat().st_size > 10_000  # a PNG with the lanes drawn
 
 
 def test_retry_then_failure_with_its_error(tmp_path, run_root):
