@@ -198,3 +198,36 @@ def test_service_replicas_pinned_to_node2_run_there(constraint, slurm_cluster, t
     assert set(result["noop"]["replicas"].values()) == {"node2"}
     assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
     assert_nothing_left(sub.run_dir)
+
+
+def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
+    """100 function tasks and 20 executables over the 2-node allocation, with a streaming
+    edge and a dependency; every task's record names the node it ran on."""
+    from hpcray.stages.records import read_attempts
+    from tests.conftest import FIXTURES
+
+    path = FIXTURES / "stages" / f"slurm-{tmp_path.name}.yaml"
+    path.write_text(
+        "name: stagesx2\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
+        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+        "stages:\n"
+        "  - name: work\n    function: stagefns:slow_square\n"
+        f"    each: {{items: [{', '.join(str(i) for i in range(100))}]}}\n"
+        "    resources: {cpus: 1}\n"
+        "  - name: exe\n    command: [sh, -c, 'echo {item}; sleep 0.2']\n"
+        "    each: {items: [%s]}\n    after: [work]\n    resources: {cpus: 1}\n"
+        % ", ".join(str(i) for i in range(20))
+        + "  - name: tail\n    command: [echo, '{item}']\n    stream_from: exe\n"
+          "    resources: {cpus: 0.5}\n")
+    try:
+        sub = submit(path, run_root, runs)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    attempts = read_attempts(sub.run_dir)
+    assert len(attempts) == 140 and all(a["state"] == "done" for a in attempts)
+    for stage in ("work", "exe"):
+        assert {a["node"] for a in attempts if a["stage"] == stage} == {"node1", "node2"}, stage
+    assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
+    assert_nothing_left(sub.run_dir)
