@@ -257,7 +257,8 @@ class ClusterUp:
                 sys.path.insert(0, path)
         runner = StageRunner(self.workflow.stages, self.run, Path(self.request["workflow_dir"]),
                              env={**self.env, "HPCRAY_RUN_DIR": str(self.run.path)},
-                             stop=self.stop.event)
+                             stop=self.stop.event,
+                             launcher=self.env.get("HPCRAY_LAUNCHER") or self.site.launcher)
         try:
             runner.run()
         except StageError as exc:

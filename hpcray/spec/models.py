@@ -224,6 +224,10 @@ class Workflow(StrictModel):
     @model_validator(mode="after")
     def _stage_services(self) -> Workflow:
         check_stage_graph(self.stages, [s.name for s in self.services])
+        for stage in self.stages:
+            if stage.launch and stage.launch.nodes > self.allocation.nodes:
+                raise ValueError(f"stage {stage.name!r} launches on {stage.launch.nodes} nodes "
+                                 f"but the allocation has {self.allocation.nodes}")
         return self
 
 

@@ -48,6 +48,13 @@ class FanOut(StrictModel):
         return self
 
 
+class LaunchSpec(StrictModel):
+    """An executable started on several nodes at once by the allocation's launcher (srun,
+    mpiexec, ...): an MPI program. Each node reserves the stage's `resources`."""
+
+    nodes: int = Field(2, ge=1, description="Distinct nodes; one process on each.")
+
+
 class StageSpec(StrictModel):
     name: str
     function: str | None = Field(None, description="'module:function', importable from the "
@@ -58,6 +65,8 @@ class StageSpec(StrictModel):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
                                                                    "function.")
     each: FanOut | None = Field(None, description="Fan-out: one task per item.")
+    launch: LaunchSpec | None = Field(None, description="Executables only: start the command "
+                                      "on several nodes through the site's launcher (MPI).")
     stream_from: str | None = Field(
         None, description="One task per output of this stage, started as each output appears.")
     after: list[str] = Field(default_factory=list,
@@ -95,6 +104,8 @@ class StageSpec(StrictModel):
             raise ValueError(f"function {self.function!r} must be 'module:function'")
         if self.command is not None and not self.command:
             raise ValueError("command is empty")
+        if self.launch is not None and self.command is None:
+            raise ValueError("'launch' starts a command on several nodes: give 'command'")
         if self.each is not None and self.stream_from is not None:
             raise ValueError("give either 'each' or 'stream_from', not both")
         if self.name in self.after or self.stream_from == self.name:

@@ -21,6 +21,7 @@ class Attempt:
     ended: float | None = None
     finished: float | None = None   # when the runner saw it
     node: str | None = None
+    hosts: list[str] | None = None  # every node of a launched (MPI) task
     pid: int | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
@@ -32,19 +33,36 @@ class Attempt:
 
 
 class AttemptLog:
+    """One open file per stage, a line flushed per attempt (the runner writes thousands)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
+        self._dirs: dict[str, Path] = {}
+        self._files: dict[str, Any] = {}
 
     def dir(self, stage: str) -> Path:
-        path = self.root / stage
-        path.mkdir(parents=True, exist_ok=True)
+        path = self._dirs.get(stage)
+        if path is None:
+            path = self._dirs[stage] = self.root / stage
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def write(self, attempt: Attempt) -> None:
         line = json.dumps(asdict(attempt), default=str)
-        with self._lock, open(self.dir(attempt.stage) / "attempts.jsonl", "a") as f:
+        with self._lock:
+            f = self._files.get(attempt.stage)
+            if f is None:
+                f = self._files[attempt.stage] = open(  # noqa: SIM115 - closed in close()
+                    self.dir(attempt.stage) / "attempts.jsonl", "a")
             f.write(line + "\n")
+            f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
 
 
 def read_attempts(run_path: Path, stage: str | None = None) -> list[dict[str, Any]]:

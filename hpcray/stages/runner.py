@@ -41,6 +41,7 @@ class _Task:
     attempt: int = 0
     submitted: float = 0.0
     command: list[str] | None = None
+    placement: Any = None  # a launched task's placement group, removed when it ends
 
 
 @dataclass
@@ -61,7 +62,9 @@ class _Stage:
 
 class StageRunner:
     def __init__(self, stages: list[StageSpec], run: RunDir, base: Path,
-                 env: dict[str, str] | None = None, stop: threading.Event | None = None) -> None:
+                 env: dict[str, str] | None = None, stop: threading.Event | None = None,
+                 launcher: str = "local") -> None:
+        self.launcher = launcher  # the site's, for stages with `launch:`
         self.order = check_stage_graph(stages, None)
         self.stages = {s.name: _Stage(s) for s in stages}
         self.consumers = {s.name: [c.name for c in stages if c.stream_from == s.name]
@@ -73,6 +76,7 @@ class StageRunner:
         self.log = AttemptLog(run.path / "stages")
         self.inflight: dict[Any, _Task] = {}
         self._last_save = 0.0
+        self._option_cache: dict[str, dict[str, Any]] = {}
 
     # -- opening and finishing stages ------------------------------------------------------
     def _open_ready(self) -> None:
@@ -125,6 +129,9 @@ class StageRunner:
                 self._submit(st, st.pending.popleft())
 
     def _options(self, spec: StageSpec) -> dict[str, Any]:
+        cached = self._option_cache.get(spec.name)
+        if cached is not None:
+            return dict(cached)
         res = spec.resources
         custom = dict(res.resources)
         if res.node:
@@ -136,7 +143,8 @@ class StageRunner:
         if res.nodes:
             options["label_selector"] = {
                 NODE_LABEL: f"in({','.join(node_label(n) for n in res.nodes)})"}
-        return options
+        self._option_cache[spec.name] = options
+        return dict(options)
 
     def _submit(self, st: _Stage, task: _Task) -> None:
         spec = st.spec
@@ -149,12 +157,33 @@ class StageRunner:
             task.command = fill(spec.command or [], task.item, values)
             out_dir = self.log.dir(spec.name)
             stem = f"{task.index}.{task.attempt}"
+            launch = None
+            if spec.launch is not None:
+                options, launch = self._placement(spec, options)
+                task.placement = launch["placement_group"]
             ref = _remote("run_command").options(**options).remote(
                 task.command, str(self.base), self._task_env(spec, task),
-                str(out_dir / f"{stem}.out"), str(out_dir / f"{stem}.err"), spec.timeout)
+                str(out_dir / f"{stem}.out"), str(out_dir / f"{stem}.err"), spec.timeout,
+                launch)
         task.submitted = time.time()
         self.inflight[ref] = task
         st.running += 1
+
+    def _placement(self, spec: StageSpec, options: dict[str, Any]):
+        """One bundle of the stage's resources on each of `launch.nodes` distinct nodes; the
+        task itself (which only runs the launcher) sits in the first bundle."""
+        from ray.util import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        assert spec.launch is not None
+        bundle = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus,
+                  **options.get("resources", {})}
+        bundle = {k: v for k, v in bundle.items() if v}
+        pg = placement_group([bundle] * spec.launch.nodes, strategy="STRICT_SPREAD")
+        options = {**options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=0)}
+        options.pop("label_selector", None)
+        return options, {"launcher": self.launcher, "placement_group": pg}
 
     def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
         env = {k: v for k, v in self.env.items()
@@ -165,17 +194,34 @@ class StageRunner:
         return env
 
     # -- completions ------------------------------------------------------------------------
-    def _complete(self, ref: Any) -> None:
+    def _complete_many(self, refs: list[Any]) -> None:
+        """Fetch finished results together (one ray.get, in parallel from every node), then
+        handle each; a ref whose task was lost is fetched alone to name its error."""
         import ray
 
+        try:
+            results = ray.get(refs)
+        except Exception:  # noqa: BLE001 - some task was lost: one by one
+            results = []
+            for ref in refs:
+                try:
+                    results.append(ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - a lost worker or node: retried
+                    results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                    "lost": True})
+        for ref, result in zip(refs, results, strict=True):
+            self._complete(ref, result)
+
+    def _complete(self, ref: Any, result: dict[str, Any]) -> None:
         task = self.inflight.pop(ref)
         st = self.stages[task.stage]
         st.running -= 1
         spec = st.spec
-        try:
-            result = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a lost worker or node: recorded, retried
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "lost": True}
+        if task.placement is not None:
+            from ray.util import remove_placement_group
+
+            remove_placement_group(task.placement)
+            task.placement = None
         state = "done" if result.get("ok") else "timeout" if result.get("timed_out") else \
             "lost" if result.get("lost") else "failed"
         stem = f"{task.index}.{task.attempt}"
@@ -183,7 +229,8 @@ class StageRunner:
             stage=task.stage, index=task.index, attempt=task.attempt,
             item=repr(task.item)[:200], state=state, submitted=task.submitted,
             started=result.get("started"), ended=result.get("ended"), finished=time.time(),
-            node=result.get("node"), pid=result.get("pid"), resources=self._options(spec),
+            node=result.get("node"), hosts=result.get("hosts"), pid=result.get("pid"),
+            resources=self._options(spec),
             exit_code=result.get("exit_code"), error=result.get("error"),
             detail=result.get("traceback") or result.get("stderr_tail"), command=task.command,
             stdout=str(self.log.dir(task.stage) / f"{stem}.out") if task.command else None,
@@ -216,6 +263,7 @@ class StageRunner:
         """Run every stage to the end; raises StageError for a task that failed for good."""
         import ray
 
+        self._check_fits()
         self.rundir.mark("stages_start")
         try:
             while not all(st.finished for st in self.stages.values()):
@@ -224,31 +272,60 @@ class StageRunner:
                 self._open_ready()
                 self._submit_ready()
                 if self.inflight:
-                    ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2,
-                                        fetch_local=False)
-                    for ref in ready:
-                        self._complete(ref)
-                    # everything else that is done as well, without waiting again
-                    more, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight),
-                                       timeout=0, fetch_local=False)
-                    for ref in more:
-                        self._complete(ref)
+                    refs = list(self.inflight)
+                    ready, rest = ray.wait(refs, num_returns=1, timeout=0.2,
+                                           fetch_local=False)
+                    if ready and rest:  # everything else already done, without waiting
+                        more, _ = ray.wait(rest, num_returns=len(rest), timeout=0,
+                                           fetch_local=False)
+                        ready += more
+                    if ready:
+                        self._complete_many(ready)
                 self._finish_ready()
                 self._save()
         except BaseException:
             self._cancel_inflight()
             self._save(force=True)
+            self.log.close()
             raise
         self._save(force=True)
+        self.log.close()
         self.rundir.mark("stages_end")
         return self.summary()
 
-    def _cancel_inflight(self) -> None:
+    def _check_fits(self) -> None:
+        """A stage no node (or too few nodes) can hold fails now, not after a silent wait."""
         import ray
 
-        for ref in list(self.inflight):
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for name in self.order:
+            spec = self.stages[name].spec
+            res = spec.resources
+            need = {"CPU": res.cpus, "GPU": res.gpus, **res.resources}
+            if res.memory:
+                need["memory"] = res.memory
+            if res.node:
+                need[node_resource(res.node)] = 0.001
+            need = {k: v for k, v in need.items() if v}
+            allowed = {node_resource(n) for n in res.nodes or []}
+            fit = [n for n in nodes if (not allowed or allowed & set(n))
+                   and all(n.get(k, 0) >= v for k, v in need.items())]
+            wanted = spec.launch.nodes if spec.launch else 1
+            if len(fit) < wanted:
+                have = [{k: v for k, v in n.items() if k in ("CPU", "GPU") or k in need}
+                        for n in nodes]
+                raise StageError(f"stage {name!r}: one task needs {need} on {wanted} node(s); "
+                                 f"{len(fit)} node(s) have that (nodes: {have})")
+
+    def _cancel_inflight(self) -> None:
+        import ray
+        from ray.util import remove_placement_group
+
+        for ref, task in list(self.inflight.items()):
             try:
                 ray.cancel(ref, force=True)
+                if task.placement is not None:
+                    remove_placement_group(task.placement)
             except Exception as exc:  # noqa: BLE001 - teardown sweeps what is left
                 log.debug("cancel: %s", exc)
         self.inflight.clear()

@@ -68,25 +68,43 @@ def _deadline(timeout: float | None):
 
 
 def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
-                timeout: float | None) -> dict[str, Any]:
-    """The executable in its own process group, so a timeout kills all of it."""
+                timeout: float | None, launch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The executable in its own process group, so a timeout kills all of it. With `launch`
+    ({"launcher": name, "placement_group": pg}), the site's launcher starts it once on each
+    node the placement group reserved."""
     info = _where()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    commands = [(argv, {})]
+    if launch is not None:
+        hosts = placed_hosts(launch["placement_group"])
+        info["hosts"] = hosts
+        commands = launched(launch["launcher"], hosts, argv)
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        try:
-            proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=fo,
-                                    stderr=fe, stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            return {**info, "ok": False, "ended": time.time(), "exit_code": None,
-                    "error": f"cannot start {argv[0]!r}: {exc}"}
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return {**info, "ok": False, "ended": time.time(), "exit_code": proc.returncode,
-                    "timed_out": True, "error": f"timed out after {timeout:g}s",
-                    "stderr_tail": _tail(err)}
+        procs = []
+        for cmd, extra in commands:
+            try:
+                procs.append(subprocess.Popen(
+                    cmd, cwd=cwd, env={**os.environ, **env, **extra}, stdout=fo, stderr=fe,
+                    stdin=subprocess.DEVNULL, start_new_session=True))
+            except OSError as exc:
+                for proc in procs:
+                    _kill_group(proc)
+                return {**info, "ok": False, "ended": time.time(), "exit_code": None,
+                        "error": f"cannot start {cmd[0]!r}: {exc}"}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        codes = []
+        for proc in procs:
+            try:
+                codes.append(proc.wait(timeout=None if deadline is None
+                                       else max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                for other in procs:
+                    _kill_group(other)
+                return {**info, "ok": False, "ended": time.time(), "exit_code": proc.returncode,
+                        "timed_out": True, "error": f"timed out after {timeout:g}s",
+                        "stderr_tail": _tail(err)}
     ended = time.time()
+    code = next((c for c in codes if c != 0), 0)
     if code != 0:
         return {**info, "ok": False, "ended": ended, "exit_code": code,
                 "error": f"exit code {code}", "stderr_tail": _tail(err)}
@@ -114,3 +132,31 @@ def _tail(path: str) -> str:
     except OSError:
         return ""
     return data.decode(errors="replace")
+
+
+def placed_hosts(pg: Any) -> list[str]:
+    """The hpcray node names of a placement group's bundles, in bundle order."""
+    import ray
+    from ray.util import placement_group_table
+
+    ray.get(pg.ready())
+    by_id = {}
+    for node in ray.nodes():
+        names = [k.split(":", 1)[1] for k in node.get("Resources", {})
+                 if k.startswith("hpcray-node:")]
+        if names:
+            by_id[node["NodeID"]] = names[0]
+    bundles = placement_group_table(pg)["bundles_to_node_id"]
+    return [by_id.get(bundles[i], bundles[i]) for i in sorted(bundles)]
+
+
+def launched(launcher_name: str, hosts: list[str], argv: list[str]):
+    """[(command, extra env)]: one launcher command, or one process per emulated node."""
+    from hpcray.launchers import LaunchRequest, get_launcher
+
+    launcher = get_launcher(launcher_name)
+    req = LaunchRequest(hosts=tuple(hosts), argv=tuple(argv))
+    per_process = launcher.per_process_env(req)
+    if per_process is not None:
+        return [(launcher.command(req), extra) for extra in per_process]
+    return [(launcher.command(req), {})]

@@ -231,3 +231,30 @@ def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
         assert {a["node"] for a in attempts if a["stage"] == stage} == {"node1", "node2"}, stage
     assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
     assert_nothing_left(sub.run_dir)
+
+
+def test_a_launched_executable_sees_both_nodes_through_srun(slurm_cluster, tmp_path, run_root,
+                                                            runs):
+    """`launch: {nodes: 2}`: Ray reserves a bundle on each node, then srun (the site's
+    launcher) starts the command once on each: what an MPI program needs."""
+    from hpcray.stages.records import read_attempts
+    from tests.conftest import FIXTURES
+
+    path = FIXTURES / "stages" / f"slurm-mpi-{tmp_path.name}.yaml"
+    path.write_text(
+        "name: mpix2\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
+        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+        "stages:\n  - name: mpi\n"
+        "    command: [sh, -c, 'echo \"$SLURMD_NODENAME of $SLURM_STEP_NUM_NODES\"']\n"
+        "    launch: {nodes: 2}\n    resources: {cpus: 1}\n")
+    try:
+        sub = submit(path, run_root, runs)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    (attempt,) = read_attempts(sub.run_dir)
+    assert sorted(attempt["hosts"]) == ["node1", "node2"]
+    lines = sorted(Path(attempt["stdout"]).read_text().split("\n")[:-1])
+    assert lines == ["node1 of 2", "node2 of 2"]
+    assert_nothing_left(sub.run_dir)

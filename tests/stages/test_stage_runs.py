@@ -190,3 +190,33 @@ stages:
     assert len(by_stage(attempts, "fn")) == 4 and {r["replica"] for r in replicas}
     outs = sorted(text(a["stdout"]) for a in by_stage(attempts, "exe"))
     assert outs == ["0", "1"]
+
+
+def test_a_launched_executable_runs_once_on_each_of_two_nodes(tmp_path, run_root):
+    path = FIXTURES / "stages" / f"{tmp_path.name}.yaml"
+    path.write_text("name: mpi\nallocation: {nodes: 2, walltime: 10m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    "stages:\n  - name: mpi\n"
+                    "    command: [sh, -c, 'echo \"rank on $HPCRAY_NODE_NAME\"']\n"
+                    "    launch: {nodes: 2}\n    resources: {cpus: 1}\n")
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    (attempt,) = read_attempts(sub.run_dir)
+    names = sorted(n.name for n in st.nodes)
+    assert sorted(attempt["hosts"]) == names  # the placement group spread it over both
+    assert sorted(text(attempt["stdout"]).splitlines()) == [f"rank on {n}" for n in names]
+
+
+def test_a_stage_no_node_can_hold_fails_before_any_task(tmp_path, run_root):
+    run, st = run_stages(tmp_path, run_root, """\
+stages:
+  - {name: ok, command: [echo, hi]}
+  - {name: huge, function: 'stagefns:square', each: {items: [1]}, resources: {cpus: 64}}
+""")
+    assert st.state == "failed"
+    assert "stage 'huge': one task needs {'CPU': 64" in st.error
+    assert read_attempts(run) == []  # nothing ran

@@ -51,6 +51,9 @@ stages:
     ("stages:\n  - {name: a, function: 'm:f', services: [llm]}\n", "unknown service 'llm'"),
     ("stages:\n  - {name: a, function: 'm:f', retries: -1}\n", "stages.0.retries"),
     ("stages:\n  - {name: A, function: 'm:f'}\n", "not a valid stage name"),
+    ("stages:\n  - {name: a, function: 'm:f', launch: {nodes: 2}}\n", "give 'command'"),
+    ("allocation: {nodes: 2}\nstages:\n  - {name: a, command: [x], launch: {nodes: 4}}\n",
+     "launches on 4 nodes but the allocation has 2"),
     ("stages:\n  - {name: a, function: 'm:f', each: {items: [1]}, stream_from: a}\n",
      "either 'each' or 'stream_from'"),
 ])
