@@ -20,10 +20,13 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check hpcray tests examples benchmarks
 	$(PY) -m pytest
 
-## bench: bootstrap-time benchmark (local and test Slurm), writes benchmarks/results/
+## bench: every benchmark (bootstrap, service BT, response time, stages); writes benchmarks/results/
 bench: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(PY) benchmarks/bootstrap.py
+	$(PY) benchmarks/service_bootstrap.py
+	$(PY) benchmarks/response.py
+	$(PY) benchmarks/stages.py
 
 clean:
 	rm -rf hpcray-runs .pytest_cache

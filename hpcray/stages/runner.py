@@ -27,6 +27,11 @@ from hpcray.stages.records import Attempt, AttemptLog
 
 log = logging.getLogger("hpcray.stages")
 
+# With more tasks in flight than this, completions are collected in batches every BATCH_S:
+# one ray.wait over N refs costs O(N), so waiting for them one at a time costs O(N^2).
+BATCH_FROM = 8
+BATCH_S = 0.02
+
 
 class StageError(HpcrayError):
     """A task failed after its retries; the message names stage, item and error."""
@@ -77,6 +82,7 @@ class StageRunner:
         self.inflight: dict[Any, _Task] = {}
         self._last_save = 0.0
         self._option_cache: dict[str, dict[str, Any]] = {}
+        self._remotes: dict[str, Any] = {}
 
     # -- opening and finishing stages ------------------------------------------------------
     def _open_ready(self) -> None:
@@ -150,7 +156,7 @@ class StageRunner:
         spec = st.spec
         options = self._options(spec)
         if spec.function is not None:
-            ref = _remote("run_function").options(**options).remote(
+            ref = self._remote_for(spec, "run_function", options).remote(
                 spec.function, spec.args, task.item, task.has_item, spec.timeout)
         else:
             values = {"index": task.index, "stage": spec.name, "run_dir": str(self.rundir.path)}
@@ -161,7 +167,9 @@ class StageRunner:
             if spec.launch is not None:
                 options, launch = self._placement(spec, options)
                 task.placement = launch["placement_group"]
-            ref = _remote("run_command").options(**options).remote(
+            remote = _remote("run_command").options(**options) if launch is not None \
+                else self._remote_for(spec, "run_command", options)
+            ref = remote.remote(
                 task.command, str(self.base), self._task_env(spec, task),
                 str(out_dir / f"{stem}.out"), str(out_dir / f"{stem}.err"), spec.timeout,
                 launch)
@@ -184,6 +192,13 @@ class StageRunner:
             pg, placement_group_bundle_index=0)}
         options.pop("label_selector", None)
         return options, {"launcher": self.launcher, "placement_group": pg}
+
+    def _remote_for(self, spec: StageSpec, kind: str, options: dict[str, Any]):
+        """The task function with this stage's options, built once per stage."""
+        remote = self._remotes.get(spec.name)
+        if remote is None:
+            remote = self._remotes[spec.name] = _remote(kind).options(**options)
+        return remote
 
     def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
         env = {k: v for k, v in self.env.items()
@@ -273,12 +288,16 @@ class StageRunner:
                 self._submit_ready()
                 if self.inflight:
                     refs = list(self.inflight)
-                    ready, rest = ray.wait(refs, num_returns=1, timeout=0.2,
-                                           fetch_local=False)
-                    if ready and rest:  # everything else already done, without waiting
-                        more, _ = ray.wait(rest, num_returns=len(rest), timeout=0,
-                                           fetch_local=False)
-                        ready += more
+                    if len(refs) <= BATCH_FROM:  # few tasks: react to each at once
+                        ready, rest = ray.wait(refs, num_returns=1, timeout=0.2,
+                                               fetch_local=False)
+                        if ready and rest:
+                            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0,
+                                               fetch_local=False)
+                            ready += more
+                    else:  # many: collect what finishes within BATCH_S in one call
+                        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=BATCH_S,
+                                            fetch_local=False)
                     if ready:
                         self._complete_many(ready)
                 self._finish_ready()
