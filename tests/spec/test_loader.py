@@ -127,8 +127,14 @@ def test_driver_function_format():
 
 
 def test_reserved_sections_must_be_empty_for_now():
+    err = error_of("name: x\nhpo:\n  trials: 8\n")
+    assert err.field == "hpo" and "not supported" in str(err)
+
+
+def test_a_stage_without_function_or_command_names_its_line():
     err = error_of("name: x\nstages:\n  - name: annotate\n")
-    assert err.field == "stages" and "not supported" in str(err)
+    assert err.field == "stages.0" and err.line == 3
+    assert "exactly one of 'function'" in str(err)
 
 
 def test_warning_must_fit_in_walltime():
