@@ -101,15 +101,7 @@ def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
                         target.append(perf() - t)
             return samples
         barrier.wait()
-        start = perf()
-        for _ in range(n):
-            timing = c.call("noop").timing
-            rt.append(timing.round_trip_s)
-            parts["communication"].append(timing.communication_s)
-            parts["service"].append(timing.service_s)
-            parts["inference"].append(timing.inference_s)
-        end = perf()
-        return {"rt": rt, "parts": parts, "start": start, "end": end}
+        return measure(lambda: c.call("noop").timing, n)
     if kind == "serve":
         import logging
 
@@ -121,15 +113,7 @@ def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
         for _ in range(WARMUP // 4):
             h.call("noop")
         barrier.wait()
-        start = perf()
-        for _ in range(n):
-            r = h.call("noop")
-            rt.append(r.round_trip_s)
-            parts["communication"].append(r.communication_s)
-            parts["service"].append(r.service_s)
-            parts["inference"].append(r.inference_s)
-        end = perf()
-        return {"rt": rt, "parts": parts, "start": start, "end": end}
+        return measure(lambda: h.call("noop"), n)
     if kind == "http":
         import http.client
         from urllib.parse import urlsplit
@@ -162,6 +146,21 @@ def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
         end = perf()
         return {"rt": rt, "parts": parts, "start": start, "end": end}
     raise ValueError(kind)
+
+
+def measure(call, n: int) -> dict:
+    """n calls in a row; each returns something with the RT split (a Timing or a Response)."""
+    perf = time.perf_counter
+    rt: list[float] = []
+    parts: dict[str, list[float]] = {p: [] for p in PARTS}
+    start = perf()
+    for _ in range(n):
+        r = call()
+        rt.append(r.round_trip_s)
+        parts["communication"].append(r.communication_s)
+        parts["service"].append(r.service_s)
+        parts["inference"].append(r.inference_s)
+    return {"rt": rt, "parts": parts, "start": start, "end": perf()}
 
 
 def raw_server(out) -> None:

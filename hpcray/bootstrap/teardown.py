@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
 from collections.abc import Iterable
 
 import psutil
@@ -100,3 +102,18 @@ def teardown(scope: str, roots: Iterable[int] = (), grace: float = 10.0) -> list
         killed.extend(terminate(procs, grace))
         roots = []
     return killed
+
+
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """TERM a process started with start_new_session=True and all it started; KILL after
+    `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

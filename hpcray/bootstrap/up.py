@@ -21,7 +21,7 @@ from typing import Any
 
 from hpcray.bootstrap.auth import auth_env, create_token
 from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
-from hpcray.bootstrap.teardown import teardown
+from hpcray.bootstrap.teardown import stop_group, teardown
 from hpcray.bootstrap.tempdir import short_id
 from hpcray.errors import BootstrapError, HpcrayError
 from hpcray.launchers import LaunchRequest, get_launcher
@@ -328,7 +328,7 @@ class ClusterUp:
         while self.driver.poll() is None:
             if self.stop.event.wait(0.2):
                 log.warning("stopping the driver (%s)", self.stop.reason)
-                self._stop_group(self.driver, self.workflow.ray.teardown_grace)
+                stop_group(self.driver, self.workflow.ray.teardown_grace)
                 break
         code = self.driver.wait()
         copier.join(timeout=5)
@@ -343,19 +343,6 @@ class ClusterUp:
                 f.flush()
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
-
-    @staticmethod
-    def _stop_group(proc: subprocess.Popen, grace: float) -> None:
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     # -- teardown --------------------------------------------------------------------------
     def teardown(self) -> None:

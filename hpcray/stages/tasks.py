@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.teardown import MARKER
+from hpcray.bootstrap.teardown import MARKER, stop_group
 
 TAIL = 2000  # characters of stderr kept in a failure record
 
@@ -88,7 +88,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
                     stdin=subprocess.DEVNULL, start_new_session=True))
             except OSError as exc:
                 for proc in procs:
-                    _kill_group(proc)
+                    stop_group(proc, 3)
                 return {**info, "ok": False, "ended": time.time(), "exit_code": None,
                         "error": f"cannot start {cmd[0]!r}: {exc}"}
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -99,7 +99,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
                                        else max(0.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 for other in procs:
-                    _kill_group(other)
+                    stop_group(other, 3)
                 return {**info, "ok": False, "ended": time.time(), "exit_code": proc.returncode,
                         "timed_out": True, "error": f"timed out after {timeout:g}s",
                         "stderr_tail": _tail(err)}
@@ -111,19 +111,6 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
     text = Path(out).read_text(errors="replace")
     return {**info, "ok": True, "ended": ended, "exit_code": 0,
             "output": text.strip() if len(text) <= 65536 else out}
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _tail(path: str) -> str:
