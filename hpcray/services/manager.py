@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hpcray.bootstrap.network import host_port
-from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
+from hpcray.bootstrap.placement import bundle, ray_options, unplaceable
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.services.registry import check_args, load_class, target_of
@@ -60,22 +60,7 @@ class ServiceRecord:
 
 def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
     """None if some alive node can hold one replica, else why not."""
-    need = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus, **spec.resources.resources}
-    if spec.resources.memory:
-        need["memory"] = spec.resources.memory
-    if spec.resources.node:
-        need[node_resource(spec.resources.node)] = 0.001
-    need = {k: v for k, v in need.items() if v}
-    allowed = {node_resource(n) for n in spec.resources.nodes or []}
-    candidates = [n for n in nodes if n.get("Alive")
-                  and (not allowed or allowed & set(n["Resources"]))]
-    for node in candidates:
-        if all(node["Resources"].get(k, 0) >= v for k, v in need.items()):
-            return None
-    have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU") or k in need
-             or k.startswith("hpcray-node:")} for n in candidates]
-    where = f" among nodes {spec.resources.nodes}" if allowed else ""
-    return f"one replica needs {need}, and no node{where} has that (nodes: {have})"
+    return unplaceable(spec.resources, nodes, "replica")
 
 
 class ServiceManager:
@@ -97,24 +82,15 @@ class ServiceManager:
         target = target_of(spec.deployment)
         check_args(load_class(target), spec.args, spec.name)
         res = spec.resources
-        custom = dict(res.resources)
-        if res.node:
-            custom[node_resource(res.node)] = 0.001
         options: dict[str, Any] = {
             "name": spec.name, "num_replicas": spec.replicas,
             "max_ongoing_requests": spec.max_ongoing_requests,
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
         }
-        actor: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "resources": custom}
-        if res.nodes:
-            values = ",".join(node_label(n) for n in res.nodes)
-            actor["label_selector"] = {NODE_LABEL: f"in({values})"}
-        if res.memory:
-            actor["memory"] = res.memory
+        actor = ray_options(res)
         if res.gpus > 1:  # a multi-GPU replica: one bundle holding all of it, on one node
-            bundle = {"CPU": res.cpus, "GPU": res.gpus, **custom}
-            options["placement_group_bundles"] = [bundle]
+            options["placement_group_bundles"] = [bundle(res)]
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
         return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name,

@@ -8,26 +8,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpcray.spec.models import StrictModel
+from hpcray.spec.resources import Resources
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
-
-
-class ReplicaResources(StrictModel):
-    """What one replica needs. Multi-GPU replicas get one placement-group bundle of it all."""
-
-    cpus: float = Field(1, ge=0)
-    gpus: float = Field(0, ge=0)
-    memory: int | None = Field(None, ge=0, description="Bytes reserved per replica.")
-    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
-    node: str | None = Field(None, description="Pin every replica to this node (its name).")
-    nodes: list[str] | None = Field(
-        None, min_length=1, description="Any of these nodes: a partition of the allocation.")
-
-    @model_validator(mode="after")
-    def _one_constraint(self) -> ReplicaResources:
-        if self.node and self.nodes:
-            raise ValueError("give either 'node' or 'nodes', not both")
-        return self
 
 
 class LifetimeSpec(StrictModel):
@@ -41,7 +24,7 @@ class ServiceSpec(StrictModel):
     deployment: str = Field(description="Short name from deployments/ or 'module:Class'.")
     args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
     replicas: int = Field(1, ge=1)
-    resources: ReplicaResources = Field(default_factory=ReplicaResources)
+    resources: Resources = Field(default_factory=Resources)
     readiness_timeout: float = Field(300, gt=0, description="Seconds until all replicas run.")
     health_check_period: float = Field(10, gt=0)
     health_check_timeout: float = Field(30, gt=0)

@@ -8,25 +8,9 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from hpcray.spec.models import StrictModel
+from hpcray.spec.resources import Resources
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
-
-
-class TaskResources(StrictModel):
-    """What one task of the stage reserves; Ray places it on a node that has it."""
-
-    cpus: float = Field(1, ge=0)
-    gpus: float = Field(0, ge=0)
-    memory: int | None = Field(None, ge=0, description="Bytes reserved per task.")
-    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
-    node: str | None = Field(None, description="Run every task on this node (its name).")
-    nodes: list[str] | None = Field(None, min_length=1, description="Any of these nodes.")
-
-    @model_validator(mode="after")
-    def _one_constraint(self) -> TaskResources:
-        if self.node and self.nodes:
-            raise ValueError("give either 'node' or 'nodes', not both")
-        return self
 
 
 class FanOut(StrictModel):
@@ -71,7 +55,7 @@ class StageSpec(StrictModel):
         None, description="One task per output of this stage, started as each output appears.")
     after: list[str] = Field(default_factory=list,
                              description="Stages whose tasks must all finish first.")
-    resources: TaskResources = Field(default_factory=TaskResources)
+    resources: Resources = Field(default_factory=Resources)
     services: list[str] = Field(default_factory=list,
                                 description="Services the stage calls (ready before it starts).")
     retries: int = Field(0, ge=0, description="Extra attempts for a failing task.")

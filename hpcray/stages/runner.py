@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
+from hpcray.bootstrap.placement import bundle, ray_options, unplaceable
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir
 from hpcray.spec.stages import StageSpec, check_stage_graph
@@ -136,21 +136,10 @@ class StageRunner:
 
     def _options(self, spec: StageSpec) -> dict[str, Any]:
         cached = self._option_cache.get(spec.name)
-        if cached is not None:
-            return dict(cached)
-        res = spec.resources
-        custom = dict(res.resources)
-        if res.node:
-            custom[node_resource(res.node)] = 0.001
-        options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus,
-                                   "resources": custom, "max_retries": 0}
-        if res.memory:
-            options["memory"] = res.memory
-        if res.nodes:
-            options["label_selector"] = {
-                NODE_LABEL: f"in({','.join(node_label(n) for n in res.nodes)})"}
-        self._option_cache[spec.name] = options
-        return dict(options)
+        if cached is None:
+            cached = self._option_cache[spec.name] = {**ray_options(spec.resources),
+                                                      "max_retries": 0}
+        return dict(cached)
 
     def _submit(self, st: _Stage, task: _Task) -> None:
         spec = st.spec
@@ -184,10 +173,8 @@ class StageRunner:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         assert spec.launch is not None
-        bundle = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus,
-                  **options.get("resources", {})}
-        bundle = {k: v for k, v in bundle.items() if v}
-        pg = placement_group([bundle] * spec.launch.nodes, strategy="STRICT_SPREAD")
+        pg = placement_group([bundle(spec.resources)] * spec.launch.nodes,
+                             strategy="STRICT_SPREAD")
         options = {**options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
             pg, placement_group_bundle_index=0)}
         options.pop("label_selector", None)
@@ -316,25 +303,13 @@ class StageRunner:
         """A stage no node (or too few nodes) can hold fails now, not after a silent wait."""
         import ray
 
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        nodes = ray.nodes()
         for name in self.order:
             spec = self.stages[name].spec
-            res = spec.resources
-            need = {"CPU": res.cpus, "GPU": res.gpus, **res.resources}
-            if res.memory:
-                need["memory"] = res.memory
-            if res.node:
-                need[node_resource(res.node)] = 0.001
-            need = {k: v for k, v in need.items() if v}
-            allowed = {node_resource(n) for n in res.nodes or []}
-            fit = [n for n in nodes if (not allowed or allowed & set(n))
-                   and all(n.get(k, 0) >= v for k, v in need.items())]
-            wanted = spec.launch.nodes if spec.launch else 1
-            if len(fit) < wanted:
-                have = [{k: v for k, v in n.items() if k in ("CPU", "GPU") or k in need}
-                        for n in nodes]
-                raise StageError(f"stage {name!r}: one task needs {need} on {wanted} node(s); "
-                                 f"{len(fit)} node(s) have that (nodes: {have})")
+            why = unplaceable(spec.resources, nodes, "task",
+                              spec.launch.nodes if spec.launch else 1)
+            if why:
+                raise StageError(f"stage {name!r}: {why}")
 
     def _cancel_inflight(self) -> None:
         import ray

@@ -4,7 +4,6 @@ run's token; client programs connect as users' programs do."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,6 @@ import pytest
 import hpcray
 from hpcray.rundir import read_json
 from tests.conftest import FIXTURES, ray_processes, wait_until
-from tests.services.direct.test_c_client import SOURCE, _has_libzmq_headers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -104,15 +102,10 @@ def test_a_replica_added_under_load_receives_work(live_run):
     assert r["seen"].get(new, 0) > 0, r
 
 
-def test_c_client_with_endpoints_json(live_run, tmp_path):
-    cc = shutil.which("cc")
-    if cc is None or not _has_libzmq_headers():
-        pytest.skip("needs a C compiler and libzmq headers (.ci/run installs libzmq3-dev)")
-    binary = tmp_path / "hpcray_call"
-    subprocess.run([cc, "-O2", "-o", str(binary), str(SOURCE), "-lzmq"], check=True)
+def test_c_client_with_endpoints_json(live_run, c_client):
     direct = read_json(live_run / "endpoints.json")["services"]["echo4"]["direct"]
     address = direct["replicas"][0]["address"]
-    out = subprocess.run([str(binary), address, direct["auth"]["password_file"], "echo",
+    out = subprocess.run([str(c_client), address, direct["auth"]["password_file"], "echo",
                           '{"cells": 96}', "50"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"replica={direct['replicas'][0]['replica']}" in out.stdout

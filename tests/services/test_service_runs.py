@@ -8,7 +8,7 @@ import pytest
 
 import hpcray
 from hpcray.rundir import read_json
-from tests.conftest import FIXTURES, ray_processes, wait_until
+from tests.conftest import FIXTURES, ONE_NODE, ray_processes, run_beside, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -20,21 +20,10 @@ def run_workflow(tmp_path, run_root, services: str, driver_services: str | None 
                  driver: str = "", name: str = "svc", timeout: float = 240):
     """Run a workflow whose file sits next to the test's user code; wait for its end and
     check that no process of it is left."""
-    text = (f"name: {name}\nallocation: {{nodes: 1, walltime: 10m}}\n"
-            "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-            f"services:\n{services}{driver}")
+    text = f"name: {name}\n{ONE_NODE}services:\n{services}{driver}"
     if driver_services is not None:
         text += DRIVER.format(services=driver_services)
-    path = FIXTURES / "services" / f"{tmp_path.name}.yaml"  # the workflow dir holds user code
-    path.write_text(text)
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=timeout)
-    finally:
-        path.unlink()
-    cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
-    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
-    return sub, st
+    return run_beside("services", tmp_path.name, text, run_root, timeout)
 
 
 def test_noop_replicas_start_in_parallel_and_are_all_used(tmp_path, run_root):

@@ -60,6 +60,23 @@ def submit(path: Path, run_root: Path, runs: list[Path]) -> hpcray.api.Submissio
     return sub
 
 
+STAGES_HEADER = ("allocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
+                 "ray: {object_store_memory: 100000000, teardown_grace: 5}\nstages:\n")
+
+
+def run_stages(stem: str, text: str, run_root: Path, runs: list[Path]):
+    """A stages workflow beside the stage functions (tests/fixtures/stages), run to its end."""
+    from tests.conftest import FIXTURES
+
+    path = FIXTURES / "stages" / f"{stem}.yaml"
+    path.write_text(text)
+    try:
+        sub = submit(path, run_root, runs)
+        return sub, hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink()
+
+
 def assert_nothing_left(run_dir: Path) -> None:
     cluster = read_json(run_dir / "run.json")["cluster_id"]
     assert wait_until(lambda: not ray_processes(cluster), 30), [
@@ -204,26 +221,17 @@ def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
     """100 function tasks and 20 executables over the 2-node allocation, with a streaming
     edge and a dependency; every task's record names the node it ran on."""
     from hpcray.stages.records import read_attempts
-    from tests.conftest import FIXTURES
 
-    path = FIXTURES / "stages" / f"slurm-{tmp_path.name}.yaml"
-    path.write_text(
-        "name: stagesx2\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
-        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-        "stages:\n"
-        "  - name: work\n    function: stagefns:slow_square\n"
+    sub, st = run_stages(
+        f"slurm-{tmp_path.name}", "name: stagesx2\n" + STAGES_HEADER
+        + "  - name: work\n    function: stagefns:slow_square\n"
         f"    each: {{items: [{', '.join(str(i) for i in range(100))}]}}\n"
         "    resources: {cpus: 1}\n"
         "  - name: exe\n    command: [sh, -c, 'echo {item}; sleep 0.2']\n"
         "    each: {items: [%s]}\n    after: [work]\n    resources: {cpus: 1}\n"
         % ", ".join(str(i) for i in range(20))
         + "  - name: tail\n    command: [echo, '{item}']\n    stream_from: exe\n"
-          "    resources: {cpus: 0.5}\n")
-    try:
-        sub = submit(path, run_root, runs)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+          "    resources: {cpus: 0.5}\n", run_root, runs)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     attempts = read_attempts(sub.run_dir)
     assert len(attempts) == 140 and all(a["state"] == "done" for a in attempts)
@@ -238,20 +246,12 @@ def test_a_launched_executable_sees_both_nodes_through_srun(slurm_cluster, tmp_p
     """`launch: {nodes: 2}`: Ray reserves a bundle on each node, then srun (the site's
     launcher) starts the command once on each: what an MPI program needs."""
     from hpcray.stages.records import read_attempts
-    from tests.conftest import FIXTURES
 
-    path = FIXTURES / "stages" / f"slurm-mpi-{tmp_path.name}.yaml"
-    path.write_text(
-        "name: mpix2\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
-        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-        "stages:\n  - name: mpi\n"
+    sub, st = run_stages(
+        f"slurm-mpi-{tmp_path.name}", "name: mpix2\n" + STAGES_HEADER
+        + "  - name: mpi\n"
         "    command: [sh, -c, 'echo \"$SLURMD_NODENAME of $SLURM_STEP_NUM_NODES\"']\n"
-        "    launch: {nodes: 2}\n    resources: {cpus: 1}\n")
-    try:
-        sub = submit(path, run_root, runs)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+        "    launch: {nodes: 2}\n    resources: {cpus: 1}\n", run_root, runs)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     (attempt,) = read_attempts(sub.run_dir)
     assert sorted(attempt["hosts"]) == ["node1", "node2"]

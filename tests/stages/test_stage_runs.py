@@ -14,7 +14,7 @@ import hpcray
 from hpcray.metrics.report import report
 from hpcray.rundir import read_json
 from hpcray.stages.records import read_attempts
-from tests.conftest import FIXTURES, ray_processes, wait_until
+from tests.conftest import ONE_NODE, run_beside
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -22,16 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def run_stages(tmp_path, run_root, body: str, name: str = "stg", timeout: float = 240):
     """A workflow file next to the stage functions (tests/fixtures/stages); waits for its end
     and checks that nothing of it is left running."""
-    path = FIXTURES / "stages" / f"{tmp_path.name}.yaml"
-    path.write_text(f"name: {name}\nallocation: {{nodes: 1, walltime: 10m}}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n" + body)
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=timeout)
-    finally:
-        path.unlink()
-    cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
-    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+    sub, st = run_beside("stages", tmp_path.name, f"name: {name}\n{ONE_NODE}{body}", run_root,
+                         timeout)
     return sub.run_dir, st
 
 
@@ -193,17 +185,12 @@ stages:
 
 
 def test_a_launched_executable_runs_once_on_each_of_two_nodes(tmp_path, run_root):
-    path = FIXTURES / "stages" / f"{tmp_path.name}.yaml"
-    path.write_text("name: mpi\nallocation: {nodes: 2, walltime: 10m}\n"
-                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-                    "stages:\n  - name: mpi\n"
-                    "    command: [sh, -c, 'echo \"rank on $HPCRAY_NODE_NAME\"']\n"
-                    "    launch: {nodes: 2}\n    resources: {cpus: 1}\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-        st = hpcray.wait(sub.run_dir, timeout=240)
-    finally:
-        path.unlink()
+    sub, st = run_beside("stages", tmp_path.name,
+                         "name: mpi\nallocation: {nodes: 2, walltime: 10m}\n"
+                         "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                         "stages:\n  - name: mpi\n"
+                         "    command: [sh, -c, 'echo \"rank on $HPCRAY_NODE_NAME\"']\n"
+                         "    launch: {nodes: 2}\n    resources: {cpus: 1}\n", run_root)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     (attempt,) = read_attempts(sub.run_dir)
     names = sorted(n.name for n in st.nodes)

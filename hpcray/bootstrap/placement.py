@@ -1,0 +1,63 @@
+"""From a `Resources` spec to Ray: actor/task options, placement bundles, and whether the
+cluster's nodes can hold the work at all (checked before anything is submitted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
+from hpcray.spec.resources import Resources
+
+
+def custom_resources(res: Resources) -> dict[str, float]:
+    """The custom resources, plus the per-node resource that pins work to `node`."""
+    custom = dict(res.resources)
+    if res.node:
+        custom[node_resource(res.node)] = 0.001
+    return custom
+
+
+def ray_options(res: Resources) -> dict[str, Any]:
+    """`num_cpus`, `num_gpus`, `resources`, `memory` and the node label selector."""
+    options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus,
+                               "resources": custom_resources(res)}
+    if res.memory:
+        options["memory"] = res.memory
+    if res.nodes:
+        options["label_selector"] = {
+            NODE_LABEL: f"in({','.join(node_label(n) for n in res.nodes)})"}
+    return options
+
+
+def bundle(res: Resources) -> dict[str, float]:
+    """One placement-group bundle holding a whole unit."""
+    out = {"CPU": res.cpus, "GPU": res.gpus, **custom_resources(res)}
+    return {k: v for k, v in out.items() if v}
+
+
+def need(res: Resources) -> dict[str, float]:
+    out = {"CPU": res.cpus, "GPU": res.gpus, **custom_resources(res)}
+    if res.memory:
+        out["memory"] = res.memory
+    return {k: v for k, v in out.items() if v}
+
+
+def unplaceable(res: Resources, nodes: list[dict[str, Any]], what: str,
+                count: int = 1) -> str | None:
+    """None if `count` distinct alive nodes (from `ray.nodes()`) can each hold one unit,
+    else why not, with what each candidate node has."""
+    wanted = need(res)
+    allowed = {node_resource(n) for n in res.nodes or []}
+    candidates = [n for n in nodes if n.get("Alive")
+                  and (not allowed or allowed & set(n["Resources"]))]
+    fit = [n for n in candidates
+           if all(n["Resources"].get(k, 0) >= v for k, v in wanted.items())]
+    if len(fit) >= count:
+        return None
+    have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU") or k in wanted
+             or k.startswith("hpcray-node:")} for n in candidates]
+    where = f" among nodes {res.nodes}" if allowed else ""
+    if count == 1:
+        return f"one {what} needs {wanted}, and no node{where} has that (nodes: {have})"
+    return (f"one {what} needs {wanted} on {count} nodes; {len(fit)} node(s){where} have that "
+            f"(nodes: {have})")
