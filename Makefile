@@ -10,9 +10,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-## run: the main job on this machine (local site: no scheduler, no GPU needed)
+## run: the main job on this machine (local site: no scheduler, no GPU needed): the cell
+## painting pipeline on a synthetic plate (examples/cellpainting.yaml)
 run: $(VENV)/.installed
-	$(VENV)/bin/hpcray submit examples/quickstart.yaml --wait
+	$(VENV)/bin/hpcray submit examples/cellpainting.yaml --wait
 
 ## test: the whole suite, with a real 2-node Slurm started by the tests themselves
 test: $(VENV)/.installed

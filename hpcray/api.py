@@ -15,6 +15,7 @@ from typing import Any
 
 from hpcray.bootstrap.gpus import visible_count
 from hpcray.errors import ResourceError, SpecError
+from hpcray.metrics.usage import replica_rates
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.sites import SiteProfile, load_site
@@ -96,17 +97,33 @@ def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:
     return root.resolve() / run_id
 
 
-def _load(workflow: str | Path | Workflow) -> tuple[Workflow, Path | None]:
+def _load(workflow: str | Path | Workflow,
+          account: str | None = None) -> tuple[Workflow, Path | None]:
+    """The workflow, with `account` (the CLI's --account) in place of allocation.account."""
     if isinstance(workflow, Workflow):
-        return workflow, None
-    path = Path(workflow)
-    return load_workflow(path), path.resolve()
+        wf, path = workflow, None
+    else:
+        wf = load_workflow(Path(workflow))
+        path = Path(workflow).resolve()
+    if account is not None:
+        from pydantic import TypeAdapter, ValidationError
+
+        from hpcray.spec.models import Token
+
+        try:
+            TypeAdapter(Token).validate_python(account)
+        except ValidationError as exc:
+            raise SpecError(f"--account {account!r}: {exc.errors()[0]['msg']}") from None
+        wf = wf.model_copy(update={"allocation": wf.allocation.model_copy(
+            update={"account": account})})
+    return wf, path
 
 
 def script(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
-           run_root: str | Path | None = None, run_dir: str | Path | None = None) -> str:
+           run_root: str | Path | None = None, run_dir: str | Path | None = None,
+           account: str | None = None) -> str:
     """The exact job script submit() would hand to the scheduler (nothing is created)."""
-    wf, _ = _load(workflow)
+    wf, _ = _load(workflow, account)
     profile = resolve_site(wf, site)
     target = Path(run_dir).resolve() if run_dir else new_run_dir(wf, run_root)
     return get_scheduler(profile.scheduler).job_script(job_request(wf, profile, target))
@@ -122,9 +139,10 @@ class Submission:
 
 
 def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
-            run_root: str | Path | None = None) -> tuple[RunDir, SiteProfile]:
+            run_root: str | Path | None = None,
+            account: str | None = None) -> tuple[RunDir, SiteProfile]:
     """Validate and write the run directory (job script included) without submitting."""
-    wf, source = _load(workflow)
+    wf, source = _load(workflow, account)
     profile = resolve_site(wf, site)
     path = new_run_dir(wf, run_root)
     request = job_request(wf, profile, path)  # raises before anything is written
@@ -144,9 +162,10 @@ def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = No
 
 
 def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = None,
-           run_root: str | Path | None = None) -> Submission:
-    """Validate, write the run directory, and submit. With the local site the job starts now."""
-    run, profile = prepare(workflow, site, run_root)
+           run_root: str | Path | None = None, account: str | None = None) -> Submission:
+    """Validate, write the run directory, and submit. With the local site the job starts now.
+    `account` overrides the workflow's allocation.account (one file for several projects)."""
+    run, profile = prepare(workflow, site, run_root, account)
     run.mark("submitted")
     job_id = get_scheduler(profile.scheduler).submit(run.job_script, run.path)
     run.update(job_id=job_id)
@@ -160,6 +179,7 @@ class NodeStatus:
     joined: float | None = None
     error: str | None = None
     lost: float | None = None
+    usage: dict[str, Any] | None = None  # the node agent's latest sample (metrics/usage.py)
 
 
 @dataclass
@@ -169,11 +189,14 @@ class ServiceStatus:
     replicas_ready: int
     replicas: int
     bt: dict[str, float] = field(default_factory=dict)  # slowest replica's launch/init/publish
+    request_rate: float = 0.0  # req/s over the replicas' latest samples
+    served: int = 0  # requests answered by the replicas running now
 
     def line(self) -> str:
         bt = ", ".join(f"{k} {v:.2f}s" for k, v in self.bt.items())
+        rate = f"; {self.request_rate:.1f} req/s, {self.served} served" if self.served else ""
         return (f"  service {self.name}: {self.state} ({self.replicas_ready}/{self.replicas} "
-                f"replicas){'; BT ' + bt if bt else ''}")
+                f"replicas){'; BT ' + bt if bt else ''}{rate}")
 
 
 def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
@@ -185,8 +208,10 @@ def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
         replicas = metrics.get(name, {}).get("bt", [])
         bt = {part: max(r[part] for r in replicas) for part in ("launch", "init", "publish")
               } if replicas else {}
+        rates = replica_rates(run.path, name)
         out.append(ServiceStatus(name, states.get(name, {}).get("state", "pending"),
-                                 len(replicas), int(spec.get("replicas", 1)), bt))
+                                 len(replicas), int(spec.get("replicas", 1)), bt,
+                                 rates["rate"], rates["served"]))
     return out
 
 
@@ -287,7 +312,8 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
     nodes = [NodeStatus(n, agents.get(n, {}).get("state", "pending"),
                         joined.get(n, {}).get("joined"),
                         agents.get(n, {}).get("error") or joined.get(n, {}).get("lost_reason"),
-                        joined.get(n, {}).get("lost"))
+                        joined.get(n, {}).get("lost"),
+                        agents.get(n, {}).get("usage") if state not in TERMINAL else None)
              for n in names]
     return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
                      scheduler=scheduler, state=state, scheduler_state=sched_state.value,

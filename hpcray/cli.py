@@ -29,29 +29,35 @@ def main() -> None:
 _site = click.option("--site", help="Site profile name or YAML file (default: the workflow's, "
                      "else 'local').")
 _root = click.option("--run-root", type=click.Path(), help="Directory for run directories.")
+_account = click.option("--account", "-A", help="Project to charge (overrides the workflow's "
+                        "allocation.account).")
 
 
 @main.command()
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
 @_site
 @_root
+@_account
 @click.option("--run-dir", type=click.Path(), help="Render for this run directory.")
-def script(workflow: str, site: str | None, run_root: str | None, run_dir: str | None) -> None:
+def script(workflow: str, site: str | None, run_root: str | None, account: str | None,
+           run_dir: str | None) -> None:
     """Print the exact job script that submit would hand to the scheduler."""
-    click.echo(api.script(workflow, site, run_root=run_root, run_dir=run_dir), nl=False)
+    click.echo(api.script(workflow, site, run_root=run_root, run_dir=run_dir, account=account),
+               nl=False)
 
 
 @main.command()
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
 @_site
 @_root
+@_account
 @click.option("--wait/--no-wait", default=None,
               help="Follow the run to its end (default: on for the local site).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
-def submit(workflow: str, site: str | None, run_root: str | None, wait: bool | None,
-           timeout: float | None) -> None:
+def submit(workflow: str, site: str | None, run_root: str | None, account: str | None,
+           wait: bool | None, timeout: float | None) -> None:
     """Submit WORKFLOW (sbatch/qsub/bsub/flux batch, or run it here with no scheduler)."""
-    sub = api.submit(workflow, site, run_root=run_root)
+    sub = api.submit(workflow, site, run_root=run_root, account=account)
     click.echo(f"submitted {sub.run_id}: job {sub.job_id} ({sub.scheduler}, site {sub.site})")
     click.echo(f"run dir: {sub.run_dir}")
     if wait is None:
@@ -63,11 +69,10 @@ def submit(workflow: str, site: str | None, run_root: str | None, wait: bool | N
 def _follow(run_dir: Path, timeout: float | None) -> None:
     from rich.console import Console
 
-    console = Console(stderr=True)
-    with console.status("waiting") as spinner:
-        def show(st: api.RunStatus) -> None:
-            spinner.update(st.summary().splitlines()[0])
-        final = api.wait(run_dir, timeout=timeout, on_change=show)
+    from hpcray.metrics.live import RunProgress
+
+    with RunProgress(run_dir, Console(stderr=True)) as shown:
+        final = api.wait(run_dir, timeout=timeout, on_change=shown.update)
     out = run_dir / "logs" / "driver.log"
     if out.exists():
         click.echo(out.read_text(errors="replace"), nl=False)

@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+# Small real data files (VCF, GTF, GMT, microscopy, QA) beside the repository, read in place.
+SHARED_DATA = Path(os.environ.get("HPCRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
 
 

@@ -25,6 +25,7 @@ from hpcray.bootstrap.ports import PortBlock, claim_block, release_block
 from hpcray.bootstrap.teardown import MARKER, marker_value, teardown
 from hpcray.bootstrap.tempdir import temp_dir_for
 from hpcray.errors import BootstrapError
+from hpcray.metrics.usage import RUN_DIR_ENV, SAMPLE_S, node_usage
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 
 log = logging.getLogger("hpcray.node")
@@ -119,10 +120,14 @@ class NodeAgent:
         self.block: PortBlock | None = None
 
     def _state(self, state: str, **fields) -> None:
+        self._update(state=state, **fields)
+
+    def _update(self, **fields) -> None:
         path = self.run.node_state_file(self.me.name)
         data = read_json(path, {})
-        data.update(state=state, **fields)
-        data.setdefault("times", {})[state] = time.time()
+        data.update(**fields)
+        if "state" in fields:
+            data.setdefault("times", {})[fields["state"]] = time.time()
         write_json_atomic(path, data)
 
     def should_stop(self) -> bool:
@@ -196,6 +201,7 @@ class NodeAgent:
                         me.gpus, me.name, translated.visible, num_gpus)
         ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname())
         env[NODE_IP_ENV] = ip  # replicas bind their direct sockets here, not on all interfaces
+        env[RUN_DIR_ENV] = str(self.run.path)  # replicas write their request rates there
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
         head_address = None
         if not self.is_head:
@@ -227,10 +233,14 @@ class NodeAgent:
                 "dashboard_port": self.block.port("--dashboard-port") if plan.dashboard else None,
                 "time": time.time()})
         self._state("ray_started")
+        sampled = 0.0
         while not self.should_stop():
             if self.proc.poll() is not None:
                 log.error("ray start exited with code %d", self.proc.returncode)
                 return self.proc.returncode or 1
+            if time.monotonic() - sampled >= SAMPLE_S:  # for `hpcray status`
+                sampled = time.monotonic()
+                self._update(usage=node_usage())
             self.stop.wait(0.5)
         return 0
 

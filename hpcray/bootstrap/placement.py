@@ -9,6 +9,16 @@ from hpcray.bootstrap.plan import NODE_LABEL, node_label, node_resource
 from hpcray.spec.resources import Resources
 
 
+def scaled(res: Resources, k: int) -> Resources:
+    """`k` units' worth of `res`, as one unit (the processes a launched task puts on a node)."""
+    if k == 1:
+        return res
+    return res.model_copy(update={
+        "cpus": res.cpus * k, "gpus": res.gpus * k,
+        "memory": res.memory * k if res.memory else res.memory,
+        "resources": {name: v * k for name, v in res.resources.items()}})
+
+
 def custom_resources(res: Resources) -> dict[str, float]:
     """The custom resources, plus the per-node resource that pins work to `node`."""
     custom = dict(res.resources)

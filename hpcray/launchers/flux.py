@@ -1,4 +1,4 @@
-"""flux run: one task per node on the listed hosts."""
+"""flux run: `per_node` tasks per node on the listed hosts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ class FluxRun(Launcher):
 
     def command(self, req: LaunchRequest) -> list[str]:
         n = len(req.hosts)
-        cmd = ["flux", "run", f"--nodes={n}", f"--ntasks={n}", "--tasks-per-node=1",
+        cmd = ["flux", "run", f"--nodes={n}", f"--ntasks={req.ntasks}",
+               f"--tasks-per-node={req.per_node}",
                f"--requires=host:{','.join(req.hosts)}"]
         if req.cpus_per_node:
             cmd.append(f"--cores-per-task={req.cpus_per_node}")

@@ -1,4 +1,5 @@
-"""Local: one process per (emulated) node on this machine, each told its node name."""
+"""Local: `per_node` processes per (emulated) node on this machine, each told its node
+name and rank as an MPI launcher would."""
 
 from __future__ import annotations
 
@@ -13,4 +14,6 @@ class LocalLauncher(Launcher):
         return list(req.argv)
 
     def per_process_env(self, req: LaunchRequest) -> list[dict[str, str]]:
-        return [{"HPCRAY_NODE_NAME": host} for host in req.hosts]
+        return [{"HPCRAY_NODE_NAME": host, "HPCRAY_RANK": str(i * req.per_node + r),
+                 "HPCRAY_LOCAL_RANK": str(r), "HPCRAY_NRANKS": str(req.ntasks)}
+                for i, host in enumerate(req.hosts) for r in range(req.per_node)]

@@ -9,7 +9,8 @@ class Blaunch(Launcher):
     name = "blaunch"
 
     def command(self, req: LaunchRequest) -> list[str]:
-        return ["blaunch", "-z", " ".join(req.hosts), *req.argv]
+        hosts = [h for h in req.hosts for _ in range(req.per_node)]  # one process per entry
+        return ["blaunch", "-z", " ".join(hosts), *req.argv]
 
 
 class Jsrun(Launcher):
@@ -20,5 +21,5 @@ class Jsrun(Launcher):
 
     def command(self, req: LaunchRequest) -> list[str]:
         return ["jsrun", "--nrs", str(len(req.hosts)), "--rs_per_host", "1",
-                "--tasks_per_rs", "1", "--cpu_per_rs", "ALL_CPUS",
+                "--tasks_per_rs", str(req.per_node), "--cpu_per_rs", "ALL_CPUS",
                 "--gpu_per_rs", "ALL_GPUS", "--bind", "none", *req.argv]

@@ -1,4 +1,4 @@
-"""mpiexec (Cray PALS on Polaris and Aurora): one rank per host, no CPU binding."""
+"""mpiexec (Cray PALS on Polaris and Aurora): `per_node` ranks per host, no CPU binding."""
 
 from __future__ import annotations
 
@@ -9,5 +9,5 @@ class Mpiexec(Launcher):
     name = "mpiexec"
 
     def command(self, req: LaunchRequest) -> list[str]:
-        return ["mpiexec", "-n", str(len(req.hosts)), "--ppn", "1",
+        return ["mpiexec", "-n", str(req.ntasks), "--ppn", str(req.per_node),
                 "--hosts", ",".join(req.hosts), "--cpu-bind", "none", *req.argv]

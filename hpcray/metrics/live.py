@@ -1,7 +1,9 @@
-"""`hpcray status --watch`: nodes, services and stage progress, redrawn until the run ends."""
+"""`hpcray status --watch`: nodes (and what they use), services (and their request rates) and
+stage progress, redrawn until the run ends."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -11,23 +13,26 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from hpcray.api import RunStatus, status
+from hpcray.metrics import progress
 
 
 def render(st: RunStatus) -> Group:
     head = Table.grid(padding=(0, 1))
     head.add_row(f"[bold]{st.run_id}[/] job {st.job_id} ({st.scheduler})", f"[bold]{st.state}[/]")
     nodes = Table(title="nodes", title_justify="left", expand=False)
-    for col in ("node", "agent", "joined"):
+    for col in ("node", "agent", "joined", "cpu", "memory", "gpus"):
         nodes.add_column(col)
     for n in st.nodes:
-        nodes.add_row(n.name, n.state, "lost" if n.lost else "yes" if n.joined else "no")
+        nodes.add_row(n.name, n.state, "lost" if n.lost else "yes" if n.joined else "no",
+                      *_usage_cells(n.usage))
     parts = [head, nodes]
     if st.services:
         services = Table(title="services", title_justify="left")
-        for col in ("service", "state", "replicas"):
+        for col in ("service", "state", "replicas", "req/s", "served"):
             services.add_column(col)
         for s in st.services:
-            services.add_row(s.name, s.state, f"{s.replicas_ready}/{s.replicas}")
+            services.add_row(s.name, s.state, f"{s.replicas_ready}/{s.replicas}",
+                             f"{s.request_rate:.1f}", str(s.served))
         parts.append(services)
     if st.stages:
         stages = Table(title="stages", title_justify="left")
@@ -38,9 +43,81 @@ def render(st: RunStatus) -> Group:
                                                         completed=s.done, width=30),
                            f"{s.done}/{s.total}", str(s.running), str(s.failed), str(s.retried))
         parts.append(stages)
+    reported = progress.read(st.run_dir)
+    if reported:
+        work = Table(title="driver progress", title_justify="left")
+        for col in ("task", "progress", "done", "latest"):
+            work.add_column(col)
+        for e in reported:
+            total = e["total"] or max(e["done"], 1)
+            work.add_row(e["task"], ProgressBar(total=total, completed=e["done"], width=30),
+                         f"{e['done']:g}/{total:g}", e["detail"][:80])
+        parts.append(work)
     if st.error:
         parts.append(f"[red]error:[/] {st.error.splitlines()[0]}")
     return Group(*parts)
+
+
+class RunProgress:
+    """What `hpcray submit --wait` shows while it waits: the run's state on a spinner line and
+    one progress bar per task the driver reports (hpcray.metrics.progress)."""
+
+    def __init__(self, run_dir: Path, console: Console | None = None,
+                 interval: float = 0.5) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.run_dir, self.interval = Path(run_dir), interval
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.fields[detail]}"), console=console,
+                             transient=False)
+        self.state = self.bars.add_task("waiting", total=None, detail="")
+        self.tasks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> RunProgress:
+        self.bars.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._refresh()
+        self.bars.__exit__(*exc)
+
+    def update(self, st: RunStatus) -> None:
+        self.bars.update(self.state, description=st.summary().splitlines()[0])
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        for e in progress.read(self.run_dir):
+            task = self.tasks.get(e["task"])
+            if task is None:
+                task = self.tasks[e["task"]] = self.bars.add_task(e["task"], total=e["total"],
+                                                                  detail="")
+            self.bars.update(task, completed=e["done"], total=e["total"],
+                             detail=e["detail"][:60])
+
+
+def _usage_cells(usage: dict | None) -> tuple[str, str, str]:
+    if not usage:
+        return "", "", ""
+    gpus = usage.get("gpus")
+    gpu = "-" if gpus is None else " ".join(f"{g['util_percent']:.0f}%" for g in gpus) or "0"
+    return (f"{usage['cpu_percent']:.0f}% of {usage['cpus']}",
+            f"{usage['memory_used'] / 2**30:.1f}/{usage['memory_total'] / 2**30:.1f} GiB", gpu)
 
 
 def watch(ref: str | Path, run_root: str | Path | None = None, interval: float = 0.5,

@@ -281,7 +281,9 @@ class ServiceManager:
             out[name] = entry
         return {"services": out, "openai": self.openai_url}
 
-    def stop(self) -> None:
+    def stop(self, shutdown: bool = True) -> None:
+        """Delete this manager's applications; with `shutdown`, Serve too (the run's end). A
+        driver that started services of its own passes False: the workflow's keep running."""
         from ray import serve
 
         apps = [OPENAI_APP] if self.http else []
@@ -295,11 +297,12 @@ class ServiceManager:
         for record in self.records.values():
             if record.state not in ("pending", "expired"):
                 record.state = "stopped"
-        try:
-            serve.shutdown()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("serve shutdown: %s", exc)
-        if self.directory is not None:
+        if shutdown:
+            try:
+                serve.shutdown()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("serve shutdown: %s", exc)
+        if self.directory is not None and shutdown:
             import ray
 
             try:

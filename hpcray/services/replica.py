@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from hpcray.bootstrap.teardown import MARKER
+from hpcray.metrics.usage import RUN_DIR_ENV, RequestCounter
 
 
 class ServiceRequestError(ValueError):
@@ -34,6 +35,9 @@ class ReplicaHost:
         self.direct = None
         if transport == "direct":
             self._serve_direct()
+        self.requests = RequestCounter(
+            os.environ.get(RUN_DIR_ENV), service, self.replica, self.node,
+            served=(lambda: self.direct.served) if self.direct is not None else None)
 
     def _serve_direct(self) -> None:
         """Open the replica's own socket and publish it: the direct path (docs/services.md)."""
@@ -55,6 +59,8 @@ class ReplicaHost:
 
     def __del__(self) -> None:
         """Serve's graceful stop: unpublish first, so no client sends here any more."""
+        if getattr(self, "requests", None) is not None:
+            self.requests.stop()
         if getattr(self, "direct", None) is None:
             return
         try:
@@ -91,6 +97,7 @@ class ReplicaHost:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         received = time.perf_counter()
+        self.requests.count += 1
         method = request.get("method")
         try:
             fn = self.method(method)  # type: ignore[arg-type]

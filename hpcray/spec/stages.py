@@ -34,9 +34,11 @@ class FanOut(StrictModel):
 
 class LaunchSpec(StrictModel):
     """An executable started on several nodes at once by the allocation's launcher (srun,
-    mpiexec, ...): an MPI program. Each node reserves the stage's `resources`."""
+    mpiexec, ...): an MPI program. `resources` are per process."""
 
-    nodes: int = Field(2, ge=1, description="Distinct nodes; one process on each.")
+    nodes: int = Field(2, ge=1, description="Distinct nodes.")
+    per_node: int = Field(1, ge=1, description="Processes (ranks) on each node; each node "
+                          "reserves `per_node` times the stage's resources.")
 
 
 class StageSpec(StrictModel):
@@ -47,7 +49,11 @@ class StageSpec(StrictModel):
         None, description="An executable and its arguments; {item}, {index}, {stage}, "
                           "{run_dir} and grid keys are filled in per task.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
-                                                                   "function.")
+                                 "function (of the class's constructor with `actors`).")
+    actors: int | None = Field(
+        None, ge=1, description="Stateful stage: `function` names a class; this many actors "
+        "each build it once with `args` (load a model, open a file) and then take the "
+        "stage's items in turn, one call `instance(item)` per task.")
     each: FanOut | None = Field(None, description="Fan-out: one task per item.")
     launch: LaunchSpec | None = Field(None, description="Executables only: start the command "
                                       "on several nodes through the site's launcher (MPI).")
@@ -88,6 +94,9 @@ class StageSpec(StrictModel):
             raise ValueError(f"function {self.function!r} must be 'module:function'")
         if self.command is not None and not self.command:
             raise ValueError("command is empty")
+        if self.actors is not None and self.function is None:
+            raise ValueError("'actors' keeps instances of a class alive: give 'function' "
+                             "('module:Class')")
         if self.launch is not None and self.command is None:
             raise ValueError("'launch' starts a command on several nodes: give 'command'")
         if self.each is not None and self.stream_from is not None:

@@ -1,5 +1,8 @@
 """StageRunner: the workflow's stages as Ray tasks, scheduled from the `hpcray up` process.
 
+A stateful stage (`actors: N`) keeps N actors for its lifetime and sends each task to the
+least busy one; an actor that dies is replaced and its task retried.
+
 A stage opens when every stage in its `after` has finished (and, for `stream_from`, when its
 producer has opened). Fan-out stages queue one task per item; a streaming stage queues one
 task per output of its producer as each output arrives. At most `max_in_flight` tasks of a
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.placement import bundle, ray_options, unplaceable
+from hpcray.bootstrap.placement import bundle, ray_options, scaled, unplaceable
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir
 from hpcray.spec.stages import StageSpec, check_stage_graph
@@ -31,6 +34,8 @@ log = logging.getLogger("hpcray.stages")
 # one ray.wait over N refs costs O(N), so waiting for them one at a time costs O(N^2).
 BATCH_FROM = 8
 BATCH_S = 0.02
+# Tasks queued on one actor of a stateful stage: 2 hides the round trip between two calls.
+ACTOR_QUEUE = 2
 
 
 class StageError(HpcrayError):
@@ -47,6 +52,8 @@ class _Task:
     submitted: float = 0.0
     command: list[str] | None = None
     placement: Any = None  # a launched task's placement group, removed when it ends
+    actor: int | None = None  # a stateful stage's actor slot that runs it
+    actor_handle: Any = None  # ... and the actor in that slot when it was sent
 
 
 @dataclass
@@ -63,6 +70,8 @@ class _Stage:
     next_index: int = 0
     opened_at: float | None = None
     finished_at: float | None = None
+    actors: list[Any] = field(default_factory=list)  # a stateful stage's actors, by slot
+    actor_load: list[int] = field(default_factory=list)  # tasks in flight on each
 
 
 class StageRunner:
@@ -83,6 +92,14 @@ class StageRunner:
         self._last_save = 0.0
         self._option_cache: dict[str, dict[str, Any]] = {}
         self._remotes: dict[str, Any] = {}
+        self._out_dirs: dict[str, str] = {}
+        self._resources_cache: dict[str, dict[str, Any]] = {}
+        self._run_path, self._base = str(run.path), str(base)
+        # what every executable gets: the services' endpoints and where the run is
+        self._env = {k: v for k, v in self.env.items()
+                     if k.startswith("HPCRAY_SERVICE_") or k in ("HPCRAY_ENDPOINTS",
+                                                                 "HPCRAY_OPENAI_BASE_URL")}
+        self._env["HPCRAY_RUN_DIR"] = self._run_path
 
     # -- opening and finishing stages ------------------------------------------------------
     def _open_ready(self) -> None:
@@ -96,6 +113,9 @@ class StageRunner:
             if spec.stream_from and not self.stages[spec.stream_from].opened:
                 continue
             st.opened, st.opened_at = True, time.time()
+            if spec.actors:
+                st.actors = [self._new_actor(spec) for _ in range(spec.actors)]
+                st.actor_load = [0] * spec.actors
             if not spec.stream_from:
                 items = expand(spec.each, self.base)
                 for item in items:
@@ -118,11 +138,14 @@ class StageRunner:
             if st.spec.stream_from and not self.stages[st.spec.stream_from].finished:
                 continue
             st.finished, st.finished_at = True, time.time()
+            self._kill_actors(st)
             log.info("stage %s finished: %d task(s) done, %d retried", name, st.done, st.retried)
 
     # -- submitting --------------------------------------------------------------------------
     def _may_submit(self, st: _Stage) -> bool:
         if st.running >= st.spec.max_in_flight:
+            return False
+        if st.actors and min(st.actor_load) >= ACTOR_QUEUE:
             return False
         # backpressure: do not produce more while a consumer has a full queue of outputs
         return all(len(self.stages[c].pending) < self.stages[c].spec.max_in_flight
@@ -143,28 +166,39 @@ class StageRunner:
 
     def _submit(self, st: _Stage, task: _Task) -> None:
         spec = st.spec
-        options = self._options(spec)
-        if spec.function is not None:
-            ref = self._remote_for(spec, "run_function", options).remote(
-                spec.function, spec.args, task.item, task.has_item, spec.timeout)
+        if st.actors:
+            slot = task.actor = st.actor_load.index(min(st.actor_load))
+            st.actor_load[slot] += 1
+            task.actor_handle = st.actors[slot]
+            ref = task.actor_handle.run.remote(task.item, task.has_item, spec.timeout)
+        elif spec.function is not None:
+            # what every task of the stage shares goes as one argument: Ray serializes each
+            ref = self._remote_for(spec, "run_function").remote(
+                (spec.function, spec.args, task.has_item, spec.timeout), task.item)
         else:
-            values = {"index": task.index, "stage": spec.name, "run_dir": str(self.rundir.path)}
+            values = {"index": task.index, "stage": spec.name, "run_dir": self._run_path}
             task.command = fill(spec.command or [], task.item, values)
-            out_dir = self.log.dir(spec.name)
-            stem = f"{task.index}.{task.attempt}"
-            launch = None
+            stem = f"{self._out_dir(spec.name)}/{task.index}.{task.attempt}"
+            env = self._task_env(spec, task)
             if spec.launch is not None:
-                options, launch = self._placement(spec, options)
+                options, launch = self._placement(spec, self._options(spec))
                 task.placement = launch["placement_group"]
-            remote = _remote("run_command").options(**options) if launch is not None \
-                else self._remote_for(spec, "run_command", options)
-            ref = remote.remote(
-                task.command, str(self.base), self._task_env(spec, task),
-                str(out_dir / f"{stem}.out"), str(out_dir / f"{stem}.err"), spec.timeout,
-                launch)
+                ref = _remote("run_command").options(**options).remote(
+                    task.command, env, stem, (self._base, spec.timeout), launch)
+            else:
+                ref = self._remote_for(spec, "run_command").remote(
+                    task.command, env, stem, (self._base, spec.timeout))
         task.submitted = time.time()
         self.inflight[ref] = task
         st.running += 1
+
+    def _resources(self, spec: StageSpec) -> dict[str, Any]:
+        """What one task reserved, for its records (one dict per stage, shared)."""
+        got = self._resources_cache.get(spec.name)
+        if got is None:
+            got = self._resources_cache[spec.name] = {
+                k: v for k, v in self._options(spec).items() if k != "max_retries"}
+        return got
 
     def _placement(self, spec: StageSpec, options: dict[str, Any]):
         """One bundle of the stage's resources on each of `launch.nodes` distinct nodes; the
@@ -173,27 +207,42 @@ class StageRunner:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         assert spec.launch is not None
-        pg = placement_group([bundle(spec.resources)] * spec.launch.nodes,
-                             strategy="STRICT_SPREAD")
+        per_node = scaled(spec.resources, spec.launch.per_node)
+        pg = placement_group([bundle(per_node)] * spec.launch.nodes, strategy="STRICT_SPREAD")
         options = {**options, "scheduling_strategy": PlacementGroupSchedulingStrategy(
             pg, placement_group_bundle_index=0)}
         options.pop("label_selector", None)
-        return options, {"launcher": self.launcher, "placement_group": pg}
+        return options, {"launcher": self.launcher, "placement_group": pg,
+                         "per_node": spec.launch.per_node}
 
-    def _remote_for(self, spec: StageSpec, kind: str, options: dict[str, Any]):
+    def _new_actor(self, spec: StageSpec):
+        options = self._options(spec)
+        options.pop("max_retries")
+        return _remote("StageActor").options(**options, max_restarts=0).remote(
+            spec.function, spec.args)
+
+    def _kill_actors(self, st: _Stage) -> None:
+        import ray
+
+        for actor in st.actors:
+            ray.kill(actor)
+        st.actors, st.actor_load = [], []
+
+    def _remote_for(self, spec: StageSpec, kind: str):
         """The task function with this stage's options, built once per stage."""
         remote = self._remotes.get(spec.name)
         if remote is None:
-            remote = self._remotes[spec.name] = _remote(kind).options(**options)
+            remote = self._remotes[spec.name] = _remote(kind).options(**self._options(spec))
         return remote
 
+    def _out_dir(self, stage: str) -> str:
+        path = self._out_dirs.get(stage)
+        if path is None:
+            path = self._out_dirs[stage] = str(self.log.dir(stage))
+        return path
+
     def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
-        env = {k: v for k, v in self.env.items()
-               if k.startswith("HPCRAY_SERVICE_") or k in ("HPCRAY_ENDPOINTS",
-                                                           "HPCRAY_OPENAI_BASE_URL")}
-        env.update(HPCRAY_RUN_DIR=str(self.rundir.path), HPCRAY_STAGE=spec.name,
-                   HPCRAY_TASK_INDEX=str(task.index))
-        return env
+        return {**self._env, "HPCRAY_STAGE": spec.name, "HPCRAY_TASK_INDEX": str(task.index)}
 
     # -- completions ------------------------------------------------------------------------
     def _complete_many(self, refs: list[Any]) -> None:
@@ -224,6 +273,12 @@ class StageRunner:
 
             remove_placement_group(task.placement)
             task.placement = None
+        if task.actor is not None:
+            st.actor_load[task.actor] -= 1
+            # the actor died (its error names why): its slot gets a fresh one, once
+            if result.get("lost") and st.actors[task.actor] is task.actor_handle:
+                st.actors[task.actor] = self._new_actor(spec)
+            task.actor = task.actor_handle = None
         state = "done" if result.get("ok") else "timeout" if result.get("timed_out") else \
             "lost" if result.get("lost") else "failed"
         stem = f"{task.index}.{task.attempt}"
@@ -232,12 +287,11 @@ class StageRunner:
             item=repr(task.item)[:200], state=state, submitted=task.submitted,
             started=result.get("started"), ended=result.get("ended"), finished=time.time(),
             node=result.get("node"), hosts=result.get("hosts"), pid=result.get("pid"),
-            resources=self._options(spec),
+            resources=self._resources(spec),
             exit_code=result.get("exit_code"), error=result.get("error"),
             detail=result.get("traceback") or result.get("stderr_tail"), command=task.command,
-            stdout=str(self.log.dir(task.stage) / f"{stem}.out") if task.command else None,
-            stderr=str(self.log.dir(task.stage) / f"{stem}.err") if task.command else None)
-        attempt.resources.pop("max_retries", None)
+            stdout=f"{self._out_dir(task.stage)}/{stem}.out" if task.command else None,
+            stderr=f"{self._out_dir(task.stage)}/{stem}.err" if task.command else None)
         self.log.write(attempt)
         if state == "done":
             st.done += 1
@@ -306,8 +360,12 @@ class StageRunner:
         nodes = ray.nodes()
         for name in self.order:
             spec = self.stages[name].spec
-            why = unplaceable(spec.resources, nodes, "task",
-                              spec.launch.nodes if spec.launch else 1)
+            if spec.launch is None:
+                why = unplaceable(spec.resources, nodes, "task")
+            else:
+                why = unplaceable(scaled(spec.resources, spec.launch.per_node), nodes,
+                                  f"launched task ({spec.launch.per_node} process(es) per "
+                                  "node)", spec.launch.nodes)
             if why:
                 raise StageError(f"stage {name!r}: {why}")
 
@@ -315,7 +373,14 @@ class StageRunner:
         import ray
         from ray.util import remove_placement_group
 
+        for st in self.stages.values():
+            try:
+                self._kill_actors(st)
+            except Exception as exc:  # noqa: BLE001 - teardown sweeps what is left
+                log.debug("kill actors: %s", exc)
         for ref, task in list(self.inflight.items()):
+            if task.actor is not None:
+                continue  # went with its actor
             try:
                 ray.cancel(ref, force=True)
                 if task.placement is not None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,25 @@ def _where() -> dict[str, Any]:
             "started": time.time()}
 
 
-def run_function(target: str, args: dict[str, Any], item: Any, has_item: bool,
-                 timeout: float | None = None) -> dict[str, Any]:
+def run_function(call: tuple[str, dict[str, Any], bool, float | None],
+                 item: Any) -> dict[str, Any]:
+    """`call` is (target, args, has_item, timeout), the same for every task of a stage."""
     from hpcray.bootstrap.call import load_function
 
+    target, args, has_item, timeout = call
+
+    def run():
+        fn = load_function(target)
+        return fn(item, **args) if has_item else fn(**args)
+
+    return _attempt(run, timeout)
+
+
+def _attempt(call: Callable[[], Any], timeout: float | None) -> dict[str, Any]:
     info = _where()
     try:
-        fn = load_function(target)
         with _deadline(timeout):
-            output = fn(item, **args) if has_item else fn(**args)
+            output = call()
         return {**info, "ok": True, "output": output, "ended": time.time()}
     except TaskTimeout as exc:
         return {**info, "ok": False, "ended": time.time(), "timed_out": True,
@@ -41,6 +53,20 @@ def run_function(target: str, args: dict[str, Any], item: Any, has_item: bool,
         return {**info, "ok": False, "ended": time.time(),
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()[-TAIL:]}
+
+
+class StageActor:
+    """A stateful stage's worker: builds the user's class once, then calls the instance once
+    per task. Failures come back as the same records as `run_function`'s; a constructor that
+    raises kills the actor, and its tasks see that as a lost worker (retried, then reported)."""
+
+    def __init__(self, target: str, args: dict[str, Any]) -> None:
+        from hpcray.bootstrap.call import load_function
+
+        self.instance = load_function(target)(**args)
+
+    def run(self, item: Any, has_item: bool, timeout: float | None = None) -> dict[str, Any]:
+        return _attempt(lambda: self.instance(item) if has_item else self.instance(), timeout)
 
 
 class TaskTimeout(Exception):
@@ -67,19 +93,27 @@ def _deadline(timeout: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str,
-                timeout: float | None, launch: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_command(argv: list[str], env: dict[str, str], stem: str,
+                where: tuple[str, float | None],
+                launch: dict[str, Any] | None = None) -> dict[str, Any]:
     """The executable in its own process group, so a timeout kills all of it. With `launch`
-    ({"launcher": name, "placement_group": pg}), the site's launcher starts it once on each
-    node the placement group reserved."""
+    ({"launcher": name, "placement_group": pg, "per_node": k}), the site's launcher starts
+    it k times on each node the placement group reserved. Output goes to `stem`.out and
+    .err; `where` is (cwd, timeout), the same for every task of a stage."""
+    cwd, timeout = where
+    out, err = f"{stem}.out", f"{stem}.err"
     info = _where()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     commands = [(argv, {})]
     if launch is not None:
         hosts = placed_hosts(launch["placement_group"])
         info["hosts"] = hosts
-        commands = launched(launch["launcher"], hosts, argv)
-    with open(out, "wb") as fo, open(err, "wb") as fe:
+        commands = launched(launch["launcher"], hosts, argv, launch.get("per_node", 1))
+    try:
+        fo = open(out, "wb")  # noqa: SIM115 - closed below, with fe
+    except FileNotFoundError:  # the runner makes the directory; on another filesystem, here
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fo = open(out, "wb")  # noqa: SIM115
+    with fo, open(err, "wb") as fe:
         procs = []
         for cmd, extra in commands:
             try:
@@ -95,22 +129,42 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
         codes = []
         for proc in procs:
             try:
-                codes.append(proc.wait(timeout=None if deadline is None
-                                       else max(0.0, deadline - time.monotonic())))
+                codes.append(_wait(proc, deadline))
             except subprocess.TimeoutExpired:
                 for other in procs:
                     stop_group(other, 3)
                 return {**info, "ok": False, "ended": time.time(), "exit_code": proc.returncode,
                         "timed_out": True, "error": f"timed out after {timeout:g}s",
                         "stderr_tail": _tail(err)}
+        size = os.fstat(fo.fileno()).st_size
     ended = time.time()
     code = next((c for c in codes if c != 0), 0)
     if code != 0:
         return {**info, "ok": False, "ended": ended, "exit_code": code,
                 "error": f"exit code {code}", "stderr_tail": _tail(err)}
-    text = Path(out).read_text(errors="replace")
-    return {**info, "ok": True, "ended": ended, "exit_code": 0,
-            "output": text.strip() if len(text) <= 65536 else out}
+    if size > 65536:  # a large output stays in its file; the record names it
+        return {**info, "ok": True, "ended": ended, "exit_code": 0, "output": out}
+    text = Path(out).read_text(errors="replace") if size else ""
+    return {**info, "ok": True, "ended": ended, "exit_code": 0, "output": text.strip()}
+
+
+def _wait(proc: subprocess.Popen, deadline: float | None) -> int:
+    """Popen.wait(timeout) polls with growing sleeps (about 0.7 ms lost on a short command);
+    a pidfd wakes us the moment the process exits."""
+    if deadline is None:
+        return proc.wait()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: Python's polling wait
+        return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1e3):
+            raise subprocess.TimeoutExpired(proc.args, deadline)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 def _tail(path: str) -> str:
@@ -137,12 +191,12 @@ def placed_hosts(pg: Any) -> list[str]:
     return [by_id.get(bundles[i], bundles[i]) for i in sorted(bundles)]
 
 
-def launched(launcher_name: str, hosts: list[str], argv: list[str]):
-    """[(command, extra env)]: one launcher command, or one process per emulated node."""
+def launched(launcher_name: str, hosts: list[str], argv: list[str], per_node: int = 1):
+    """[(command, extra env)]: one launcher command, or each process of an emulated one."""
     from hpcray.launchers import LaunchRequest, get_launcher
 
     launcher = get_launcher(launcher_name)
-    req = LaunchRequest(hosts=tuple(hosts), argv=tuple(argv))
+    req = LaunchRequest(hosts=tuple(hosts), argv=tuple(argv), per_node=per_node)
     per_process = launcher.per_process_env(req)
     if per_process is not None:
         return [(launcher.command(req), extra) for extra in per_process]

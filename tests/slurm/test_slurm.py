@@ -243,18 +243,20 @@ def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
 
 def test_a_launched_executable_sees_both_nodes_through_srun(slurm_cluster, tmp_path, run_root,
                                                             runs):
-    """`launch: {nodes: 2}`: Ray reserves a bundle on each node, then srun (the site's
-    launcher) starts the command once on each: what an MPI program needs."""
+    """`launch: {nodes: 2, per_node: 2}`: Ray reserves a bundle of two processes' resources on
+    each node, then srun (the site's launcher) starts two ranks on each: what an MPI program
+    needs."""
     from hpcray.stages.records import read_attempts
 
     sub, st = run_stages(
         f"slurm-mpi-{tmp_path.name}", "name: mpix2\n" + STAGES_HEADER
         + "  - name: mpi\n"
-        "    command: [sh, -c, 'echo \"$SLURMD_NODENAME of $SLURM_STEP_NUM_NODES\"']\n"
-        "    launch: {nodes: 2}\n    resources: {cpus: 1}\n", run_root, runs)
+        "    command: [sh, -c, 'echo \"$SLURMD_NODENAME rank $SLURM_PROCID of $SLURM_NTASKS\"']\n"
+        "    launch: {nodes: 2, per_node: 2}\n    resources: {cpus: 0.5}\n", run_root, runs)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     (attempt,) = read_attempts(sub.run_dir)
     assert sorted(attempt["hosts"]) == ["node1", "node2"]
     lines = sorted(Path(attempt["stdout"]).read_text().split("\n")[:-1])
-    assert lines == ["node1 of 2", "node2 of 2"]
+    assert lines == ["node1 rank 0 of 4", "node1 rank 1 of 4", "node2 rank 2 of 4",
+                     "node2 rank 3 of 4"]
     assert_nothing_left(sub.run_dir)

@@ -184,18 +184,55 @@ stages:
     assert outs == ["0", "1"]
 
 
+def test_a_stateful_stage_keeps_its_actors_and_their_state(tmp_path, run_root):
+    items = ", ".join(str(i) for i in range(12))
+    run, st = run_stages(tmp_path, run_root, f"""\
+stages:
+  - name: acc
+    function: 'stagefns:Accumulator'
+    args: {{offset: 100}}
+    actors: 2
+    each: {{items: [{items}]}}
+    resources: {{cpus: 0.25}}
+  - {{name: keep, function: 'stagefns:keep', stream_from: acc, resources: {{cpus: 0.1}},
+     max_in_flight: 1}}
+""")
+    assert st.state == "completed", hpcray.logs(run)
+    outputs = [json.loads(line) for line in (run / "outputs.jsonl").read_text().splitlines()]
+    assert sorted(o["value"] for o in outputs) == [100 + i for i in range(12)]
+    calls: dict[int, list[int]] = {}
+    for o in outputs:
+        calls.setdefault(o["pid"], []).append(o["calls"])
+    assert len(calls) == 2  # two actors, each built once and then reused
+    for counted in calls.values():  # each instance counted its own calls: its state lived on
+        assert sorted(counted) == list(range(1, len(counted) + 1))
+    assert {a["pid"] for a in by_stage(read_attempts(run), "acc")} == set(calls)
+
+
+def test_a_stateful_stage_whose_constructor_fails_is_reported(tmp_path, run_root):
+    run, st = run_stages(tmp_path, run_root, """\
+stages:
+  - {name: model, function: 'stagefns:BrokenModel', actors: 1, each: {items: [1, 2]},
+     retries: 1, resources: {cpus: 0.25}}
+""")
+    assert st.state == "failed"
+    assert "stage 'model' task" in st.error and "checkpoint /models/missing not found" in st.error
+
+
 def test_a_launched_executable_runs_once_on_each_of_two_nodes(tmp_path, run_root):
     sub, st = run_beside("stages", tmp_path.name,
                          "name: mpi\nallocation: {nodes: 2, walltime: 10m}\n"
                          "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
                          "stages:\n  - name: mpi\n"
-                         "    command: [sh, -c, 'echo \"rank on $HPCRAY_NODE_NAME\"']\n"
-                         "    launch: {nodes: 2}\n    resources: {cpus: 1}\n", run_root)
+                         "    command: [sh, -c, 'echo \"$HPCRAY_RANK on $HPCRAY_NODE_NAME\"']\n"
+                         "    launch: {nodes: 2, per_node: 2}\n    resources: {cpus: 0.5}\n",
+                         run_root)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     (attempt,) = read_attempts(sub.run_dir)
     names = sorted(n.name for n in st.nodes)
     assert sorted(attempt["hosts"]) == names  # the placement group spread it over both
-    assert sorted(text(attempt["stdout"]).splitlines()) == [f"rank on {n}" for n in names]
+    assert sorted(text(attempt["stdout"]).splitlines()) == [
+        f"{rank} on {attempt['hosts'][rank // 2]}" for rank in range(4)]  # ranks in host order
 
 
 def test_a_stage_no_node_can_hold_fails_before_any_task(tmp_path, run_root):

@@ -1,0 +1,1 @@
+"""The paper's three pipelines, built on hpcray's services and stages."""

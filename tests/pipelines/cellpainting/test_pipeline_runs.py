@@ -1,0 +1,125 @@
+"""The pipeline in real hpcray runs (local site, a real Ray cluster): streaming preprocessing,
+the classification service, a 2-trial Tune search end to end, and resuming an interrupted
+search in a new job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import hpcray
+from hpcray.pipelines.cellpainting.synthetic import write_plate
+from tests.conftest import FIXTURES, ONE_NODE, REPO, run_beside, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def _driver(function: str, args: dict) -> str:
+    return (f"driver:\n  function: {function}\n  args: {json.dumps(args)}\n")
+
+
+def test_preprocessing_streams_every_field_once_and_reads_lazily(tmp_path, run_root):
+    csv = write_plate(tmp_path / "plate", fields_per_dose=6, size=64)
+    sub, st = run_beside("cellpainting", tmp_path.name, f"name: cpstream\n{ONE_NODE}"
+                         + _driver("cp_checks:stream", {"csv": str(csv)}), run_root)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    got = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert got["labels_seen"] == got["labels"]  # every field once per epoch, none dropped
+    assert got["first_loaded"] < got["fields"] == got["loaded"] == 24  # read as needed
+    assert got["shapes"] == [[5, 32, 32]] and got["eval_deterministic"]
+    assert -0.5 < got["range"][0] < got["range"][1] < 2.0
+
+
+def test_the_classification_service_serves_what_the_model_predicts(tmp_path, run_root):
+    from hpcray.pipelines.cellpainting.data import read_fields
+    from hpcray.pipelines.cellpainting.model import build_model
+    from hpcray.pipelines.cellpainting.preprocess import channel_stats
+
+    csv = write_plate(tmp_path / "plate", fields_per_dose=2, size=64)
+    model_dir = tmp_path / "model"
+    build_model(4, 32, labels=["0", "0.5", "1", "2"]).save_pretrained(model_dir)
+    stats = channel_stats(read_fields(csv))
+    args = {"model_dir": str(model_dir), "low": list(stats.low), "high": list(stats.high),
+            "resize": 48, "crop": 32}
+    sub, st = run_beside(
+        "cellpainting", tmp_path.name,
+        f"name: cpserve\n{ONE_NODE}services:\n  - name: classifier\n"
+        "    deployment: hpcray.pipelines.cellpainting.service:DoseClassifier\n"
+        f"    args: {json.dumps(args)}\n    resources: {{cpus: 0.5}}\n"
+        + _driver("cp_checks:classify", {"csv": str(csv), **{k: args[k] for k in
+                                                              ("model_dir", "low", "high")}}),
+        run_root)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    got = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert got["served"] == got["offline"] and len(got["served"]) == 6
+    assert "'files' needs 5 paths" in got["error"]
+    assert got["replica"] and abs(sum(got["probabilities"][0]) - 1) < 1e-3
+
+
+def _pipeline(tmp_path: Path, storage: Path | None = None, epochs: int = 2,
+              samples: int = 256) -> Path:
+    args = {"data": {"synthetic": {"fields_per_dose": 12, "size": 64}},
+            "model": {"resize": 48, "crop": 32},
+            "search": {"trials": 2, "concurrent": 2, "epochs": epochs, "samples_per_epoch": samples,
+                       "trial": {"cpus": 0.5}, **({"storage": str(storage)} if storage else {})},
+            "preprocess": {"workers": 2, "cpus": 0.25}, "service": {"cpus": 0.25}}
+    path = tmp_path / "cellpainting.yaml"
+    path.write_text(f"name: cptest\n{ONE_NODE}"
+                    + _driver("hpcray.pipelines.cellpainting:run", args))
+    return path
+
+
+def test_two_trial_search_end_to_end(tmp_path, run_root):
+    sub = hpcray.submit(_pipeline(tmp_path), run_root=run_root)
+    st = hpcray.wait(sub.run_dir, timeout=400)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    out = sub.run_dir / "cellpainting"
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["trials"]) == 2 and summary["failed_trials"] == 0
+    assert set(summary["best_config"]) == {"lr", "batch_size", "weight_decay", "dropout"}
+    assert summary["split"] == [32, 8, 8] and len(summary["confusion"]) == 4
+    assert sum(map(sum, summary["confusion"])) == 8  # every held-out field was classified
+    assert (out / "confusion.png").stat().st_size > 5000
+    assert (out / "hpo_history.png").stat().st_size > 5000
+    assert (out / "best-model" / "config.json").exists()
+    progress = json.loads((sub.run_dir / "progress" / "trials.json").read_text())
+    assert progress["done"] == progress["total"] == 2
+
+
+def test_an_interrupted_search_resumes_in_the_next_job(tmp_path, run_root):
+    """Cancel the first job (as a walltime kill would) once a trial has checkpointed; the
+    same file submitted again restores the search from its storage and finishes it."""
+    storage = tmp_path / "tune-store"
+    wf = _pipeline(tmp_path, storage, epochs=4, samples=2048)
+    first = hpcray.submit(wf, run_root=run_root)
+
+    def saved_after_a_checkpoint() -> bool:
+        """A trial checkpointed, and Tune then saved the experiment's state."""
+        checkpoints = list(storage.glob("dose-vit/*/checkpoint_000000"))
+        states = list(storage.glob("dose-vit/experiment_state-*.json"))
+        return bool(checkpoints and states) and max(p.stat().st_mtime for p in states) > \
+            min(p.stat().st_mtime for p in checkpoints)
+
+    assert wait_until(lambda: saved_after_a_checkpoint() or
+                      hpcray.status(first.run_dir).finished, 300, interval=0.2)
+    assert not list(storage.glob("dose-vit/*/checkpoint_000003")), \
+        "a trial finished before the interruption"
+    hpcray.cancel(first.run_dir)
+    second = hpcray.submit(wf, run_root=run_root)
+    st = hpcray.wait(second.run_dir, timeout=400)
+    assert st.state == "completed", hpcray.logs(second.run_dir)
+    summary = json.loads((second.run_dir / "cellpainting" / "summary.json").read_text())
+    assert len(summary["trials"]) == 2  # the same two trials, not two new ones
+    results = [json.loads(line) for f in storage.glob("dose-vit/*/result.json")
+               for line in f.read_text().splitlines() if line]
+    assert any(r["resumed"] for r in results), "no trial continued from its checkpoint"
+    assert {r["epoch"] for r in results if r["resumed"]} <= {2, 3, 4}
+    assert "resuming the search" in (second.run_dir / "logs" / "driver.log").read_text()
+
+
+def test_the_example_renders_for_delta_with_an_account():
+    script = hpcray.script(REPO / "examples" / "cellpainting.yaml", "delta", account="bbka-dtai")
+    assert "#SBATCH --account=bbka-dtai" in script
+    assert "hpcray" in script and FIXTURES.exists()
