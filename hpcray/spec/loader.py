@@ -45,13 +45,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def validation_to_spec_error(exc: ValidationError, source: SourcedYaml,
-                             model: type[BaseModel]) -> SpecError:
-    """The first validation error as a one-line SpecError."""
+                             model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> SpecError:
+    """The first validation error as a one-line SpecError. `prefix` is where `model`'s data
+    sits in the file (driver.args for a pipeline's options)."""
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    inner = tuple(err["loc"])
+    loc = prefix + inner
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(model, loc)
+        allowed = _allowed_keys(model, inner)
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         message = f"unknown key '{loc[-1]}'{hint}"
     elif err["type"] == "missing":
@@ -73,9 +75,26 @@ def parse_workflow(source: SourcedYaml) -> Workflow:
     if not isinstance(source.data, dict):
         raise SpecError("a workflow file must be a mapping of sections", path=source.path, line=1)
     try:
-        return Workflow.model_validate(source.data)
+        workflow = Workflow.model_validate(source.data)
     except ValidationError as exc:
         raise validation_to_spec_error(exc, source, Workflow) from None
+    _check_pipeline_options(workflow, source)
+    return workflow
+
+
+def _check_pipeline_options(workflow: Workflow, source: SourcedYaml) -> None:
+    """A driver that is one of hpcray's pipelines has its options checked now, with their
+    line, not in the job after the queue wait."""
+    from hpcray.pipelines import driver_options
+
+    driver = workflow.driver
+    model = driver_options(driver.function) if driver and driver.function else None
+    if model is None:
+        return
+    try:
+        model.model_validate(driver.args)
+    except ValidationError as exc:
+        raise validation_to_spec_error(exc, source, model, ("driver", "args")) from None
 
 
 def load_workflow(path: str | Path) -> Workflow:

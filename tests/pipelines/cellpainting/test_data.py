@@ -19,7 +19,7 @@ from hpcray.pipelines.cellpainting.data import (
     read_fields,
 )
 from hpcray.pipelines.cellpainting.synthetic import write_plate
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 REAL = SHARED_DATA / "cellpainting"
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} (shared test data) is absent")
@@ -153,3 +153,22 @@ def test_synthetic_plate_is_real_format_and_dose_changes_morphology(tmp_path):
         bright.setdefault(f.dose, []).append((data[0] > 3000).mean())  # nuclear area
     area = [np.mean(bright[d]) for d in sorted(bright)]
     assert area == sorted(area) and area[-1] > 1.5 * area[0]
+
+
+def test_a_mistyped_pipeline_option_is_named_with_its_line_before_submission(tmp_path):
+    from hpcray.errors import SpecError
+    from hpcray.spec import load_workflow
+
+    text = (REPO / "examples" / "cellpainting.yaml").read_text()
+    path = tmp_path / "cp.yaml"
+    path.write_text(text.replace("      trials: 4", "      trails: 4"))
+    with pytest.raises(SpecError) as info:
+        load_workflow(path)
+    line = text.splitlines().index("      trials: 4") + 1
+    message = str(info.value)
+    assert f"cp.yaml:{line}" in message and "driver.args.search.trails" in message
+    assert "unknown key 'trails'" in message and "trials" in message
+    path.write_text(text.replace("crop: 48", "crop: big"))
+    with pytest.raises(SpecError, match=r"driver.args.model.crop"):
+        load_workflow(path)
+    load_workflow(REPO / "examples" / "cellpainting.yaml")  # the example itself is valid
