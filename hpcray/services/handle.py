@@ -1,7 +1,9 @@
 """One handle API for every service: call, generate, chat, embed; sync and async.
 
 Requests go over the service's transport: `direct` (the replica's own socket, the default)
-or `serve` (a Ray Serve DeploymentHandle). Streaming always uses Serve."""
+or `serve` (a Ray Serve DeploymentHandle). Streaming always uses Serve. A service with
+`remote` endpoints is served by a Federation (hpcray/remote) over the local replicas and the
+endpoints together; responses name the instance that answered."""
 
 from __future__ import annotations
 
@@ -35,26 +37,59 @@ class ServiceHandle:
     """``hpcray.service("llm")``: requests carry an id; every response names its replica."""
 
     def __init__(self, name: str, *, transport: str | None = None, **direct_options: Any) -> None:
+        import ray
         from ray import serve
 
         from hpcray.services.direct.directory import directory
         from hpcray.services.manager import app_name
 
         self.name = name
-        self._handle = serve.get_app_handle(app_name(name))
         self._direct = None
+        self._federation = None
         self._pool: ThreadPoolExecutor | None = None
         found = directory()
+        spec = ray.get(found.declared.remote(name))["spec"] if found is not None else None
+        replicas = spec["replicas"] if spec else 1
+        self._handle = serve.get_app_handle(app_name(name)) if replicas else None
         if transport is None:
-            import ray
-
             transport = "serve" if found is None else \
                 ray.get(found.describe.remote(name))["transport"]
         self.transport = transport
-        if transport == "direct":
+        if transport == "direct" and replicas:
             from hpcray.services.direct.client import DirectClient
 
             self._direct = DirectClient(name, directory=found, **direct_options)
+        if spec and spec.get("remote"):
+            self._federation = self._federate(spec)
+
+    def _federate(self, spec: dict[str, Any]):
+        """Local replicas (one instance) and each remote endpoint, balanced together."""
+        from hpcray.remote import RemoteResult, endpoint_for
+        from hpcray.remote.federation import Federation, Instance
+        from hpcray.spec.services import RemoteEndpointSpec
+
+        instances = []
+        if spec["replicas"]:
+            def local(method: str, payload: Any, timeout: float | None) -> RemoteResult:
+                r = self._call_local(method, payload, None, timeout)
+                got = RemoteResult(r.result, r.inference_s, r.service_s, r.round_trip_s, True)
+                got.instance = r.replica
+                return got
+
+            instances.append(Instance(
+                "local", "local", spec["replicas"] * spec["max_ongoing_requests"], 1.0, local,
+                stream=lambda method, payload: self._stream_local(method, payload)))
+        for remote in spec["remote"]:
+            endpoint = endpoint_for(RemoteEndpointSpec.model_validate(remote))
+            instances.append(Instance(endpoint.name, endpoint.kind, endpoint.max_concurrency,
+                                      remote["weight"], endpoint.call, endpoint.stream,
+                                      endpoint.probe))
+        return Federation(self.name, instances)
+
+    @property
+    def federation(self):
+        """The Federation (instances, their load and health), or None without remote ones."""
+        return self._federation
 
     def __reduce__(self):
         """A handle sent to a Ray task reconnects there (sockets do not travel)."""
@@ -81,6 +116,17 @@ class ServiceHandle:
 
     def call(self, method: str, payload: Any = None, *, request_id: str | None = None,
              timeout: float | None = None) -> Response:
+        if self._federation is not None:
+            start = time.perf_counter()
+            got = self._federation.call(method, payload, timeout)
+            return Response(id=request_id or uuid.uuid4().hex[:16], replica=got.instance,
+                            node=None, result=got.result, inference_s=got.inference_s,
+                            service_s=got.service_s,
+                            round_trip_s=max(got.round_trip_s, time.perf_counter() - start))
+        return self._call_local(method, payload, request_id, timeout)
+
+    def _call_local(self, method: str, payload: Any, request_id: str | None,
+                    timeout: float | None) -> Response:
         if self._direct is not None:
             return self._from_reply(self._direct.call(method, payload, request_id=request_id,
                                                       timeout=timeout))
@@ -95,6 +141,11 @@ class ServiceHandle:
     def call_many(self, method: str, payloads: list[Any], *, window: int = 64,
                   timeout: float | None = None) -> list[Response]:
         """Many requests, up to `window` in flight at once; responses in input order."""
+        if self._federation is not None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(window, thread_name_prefix=f"hpcray-{self.name}")
+            return list(self._pool.map(lambda p: self.call(method, p, timeout=timeout),
+                                       payloads))
         if self._direct is not None:
             return [self._from_reply(r) for r in
                     self._direct.call_many(method, payloads, window=window, timeout=timeout)]
@@ -113,7 +164,7 @@ class ServiceHandle:
 
     async def acall(self, method: str, payload: Any = None, *,
                     request_id: str | None = None) -> Response:
-        if self._direct is not None:
+        if self._direct is not None or self._federation is not None:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(32, thread_name_prefix=f"hpcray-{self.name}")
             loop = asyncio.get_running_loop()
@@ -128,6 +179,8 @@ class ServiceHandle:
         return Response(round_trip_s=time.perf_counter() - start, **out)
 
     def close(self) -> None:
+        if self._federation is not None:
+            self._federation.close()
         if self._direct is not None:
             self._direct.close()
         if self._pool is not None:
@@ -136,6 +189,12 @@ class ServiceHandle:
     def stream(self, method: str, payload: Any = None, *,
                request_id: str | None = None) -> Iterator[str]:
         """Pieces of a streamed result (e.g. generated text) as the replica produces them."""
+        if self._federation is not None:
+            return self._federation.stream(method, payload)
+        return self._stream_local(method, payload, request_id)
+
+    def _stream_local(self, method: str, payload: Any = None,
+                      request_id: str | None = None) -> Iterator[str]:
         request = self._request(method, payload, request_id)
         try:
             for chunk in self._handle.options(stream=True).handle_stream.remote(request):

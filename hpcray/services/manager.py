@@ -112,7 +112,7 @@ class ServiceManager:
         nodes = ray.nodes()
         for level in self.levels:
             for spec in level:
-                why = fits(spec, nodes)
+                why = fits(spec, nodes) if spec.replicas else None
                 if why:
                     raise ServiceError(f"service {spec.name!r} cannot be placed: {why}")
         from hpcray.services.direct.directory import directory
@@ -122,20 +122,29 @@ class ServiceManager:
                                                self._route(s.name))
                  for level in self.levels for s in level])
         for level in self.levels:
+            for spec in level:
+                if spec.remote:
+                    self._probe_remote(spec)
+            local = [s for s in level if s.replicas]
             # external scaling: `scale` changes replica counts without a redeploy
             targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
                                        route_prefix=self._route(s.name),
-                                       external_scaler_enabled=True) for s in level]
+                                       external_scaler_enabled=True) for s in local]
             now = time.time()
             for spec in level:
                 self.records[spec.name].deploy_at = now
                 self.records[spec.name].state = "starting"
             log.info("starting service(s) %s", ", ".join(s.name for s in level))
-            serve.run_many(targets, wait_for_ingress_deployment_creation=False,
-                           wait_for_applications_running=False)
-            self._wait_running(level)
+            if targets:
+                serve.run_many(targets, wait_for_ingress_deployment_creation=False,
+                               wait_for_applications_running=False)
+            self._wait_running(local)
             for spec in level:
-                self._publish(spec)
+                if spec.replicas:
+                    self._publish(spec)
+                else:
+                    self.records[spec.name].state = "ready"
+                    self.records[spec.name].published_at = time.time()
                 if spec.lifetime.seconds:
                     timer = threading.Timer(spec.lifetime.seconds, self.expire, args=(spec.name,))
                     timer.daemon = True
@@ -152,6 +161,28 @@ class ServiceManager:
 
         serve.run(OpenAIIngress.bind(list(self.records)), name=OPENAI_APP, route_prefix="/v1")
         log.info("OpenAI-compatible API at %s", self.openai_url)
+
+    def _probe_remote(self, spec: ServiceSpec) -> None:
+        """Each remote endpoint answers its probe (and lists the model) before tasks start;
+        one that does not fails the run or, with on_unreachable: warn, is left to the
+        handles' probes to bring in."""
+        from hpcray.remote import RemoteError, endpoint_for
+
+        for remote in spec.remote:
+            endpoint = endpoint_for(remote)
+            try:
+                took = endpoint.probe()
+                log.info("service %s: remote endpoint %s (%s, %s) answers in %.1f ms",
+                         spec.name, remote.label, remote.url, remote.model, took * 1e3)
+            except RemoteError as exc:
+                if spec.on_unreachable == "warn":
+                    log.warning("service %s: %s", spec.name, exc)
+                    continue
+                self.records[spec.name].state, self.records[spec.name].error = "failed", str(exc)
+                self._save()
+                raise ServiceError(f"service {spec.name!r}: {exc}") from None
+            finally:
+                endpoint.close()
 
     def _wait_running(self, level: list[ServiceSpec]) -> None:
         from ray import serve
@@ -278,6 +309,10 @@ class ServiceManager:
                     "auth": {"mechanism": "PLAIN", "username": "hpcray",
                              "password_file": os.environ.get("RAY_AUTH_TOKEN_PATH")},
                 }
+            if self.specs[name].remote:  # where they are; the key stays in its variable
+                entry["remote"] = [{"name": r.label, "url": r.url, "kind": r.kind,
+                                    "model": r.model, "api_key_env": r.api_key_env}
+                                   for r in self.specs[name].remote]
             out[name] = entry
         return {"services": out, "openai": self.openai_url}
 

@@ -19,11 +19,65 @@ class LifetimeSpec(StrictModel):
     seconds: float | None = Field(None, gt=0)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class RemoteEndpointSpec(StrictModel):
+    """A model server outside the allocation, served through the same handle."""
+
+    url: str = Field(description="http(s) base URL: '.../v1' for OpenAI-compatible servers, "
+                                 "the server root for Ollama.")
+    kind: Literal["openai", "ollama"]
+    model: str = Field(min_length=1, description="The model name the endpoint serves.")
+    name: str | None = Field(None, description="Shown in responses and errors; default: host.")
+    api_key_env: str | None = Field(
+        None, description="NAME of the environment variable that holds the API key (the key "
+                          "itself never goes into the file).")
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at most.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic relative to the others.")
+    timeout: float = Field(120, gt=0, description="Seconds per request.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("put credentials in an environment variable (api_key_env), not "
+                             "in the URL")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            # not echoed: a key pasted here by mistake must not reach a log
+            raise ValueError("this is not an environment variable name (letters, digits, _); "
+                             "put the key itself in that variable, not in the file")
+        return value
+
+    @property
+    def label(self) -> str:
+        from urllib.parse import urlsplit
+
+        return self.name or f"{urlsplit(self.url).hostname}:{urlsplit(self.url).port or ''}"
+
+
 class ServiceSpec(StrictModel):
     name: str
-    deployment: str = Field(description="Short name from deployments/ or 'module:Class'.")
+    deployment: str | None = Field(None, description="Short name from deployments/ or "
+                                   "'module:Class'; needed for local replicas.")
     args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=0, description="Local replicas; 0 with `remote` only.")
+    remote: list[RemoteEndpointSpec] = Field(
+        default_factory=list, description="Endpoints outside the allocation, balanced with "
+                                          "the local replicas.")
+    on_unreachable: Literal["fail", "warn"] = Field(
+        "fail", description="A remote endpoint that does not answer its probe at start: fail "
+                            "the run, or warn and bring it in when it answers.")
     resources: Resources = Field(default_factory=Resources)
     readiness_timeout: float = Field(300, gt=0, description="Seconds until all replicas run.")
     health_check_period: float = Field(10, gt=0)
@@ -47,6 +101,14 @@ class ServiceSpec(StrictModel):
     def _not_after_itself(self) -> ServiceSpec:
         if self.name in self.after:
             raise ValueError(f"service {self.name!r} cannot start after itself")
+        if self.replicas == 0 and not self.remote:
+            raise ValueError("replicas: 0 needs at least one 'remote' endpoint")
+        if self.replicas and self.deployment is None:
+            raise ValueError("local replicas need a 'deployment' (or set replicas: 0 and "
+                             "list 'remote' endpoints)")
+        labels = [r.label for r in self.remote]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two remote endpoints have the same name; give each a 'name'")
         return self
 
 

@@ -1,0 +1,157 @@
+"""What every remote adapter offers, and the errors it raises. Messages name the endpoint
+by its name and URL (never its API key)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from hpcray.errors import HpcrayError
+
+
+class RemoteError(HpcrayError):
+    """A remote endpoint failed the request; `reached` says whether a model may have seen it."""
+
+    reached = True
+
+
+class RemoteUnavailable(RemoteError):
+    """No connection (refused, unreachable, reset before the reply): the model never saw the
+    request, so it is safe to send it elsewhere."""
+
+    reached = False
+
+
+class RemoteAuthError(RemoteError):
+    """HTTP 401/403: the API key is missing or wrong."""
+
+
+class RemoteModelError(RemoteError):
+    """The endpoint does not serve the model named in the workflow file."""
+
+
+class RemoteProtocolError(RemoteError):
+    """A reply that is not what the API promises: malformed, truncated, a stream that stops."""
+
+
+class RemoteServerError(RemoteError):
+    """HTTP 5xx: the endpoint failed; 503 (overloaded) did not reach a model."""
+
+
+@dataclass
+class RemoteResult:
+    result: Any
+    inference_s: float       # model time the server reports (0 when it reports none)
+    service_s: float         # server time outside the model (load, queue), when reported
+    round_trip_s: float
+    server_reported: bool    # False: the split of round_trip_s is estimated (see Federation)
+    instance: str | None = None  # a local replica's id, when the local instance answered
+
+
+class RemoteEndpoint(ABC):
+    """One remote model server. Thread-safe: one pooled HTTP client per endpoint."""
+
+    kind: str
+    methods: tuple[str, ...] = ("generate", "chat", "embed")
+
+    def __init__(self, name: str, url: str, model: str, api_key: str | None = None,
+                 max_concurrency: int = 8, timeout: float = 60.0) -> None:
+        self.name, self.url, self.model = name, url.rstrip("/"), model
+        self.max_concurrency, self.timeout = max_concurrency, timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(
+            base_url=self.url, headers=headers, verify=True, timeout=timeout,
+            limits=httpx.Limits(max_connections=max_concurrency,
+                                max_keepalive_connections=max_concurrency))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.url!r}, model={self.model!r})"
+
+    @property
+    def where(self) -> str:
+        return f"remote endpoint {self.name!r} ({self.url})"
+
+    # -- what adapters implement ---------------------------------------------------------------
+    @abstractmethod
+    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult: ...
+
+    @abstractmethod
+    def stream(self, method: str, payload: Any) -> Iterator[str]: ...
+
+    @abstractmethod
+    def probe(self, timeout: float | None = None) -> float:
+        """Seconds for a cheap request that needs no model (the health probe). Raises a
+        RemoteError; RemoteModelError when the endpoint does not list the model."""
+
+    # -- shared HTTP handling -------------------------------------------------------------------
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None
+             ) -> tuple[dict[str, Any], float]:
+        start = time.perf_counter()
+        try:
+            reply = self.client.post(path, json=body, timeout=timeout or self.timeout)
+        except httpx.TimeoutException as exc:
+            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for a reply"
+            err = RemoteUnavailable if isinstance(exc, httpx.ConnectTimeout) else RemoteError
+            raise err(f"{self.where}: timed out {what}") from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as exc:
+            raise RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
+        elapsed = time.perf_counter() - start
+        self.check(reply)
+        try:
+            data = reply.json()
+        except ValueError:
+            raise RemoteProtocolError(f"{self.where}: {path} replied with something that is "
+                                      f"not JSON: {reply.text[:120]!r}") from None
+        if not isinstance(data, dict):
+            raise RemoteProtocolError(f"{self.where}: {path} replied {type(data).__name__}, "
+                                      "not a JSON object")
+        return data, elapsed
+
+    def check(self, reply: httpx.Response) -> None:
+        if reply.status_code < 400:
+            return
+        try:
+            reply.read()  # a streamed reply's error body
+            text = reply.text[:200]
+        except httpx.HTTPError:
+            text = ""
+        if reply.status_code in (401, 403):
+            raise RemoteAuthError(f"{self.where}: authentication failed (HTTP "
+                                  f"{reply.status_code}); check the API key variable")
+        if reply.status_code == 404 and "model" in text.lower():
+            raise RemoteModelError(f"{self.where}: does not serve model {self.model!r} "
+                                   f"(HTTP 404: {text})")
+        if reply.status_code >= 500:
+            err = RemoteServerError(f"{self.where}: HTTP {reply.status_code}: {text}")
+            err.reached = reply.status_code != 503
+            raise err
+        from hpcray.services.replica import ServiceRequestError
+
+        raise ServiceRequestError(f"{self.where}: HTTP {reply.status_code}: {text}")
+
+    def field(self, data: dict[str, Any], *path: Any) -> Any:
+        """data[path...], or a RemoteProtocolError naming what is missing."""
+        value: Any = data
+        for key in path:
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                raise RemoteProtocolError(
+                    f"{self.where}: malformed reply, no {'.'.join(map(str, path))} in "
+                    f"{str(data)[:160]}") from None
+        return value
+
+    def unsupported(self, method: str) -> Exception:
+        from hpcray.services.replica import ServiceRequestError
+
+        return ServiceRequestError(f"{self.where} serves {', '.join(self.methods)}; not "
+                                   f"{method!r}")
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,240 @@
+"""One service's traffic over every instance that serves it: the local replicas (as one
+instance, their own client balancing among them) and each remote endpoint.
+
+Choice: power of two choices on (requests in flight + 1) x recent round trip / weight, among
+the instances that are not cooling down and are below their concurrency cap; with none free,
+the caller waits (backpressure) up to its timeout. A request that never reached a model
+(connection refused or reset, 503) goes to another instance after a short backoff; one that
+may have reached a model fails explicitly, naming the instance. After FAIL_THRESHOLD
+failures in a row, or a probe that gets no answer within PROBE_S, an instance cools down; the
+probe, each PROBE_S, brings it back once it answers. Nothing is dropped: every call returns
+or raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcray.remote.base import (
+    RemoteAuthError,
+    RemoteError,
+    RemoteModelError,
+    RemoteResult,
+    RemoteUnavailable,
+)
+
+log = logging.getLogger("hpcray.remote")
+
+FAIL_THRESHOLD = 3
+PROBE_S = 1.0
+BACKOFF_S = 0.05
+
+
+class NoInstance(RemoteError):
+    """Every instance is cooling down or busy past the caller's timeout."""
+
+    reached = False
+
+
+@dataclass
+class Instance:
+    name: str
+    kind: str                                  # local | openai | ollama
+    cap: int
+    weight: float
+    call: Callable[[str, Any, float | None], RemoteResult]
+    stream: Callable[[str, Any], Iterator[str]] | None = None
+    probe: Callable[[float], float] | None = None  # its argument: a timeout in seconds
+    outstanding: int = 0
+    failures: int = 0
+    cooling: bool = False
+    served: int = 0
+    failed: int = 0
+    rtt: float = 0.0                           # moving average of round trips
+    probe_rtt: float | None = None             # the network's share, from the probe
+    last_error: str | None = None
+    epoch: int = 0  # bumped when it cools down or comes back: older round trips do not count
+    history: list[tuple[float, str]] = field(default_factory=list)  # (time, event)
+
+    def state(self) -> str:
+        if self.cooling:
+            return f"cooling down: {self.last_error}" if self.last_error else "cooling down"
+        return f"busy, {self.outstanding} in flight"
+
+    def score(self) -> float:
+        return (self.outstanding + 1) * max(self.rtt, 1e-4) / self.weight
+
+
+@dataclass
+class FederatedResult:
+    instance: str
+    result: Any
+    inference_s: float
+    service_s: float
+    round_trip_s: float
+
+
+class Federation:
+    def __init__(self, service: str, instances: list[Instance], retries: int = 2,
+                 probe_s: float = PROBE_S, fail_threshold: int = FAIL_THRESHOLD) -> None:
+        if not instances:
+            raise ValueError(f"service {service!r}: no instance to send requests to")
+        self.service, self.instances = service, instances
+        self.retries, self.probe_s, self.fail_threshold = retries, probe_s, fail_threshold
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._rng = random.Random()
+        self._prober = threading.Thread(target=self._probe_forever, daemon=True,
+                                        name=f"hpcray-probe-{service}")
+        self._prober.start()
+
+    # -- choosing ------------------------------------------------------------------------------
+    def _pick(self, exclude: set[str], deadline: float | None) -> tuple[Instance, int]:
+        with self._cv:
+            while True:
+                free = [i for i in self.instances
+                        if not i.cooling and i.outstanding < i.cap and i.name not in exclude]
+                if not free and exclude:  # everything else was tried: try those again
+                    free = [i for i in self.instances
+                            if not i.cooling and i.outstanding < i.cap]
+                if free:
+                    if len(free) == 1:
+                        chosen = free[0]
+                    else:
+                        a, b = self._rng.sample(free, 2)
+                        chosen = a if a.score() <= b.score() else b
+                    chosen.outstanding += 1
+                    return chosen, chosen.epoch
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    states = ", ".join(f"{i.name} ({i.state()})" for i in self.instances)
+                    raise NoInstance(f"service {self.service!r}: no instance free: {states}")
+                self._cv.wait(timeout=min(remaining, 0.5) if remaining else 0.5)
+
+    def _release(self, inst: Instance, ok: bool, error: Exception | None = None,
+                 rtt: float | None = None, epoch: int | None = None) -> None:
+        with self._cv:
+            inst.outstanding -= 1
+            if ok:
+                inst.served += 1
+                inst.failures = 0
+                # a reply held up while the link was down would starve the instance for long
+                if rtt is not None and epoch == inst.epoch:
+                    inst.rtt = rtt if inst.rtt == 0 else inst.rtt + 0.2 * (rtt - inst.rtt)
+            else:
+                inst.failed += 1
+                inst.failures += 1
+                inst.last_error = str(error)[:200]
+                if inst.failures >= self.fail_threshold and not inst.cooling and inst.probe:
+                    self._cool(inst)
+                    log.warning("service %s: %s cools down after %d failures: %s",
+                                self.service, inst.name, inst.failures, inst.last_error)
+            self._cv.notify_all()
+
+    def _cool(self, inst: Instance) -> None:
+        inst.cooling = True
+        inst.epoch += 1
+        inst.history.append((time.time(), "cooling"))
+
+    # -- calling -------------------------------------------------------------------------------
+    def call(self, method: str, payload: Any, timeout: float | None = None) -> FederatedResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried: set[str] = set()
+        for attempt in range(self.retries + 1):
+            inst, epoch = self._pick(tried, deadline)
+            tried.add(inst.name)
+            start = time.perf_counter()
+            try:
+                left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                got = inst.call(method, payload, left)
+            except (RemoteAuthError, RemoteModelError) as exc:
+                self._release(inst, False, exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - sorted by whether a model saw it
+                self._release(inst, False, exc)
+                if getattr(exc, "reached", True) or attempt == self.retries:
+                    raise
+                log.info("service %s: %s did not take the request (%s); trying another",
+                         self.service, inst.name, exc)
+                time.sleep(BACKOFF_S * 2 ** attempt)
+                continue
+            rtt = time.perf_counter() - start
+            self._release(inst, True, rtt=rtt, epoch=epoch)
+            return self._timed(inst, got, rtt)
+        raise AssertionError("unreachable")
+
+    def _timed(self, inst: Instance, got: RemoteResult, rtt: float) -> FederatedResult:
+        if got.server_reported:
+            return FederatedResult(getattr(got, "instance", None) or inst.name, got.result,
+                                   got.inference_s, got.service_s, got.round_trip_s)
+        # no server timing: the network's share is what the probe round trip takes
+        network = min(inst.probe_rtt or 0.0, rtt)
+        return FederatedResult(inst.name, got.result, rtt - network, 0.0, rtt)
+
+    def stream(self, method: str, payload: Any) -> Iterator[str]:
+        tried: set[str] = set()
+        for attempt in range(self.retries + 1):
+            inst, _ = self._pick(tried, None)
+            tried.add(inst.name)
+            if inst.stream is None:
+                self._release(inst, True)
+                continue
+            first = True
+            try:
+                for piece in inst.stream(method, payload):
+                    first = False
+                    yield piece
+            except RemoteUnavailable as exc:
+                self._release(inst, False, exc)
+                if not first or attempt == self.retries:
+                    raise
+                time.sleep(BACKOFF_S * 2 ** attempt)
+                continue
+            except Exception as exc:
+                self._release(inst, False, exc)
+                raise
+            self._release(inst, True)
+            return
+        raise NoInstance(f"service {self.service!r}: no instance can stream {method!r}")
+
+    # -- health --------------------------------------------------------------------------------
+    def _probe_forever(self) -> None:
+        while not self._stop.wait(self.probe_s):
+            for inst in self.instances:
+                if inst.probe is None:
+                    continue
+                try:
+                    took = inst.probe(self.probe_s)
+                except Exception as exc:  # noqa: BLE001 - down: out until a probe answers
+                    with self._cv:
+                        inst.last_error = str(exc)[:200]
+                        if not inst.cooling:
+                            self._cool(inst)
+                            log.warning("service %s: %s does not answer its probe: %s",
+                                        self.service, inst.name, inst.last_error)
+                    continue
+                with self._cv:
+                    inst.probe_rtt = took if inst.probe_rtt is None else \
+                        min(took, inst.probe_rtt * 1.05)
+                    if inst.cooling:
+                        inst.cooling, inst.failures = False, 0
+                        inst.epoch += 1
+                        inst.rtt = took  # start afresh from what the link takes now
+                        inst.history.append((time.time(), "back"))
+                        log.warning("service %s: %s answers again", self.service, inst.name)
+                        self._cv.notify_all()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"instance": i.name, "kind": i.kind, "cap": i.cap, "weight": i.weight,
+                 "outstanding": i.outstanding, "served": i.served, "failed": i.failed,
+                 "cooling": i.cooling, "rtt_s": i.rtt, "probe_rtt_s": i.probe_rtt,
+                 "last_error": i.last_error} for i in self.instances]
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,126 @@
+"""A remote site on this machine, for the tests and benchmarks/remote.py: a network
+namespace joined by its own veth pair, a model server inside it behind a delaying proxy (the
+kernel here has no netem qdisc), and model servers on loopback. Both context managers remove
+what they made, also on errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ONE_WAY_MS = 0.47  # the paper's cloud node, each way
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"{argv[:4]} did not start: {line} {proc.stderr.read()[-500:]}")
+    return proc
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Server:
+    url_root: str     # http://host:port
+
+    def openai(self) -> str:
+        return f"{self.url_root}/v1"
+
+
+@dataclass
+class RemoteSite:
+    name: str
+    host_veth: str
+    address: str      # the namespace's side
+    server: Server    # through the delaying proxy
+    procs: list = field(default_factory=list, repr=False)
+
+    def link(self, up: bool) -> None:
+        subprocess.run(["ip", "link", "set", self.host_veth, "up" if up else "down"],
+                       check=True)
+
+
+def can_make_namespaces() -> bool:
+    return os.geteuid() == 0 and subprocess.run(["ip", "netns", "list"],
+                                                capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def loopback_servers() -> Iterator:
+    """start(api_key=None, model='noop', infer_ms=1) -> Server on 127.0.0.1."""
+    procs: list[subprocess.Popen] = []
+
+    def start(api_key: str | None = None, model: str = "noop", infer_ms: float = 1.0) -> Server:
+        port = free_port()
+        argv = [sys.executable, str(HERE / "modelserver.py"), "127.0.0.1", str(port),
+                "--model", model, "--infer-ms", str(infer_ms)]
+        if api_key:
+            argv += ["--api-key", api_key]
+        procs.append(_start(argv))
+        return Server(f"http://127.0.0.1:{port}")
+
+    try:
+        yield start
+    finally:
+        _stop(procs)
+
+
+@contextlib.contextmanager
+def remote_site(one_way_ms: float = ONE_WAY_MS, infer_ms: float = 1.0) -> Iterator[RemoteSite]:
+    """Namespace 'hpcr-<id>' joined by a veth pair (10.213.<n>.1 here, .2 there); inside it,
+    the model server on its loopback and the delaying proxy on .2:9000."""
+    tag = uuid.uuid4().hex[:6]
+    ns, veth_h, veth_n = f"hpcr-{tag}", f"hh{tag}", f"hn{tag}"
+    net = int(tag[:2], 16)
+    here, there = f"10.213.{net}.1", f"10.213.{net}.2"
+    procs: list[subprocess.Popen] = []
+
+    def ip(*args: str, netns: bool = False) -> None:
+        cmd = (["ip", "netns", "exec", ns] if netns else []) + ["ip", *args]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        ip("link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
+        ip("link", "set", veth_n, "netns", ns)
+        ip("addr", "add", f"{here}/30", "dev", veth_h)
+        ip("link", "set", veth_h, "up")
+        ip("addr", "add", f"{there}/30", "dev", veth_n, netns=True)
+        ip("link", "set", veth_n, "up", netns=True)
+        ip("link", "set", "lo", "up", netns=True)
+        run = ["ip", "netns", "exec", ns, sys.executable]
+        procs.append(_start([*run, str(HERE / "modelserver.py"), "127.0.0.1", "8000",
+                             "--infer-ms", str(infer_ms)]))
+        procs.append(_start([*run, str(HERE / "delayproxy.py"), there, "9000", "127.0.0.1",
+                             "8000", str(one_way_ms)]))
+        yield RemoteSite(ns, veth_h, there, Server(f"http://{there}:9000"), procs)
+    finally:
+        _stop(procs)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and subprocess.run(
+                ["ip", "link", "show", veth_h], capture_output=True).returncode == 0:
+            time.sleep(0.1)

@@ -1,0 +1,90 @@
+"""The OpenAI and Ollama adapters against real HTTP servers on loopback: every method, the
+timing split, and each bad answer surfaced as its own error naming the endpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcray.remote import (
+    RemoteAuthError,
+    RemoteModelError,
+    RemoteProtocolError,
+    RemoteUnavailable,
+)
+from hpcray.remote.ollama import OllamaEndpoint
+from hpcray.remote.openai import OpenAIEndpoint
+from hpcray.services.replica import ServiceRequestError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_openai_methods_and_streaming(loopback_server):
+    server = loopback_server()
+    ep = OpenAIEndpoint("site-a", server.openai(), "noop")
+    got = ep.call("generate", {"prompt": "hello there", "max_tokens": 4})
+    assert got.result == {"text": "echo: hello there", "prompt_tokens": 1,
+                          "completion_tokens": 2, "finish_reason": "stop"}
+    assert not got.server_reported and got.round_trip_s > 0.001  # the server sleeps 1 ms
+    chat = ep.call("chat", {"messages": [{"role": "user", "content": "hi"}]})
+    assert chat.result["text"] == "echo: hi"
+    assert ep.call("embed", {"texts": ["ab", "abcd"]}).result == {
+        "embeddings": [[2.0, 1.0], [4.0, 1.0]], "dim": 2}
+    assert "".join(ep.stream("generate", {"prompt": "a b c"})) == "echo: a b c"
+    assert ep.probe() > 0
+    with pytest.raises(ServiceRequestError, match="serves generate, chat, embed; not 'rank'"):
+        ep.call("rank", {})
+
+
+def test_ollama_reports_inference_and_service_time(loopback_server):
+    server = loopback_server(infer_ms=20)
+    ep = OllamaEndpoint("gpu-box", server.url_root, "noop")
+    got = ep.call("generate", {"prompt": "x", "max_tokens": 3})
+    assert got.result["text"] == "echo: x" and got.server_reported
+    assert 0.018 < got.inference_s < got.round_trip_s  # prompt eval + eval durations
+    assert 0.0002 <= got.service_s < 0.01  # load and the rest of total_duration
+    assert ep.call("chat", {"messages": [{"role": "user", "content": "y"}]}).result["text"] \
+        == "echo: y"
+    assert ep.call("embed", {"texts": ["abc"]}).result["embeddings"] == [[3.0, 1.0]]
+    assert "".join(ep.stream("generate", {"prompt": "p q"})) == "echo: p q"
+    assert ep.probe() > 0  # "noop" is listed as noop:latest
+
+
+def test_a_wrong_key_is_an_authentication_error_without_the_key(loopback_server):
+    server = loopback_server(api_key="right-key-123")
+    ep = OpenAIEndpoint("hosted", server.openai(), "noop", api_key="wrong-key-456")
+    with pytest.raises(RemoteAuthError) as info:
+        ep.call("generate", {"prompt": "x"})
+    assert "hosted" in str(info.value) and server.openai() in str(info.value)
+    assert "HTTP 401" in str(info.value) and "wrong-key-456" not in str(info.value)
+    good = OpenAIEndpoint("hosted", server.openai(), "noop", api_key="right-key-123")
+    assert good.call("generate", {"prompt": "x"}).result["text"] == "echo: x"
+
+
+def test_a_model_the_endpoint_does_not_serve(loopback_server):
+    server = loopback_server(model="llama-3")
+    ep = OpenAIEndpoint("site-a", server.openai(), "mistral")
+    with pytest.raises(RemoteModelError, match="does not serve model 'mistral'; it serves "
+                                               "llama-3"):
+        ep.probe()
+    with pytest.raises(RemoteModelError, match="does not serve model 'mistral'"):
+        ep.call("generate", {"prompt": "x"})
+    with pytest.raises(RemoteModelError, match="it serves llama-3:latest"):
+        OllamaEndpoint("o", server.url_root, "mistral").probe()
+
+
+def test_malformed_and_truncated_replies(loopback_server):
+    server = loopback_server()
+    for ep in (OpenAIEndpoint("a", server.openai(), "noop"),
+               OllamaEndpoint("b", server.url_root, "noop")):
+        with pytest.raises(RemoteProtocolError, match="not JSON"):
+            ep.call("generate", {"prompt": "!malformed"})
+        with pytest.raises(RemoteProtocolError, match="the stream stopped before"):
+            list(ep.stream("generate", {"prompt": "!truncate"}))
+
+
+def test_an_unreachable_endpoint_never_reached_a_model():
+    ep = OpenAIEndpoint("gone", "http://127.0.0.1:9/v1", "noop", timeout=2)
+    with pytest.raises(RemoteUnavailable, match=r"remote endpoint 'gone' \(http://127.0.0.1:9/v1"
+                                                r"\): ConnectError") as info:
+        ep.call("generate", {"prompt": "x"})
+    assert info.value.reached is False
