@@ -21,13 +21,17 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check hpcray tests examples benchmarks
 	$(PY) -m pytest
 
-## bench: every benchmark (bootstrap, service BT, response time, stages); writes benchmarks/results/
+## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,
+## remote endpoints, inference); writes benchmarks/results/
 bench: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(PY) benchmarks/bootstrap.py
 	$(PY) benchmarks/service_bootstrap.py
 	$(PY) benchmarks/response.py
 	$(PY) benchmarks/stages.py
+	$(PY) benchmarks/cellpainting.py
+	$(PY) benchmarks/remote.py
+	$(PY) benchmarks/inference.py
 
 clean:
 	rm -rf hpcray-runs .pytest_cache
