@@ -77,16 +77,72 @@ class RemoteEndpoint(ABC):
         return f"remote endpoint {self.name!r} ({self.url})"
 
     # -- what adapters implement ---------------------------------------------------------------
+    probe_path: str  # a cheap GET that needs no model: the endpoint's model list
+    end_of_stream: str  # what a complete stream ends with, for the error when it does not
+
+    @abstractmethod
+    def body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of the request for `method`."""
+
     @abstractmethod
     def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult: ...
 
     @abstractmethod
-    def stream(self, method: str, payload: Any) -> Iterator[str]: ...
+    def stream_event(self, method: str, line: str) -> tuple[str | None, bool] | None:
+        """One line of a streamed reply -> (piece, last), or None for a line to skip."""
 
     @abstractmethod
+    def served_models(self, data: Any) -> list[str]:
+        """The model names in the probe's reply."""
+
+    def serves(self, served: list[str]) -> bool:
+        return self.model in served
+
+    # -- shared: streaming and the health probe -------------------------------------------------
+    def stream(self, method: str, payload: Any) -> Iterator[str]:
+        path, body = self.body(method, payload)
+        done = False
+        try:
+            with self.client.stream("POST", path, json={**body, "stream": True}) as reply:
+                self.check(reply)
+                for line in reply.iter_lines():
+                    event = self.stream_event(method, line)
+                    if event is None:
+                        continue
+                    piece, done = event
+                    if piece:
+                        yield piece
+                    if done:
+                        break
+        except httpx.TransportError as exc:
+            raise RemoteProtocolError(f"{self.where}: the stream stopped: "
+                                      f"{type(exc).__name__}: {exc}") from None
+        if not done:
+            raise RemoteProtocolError(f"{self.where}: the stream stopped before "
+                                      f"{self.end_of_stream}")
+
     def probe(self, timeout: float | None = None) -> float:
-        """Seconds for a cheap request that needs no model (the health probe). Raises a
-        RemoteError; RemoteModelError when the endpoint does not list the model."""
+        """Seconds for the model list (the health probe). Raises a RemoteError;
+        RemoteModelError when the endpoint does not list the model."""
+        start = time.perf_counter()
+        try:
+            reply = self.client.get(self.probe_path, timeout=timeout or min(self.timeout, 10.0))
+        except httpx.TransportError as exc:
+            raise RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
+        elapsed = time.perf_counter() - start
+        self.check(reply)
+        try:
+            served = self.served_models(reply.json())
+        except (ValueError, AttributeError, TypeError):
+            raise RemoteProtocolError(f"{self.where}: {self.probe_path} is not the model "
+                                      "list") from None
+        if not self.serves(served):
+            raise RemoteModelError(f"{self.where}: does not serve model {self.model!r}; it "
+                                   f"serves {', '.join(map(str, served)) or 'none'}")
+        return elapsed
+
+    def malformed(self, what: str, text: str) -> RemoteProtocolError:
+        return RemoteProtocolError(f"{self.where}: malformed {what} {text[:120]!r}")
 
     # -- shared HTTP handling -------------------------------------------------------------------
     def post(self, path: str, body: dict[str, Any], timeout: float | None = None

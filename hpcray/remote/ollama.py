@@ -6,25 +6,17 @@ server's root, for example http://host:11434."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
-
-from hpcray.remote.base import (
-    RemoteEndpoint,
-    RemoteModelError,
-    RemoteProtocolError,
-    RemoteResult,
-    RemoteUnavailable,
-)
+from hpcray.remote.base import RemoteEndpoint, RemoteResult
 
 
 class OllamaEndpoint(RemoteEndpoint):
     kind = "ollama"
+    probe_path = "/api/tags"
+    end_of_stream = "done"
 
-    def _body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
+    def body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
         if not isinstance(payload, dict):
             from hpcray.services.replica import ServiceRequestError
 
@@ -46,7 +38,7 @@ class OllamaEndpoint(RemoteEndpoint):
         raise self.unsupported(method)
 
     def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
-        path, body = self._body(method, payload)
+        path, body = self.body(method, payload)
         data, elapsed = self.post(path, body, timeout)
         if method == "embed":
             vectors = self.field(data, "embeddings")
@@ -64,47 +56,19 @@ class OllamaEndpoint(RemoteEndpoint):
         return RemoteResult(result, model / 1e9, max(0, total - model) / 1e9, elapsed,
                             server_reported=True)
 
-    def stream(self, method: str, payload: Any) -> Iterator[str]:
-        path, body = self._body(method, payload)
-        done = False
+    def stream_event(self, method: str, line: str) -> tuple[str | None, bool] | None:
+        if not line.strip():
+            return None
         try:
-            with self.client.stream("POST", path, json={**body, "stream": True}) as reply:
-                self.check(reply)
-                for line in reply.iter_lines():
-                    if not line.strip():
-                        continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        raise RemoteProtocolError(f"{self.where}: malformed stream line "
-                                                  f"{line[:120]!r}") from None
-                    piece = (event.get("message") or {}).get("content") if method == "chat" \
-                        else event.get("response")
-                    if piece:
-                        yield piece
-                    if event.get("done"):
-                        done = True
-                        break
-        except httpx.TransportError as exc:
-            raise RemoteProtocolError(f"{self.where}: the stream stopped: "
-                                      f"{type(exc).__name__}: {exc}") from None
-        if not done:
-            raise RemoteProtocolError(f"{self.where}: the stream stopped before done")
+            event = json.loads(line)
+        except ValueError:
+            raise self.malformed("stream line", line) from None
+        piece = (event.get("message") or {}).get("content") if method == "chat" \
+            else event.get("response")
+        return piece, bool(event.get("done"))
 
-    def probe(self, timeout: float | None = None) -> float:
-        start = time.perf_counter()
-        try:
-            reply = self.client.get("/api/tags", timeout=timeout or min(self.timeout, 10.0))
-        except httpx.TransportError as exc:
-            raise RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
-        elapsed = time.perf_counter() - start
-        self.check(reply)
-        try:
-            served = [m.get("name") or m.get("model") for m in reply.json().get("models", [])]
-        except (ValueError, AttributeError):
-            raise RemoteProtocolError(f"{self.where}: /api/tags is not the model list") \
-                from None
-        if self.model not in served and f"{self.model}:latest" not in served:
-            raise RemoteModelError(f"{self.where}: does not serve model {self.model!r}; it "
-                                   f"serves {', '.join(map(str, served)) or 'none'}")
-        return elapsed
+    def served_models(self, data: Any) -> list[str]:
+        return [m.get("name") or m.get("model") for m in data.get("models", [])]
+
+    def serves(self, served: list[str]) -> bool:
+        return self.model in served or f"{self.model}:latest" in served
