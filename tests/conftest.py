@@ -43,20 +43,27 @@ ONE_NODE = ("allocation: {nodes: 1, walltime: 10m}\n"
             "ray: {object_store_memory: 100000000, teardown_grace: 5}\n")
 
 
-def run_beside(fixture_dir: str, stem: str, text: str, run_root, timeout: float = 240,
-               **submit_options):
+def submit_beside(fixture_dir: str, stem: str, text: str, run_root, **submit_options):
     """Submit a workflow whose file sits in tests/fixtures/<fixture_dir> (its directory holds
-    the user code it imports), wait for its end, and check that no process of it is left."""
+    the user code it imports); the file is removed once submitted."""
     import hpcray
-    from hpcray.rundir import read_json
 
     path = FIXTURES / fixture_dir / f"{stem}.yaml"
     path.write_text(text)
     try:
-        sub = hpcray.submit(path, run_root=run_root, **submit_options)
-        st = hpcray.wait(sub.run_dir, timeout=timeout)
+        return hpcray.submit(path, run_root=run_root, **submit_options)
     finally:
         path.unlink()
+
+
+def run_beside(fixture_dir: str, stem: str, text: str, run_root, timeout: float = 240,
+               **submit_options):
+    """submit_beside, then wait for the run's end and check that no process of it is left."""
+    import hpcray
+    from hpcray.rundir import read_json
+
+    sub = submit_beside(fixture_dir, stem, text, run_root, **submit_options)
+    st = hpcray.wait(sub.run_dir, timeout=timeout)
     cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
     assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
     return sub, st

@@ -59,6 +59,7 @@ class Instance:
     rtt: float = 0.0                           # moving average of round trips
     probe_rtt: float | None = None             # the network's share, from the probe
     last_error: str | None = None
+    cannot_stream: set[str] = field(default_factory=set)  # methods it refused to stream
     epoch: int = 0  # bumped when it cools down or comes back: older round trips do not count
     history: list[tuple[float, str]] = field(default_factory=list)  # (time, event)
 
@@ -95,12 +96,16 @@ class Federation:
         self._prober.start()
 
     # -- choosing ------------------------------------------------------------------------------
-    def _pick(self, exclude: set[str], deadline: float | None) -> tuple[Instance, int]:
+    def _pick(self, exclude: set[str], deadline: float | None,
+              strict: bool = False) -> tuple[Instance, int]:
+        """An instance not in `exclude`; unless `strict`, one of those when no other is left."""
         with self._cv:
             while True:
                 free = [i for i in self.instances
                         if not i.cooling and i.outstanding < i.cap and i.name not in exclude]
-                if not free and exclude:  # everything else was tried: try those again
+                if strict and not free and all(i.name in exclude for i in self.instances):
+                    raise NoInstance(f"service {self.service!r}: no instance left to try")
+                if not free and exclude and not strict:  # all else tried: try those again
                     free = [i for i in self.instances
                             if not i.cooling and i.outstanding < i.cap]
                 if free:
@@ -178,23 +183,31 @@ class Federation:
         return FederatedResult(inst.name, got.result, rtt - network, 0.0, rtt)
 
     def stream(self, method: str, payload: Any) -> Iterator[str]:
-        tried: set[str] = set()
-        for attempt in range(self.retries + 1):
-            inst, _ = self._pick(tried, None)
+        """Pieces from one instance. Before the first piece, an instance that is unreachable
+        or cannot stream `method` (a NOOP replica) is left for another; after it, a failure
+        is raised (the pieces already given cannot be taken back)."""
+        from hpcray.services.replica import ServiceRequestError
+
+        tried = {i.name for i in self.instances if method in i.cannot_stream or i.stream is None}
+        for attempt in range(len(self.instances) + self.retries):
+            inst, _ = self._pick(tried, None, strict=True)
             tried.add(inst.name)
-            if inst.stream is None:
-                self._release(inst, True)
-                continue
-            first = True
+            started = False
             try:
                 for piece in inst.stream(method, payload):
-                    first = False
+                    started = True
                     yield piece
+            except ServiceRequestError as exc:
+                self._release(inst, True)
+                if started or "cannot stream" not in str(exc):
+                    raise
+                inst.cannot_stream.add(method)
+                continue
             except RemoteUnavailable as exc:
                 self._release(inst, False, exc)
-                if not first or attempt == self.retries:
+                if started:
                     raise
-                time.sleep(BACKOFF_S * 2 ** attempt)
+                time.sleep(BACKOFF_S * 2 ** min(attempt, 4))
                 continue
             except Exception as exc:
                 self._release(inst, False, exc)

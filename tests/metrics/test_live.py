@@ -13,21 +13,17 @@ from rich.console import Console
 import hpcray
 from hpcray.metrics.live import render
 from hpcray.rundir import read_json
-from tests.conftest import FIXTURES, ONE_NODE, ray_processes, wait_until
+from tests.conftest import ONE_NODE, ray_processes, submit_beside, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_status_shows_request_rates_and_node_usage_while_running(tmp_path, run_root):
-    path = FIXTURES / "stages" / f"live-{tmp_path.name}.yaml"
-    path.write_text(f"name: live\n{ONE_NODE}"
-                    "services:\n  - {name: noop, deployment: noop, replicas: 2,"
-                    " resources: {cpus: 0.25}}\n"
-                    "driver:\n  function: stagefns:call_until_told\n")
-    try:
-        sub = hpcray.submit(path, run_root=run_root)
-    finally:
-        path.unlink()
+    sub = submit_beside("stages", f"live-{tmp_path.name}",
+                        f"name: live\n{ONE_NODE}"
+                        "services:\n  - {name: noop, deployment: noop, replicas: 2,"
+                        " resources: {cpus: 0.25}}\n"
+                        "driver:\n  function: stagefns:call_until_told\n", run_root)
     try:
         def busy():
             st = hpcray.status(sub.run_dir)

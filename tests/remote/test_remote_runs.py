@@ -31,14 +31,16 @@ def test_local_and_remote_instances_behind_one_handle(tmp_path, run_root, loopba
     monkeypatch.setenv("HPCRAY_TEST_KEY", SECRET)
     sub, st = run_beside("remote", tmp_path.name,
                          f"name: fed\n{ONE_NODE}{_service(server.openai(), 1)}"
-                         "driver:\n  function: drive_remote:main\n  args: {n: 200}\n", run_root)
+                         "driver:\n  function: drive_remote:main\n"
+                         "  args: {n: 200, stream: true}\n", run_root)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     got = json.loads((sub.run_dir / "driver-result.json").read_text())
     instances = got["by_instance"]
     assert "cloud" in instances and sum(instances.values()) == 200
     assert len(instances) == 2  # the local replica answers under its replica id
-    assert set(got["texts"]) >= {"echo: q0", "local"}
+    assert "local" in got["texts"] and any(t.startswith("echo: q") for t in got["texts"])
     assert got["many"] == 32
+    assert got["streamed"] == "echo: a b"  # the NOOP replica cannot stream: the remote did
     endpoints = json.loads((sub.run_dir / "endpoints.json").read_text())["services"]["llm"]
     assert endpoints["remote"] == [{"name": "cloud", "url": server.openai(), "kind": "openai",
                                     "model": "noop", "api_key_env": "HPCRAY_TEST_KEY"}]
@@ -63,17 +65,13 @@ def test_remote_only_service(tmp_path, run_root, loopback_server, monkeypatch):
 def test_another_hpcray_runs_http_api_as_a_remote_endpoint(tmp_path, run_root):
     """Site A: a run serving NOOP over its OpenAI-compatible HTTP API. Site B: a run whose
     service has no local replica, only A as a remote endpoint."""
-    from tests.conftest import FIXTURES, ray_processes, wait_until
+    from tests.conftest import ray_processes, submit_beside, wait_until
 
-    a_file = FIXTURES / "remote" / f"site-a-{tmp_path.name}.yaml"
-    a_file.write_text(f"name: sitea\n{ONE_NODE}services:\n"
+    a = submit_beside("remote", f"site-a-{tmp_path.name}",
+                      f"name: sitea\n{ONE_NODE}services:\n"
                       "  - {name: llm, deployment: noop, args: {reply: from-a},"
                       " resources: {cpus: 0.25}}\n"
-                      "driver:\n  function: drive_remote:serve_until_told\n")
-    try:
-        a = hpcray.submit(a_file, run_root=run_root)
-    finally:
-        a_file.unlink()
+                      "driver:\n  function: drive_remote:serve_until_told\n", run_root)
     try:
         assert wait_until(lambda: (a.run_dir / "endpoints.json").exists()
                           or hpcray.status(a.run_dir).finished, 120)
