@@ -86,7 +86,11 @@ class RunDir:
         return self.nodes / f"{node}.json"
 
     def create(self) -> RunDir:
-        for d in (self.path, self.logs, self.nodes):
+        """The run's directory, private to its user (0700): logs and results can hold what
+        the user's code printed."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        for d in (self.logs, self.nodes):
             d.mkdir(parents=True, exist_ok=True)
         (self.path / "secrets").mkdir(mode=0o700, exist_ok=True)
         return self

@@ -72,6 +72,10 @@ def load_yaml(text: str, path: str) -> SourcedYaml:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise SpecError(f"invalid YAML: {exc.problem or exc}", path=path, line=line) from None
+    except yaml.reader.ReaderError as exc:  # a control character: found by fuzzing
+        line = text.count("\n", 0, exc.position) + 1
+        raise SpecError(f"invalid YAML: character #x{exc.character:04x} is not allowed",
+                        path=path, line=line) from None
     if root is None:
         return SourcedYaml(data={}, path=path)
     lines: dict[Loc, int] = {}

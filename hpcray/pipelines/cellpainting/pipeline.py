@@ -285,6 +285,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
     console = Console(width=100)
     table = Table(title="Cell painting: dose classification", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("fields (train/val/test)", f"{s['fields']} ({'/'.join(map(str, s['split']))})")
     table.add_row("dose classes (Gy)", ", ".join(s["classes"]))
     table.add_row("held-out accuracy", f"{s['test_accuracy']:.3f} (chance {s['chance']:.2f})")
