@@ -17,13 +17,21 @@ from hpcray.errors import RunNotFound
 DEFAULT_RUN_ROOT = "hpcray-runs"
 
 
+RESERVE_BYTES = 256 * 1024  # freed when the disk fills, so the run can still record its end
+
+
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Whole or not at all: a full disk leaves the previous file, not half a new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -92,6 +100,7 @@ class RunDir:
         os.chmod(self.path, 0o700)
         for d in (self.logs, self.nodes):
             d.mkdir(parents=True, exist_ok=True)
+        (self.path / ".reserve").write_bytes(b"\0" * RESERVE_BYTES)
         (self.path / "secrets").mkdir(mode=0o700, exist_ok=True)
         return self
 
@@ -108,7 +117,29 @@ class RunDir:
     def read(self) -> dict[str, Any]:
         return read_json(self.run_json, {})
 
+    def free_reserve(self) -> bool:
+        """Give back the space kept at creation (True if there was some to give)."""
+        try:
+            (self.path / ".reserve").unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def write_with_reserve(self, write) -> Any:
+        """`write()`; if the disk is full, once more after freeing the reserve."""
+        import errno
+
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self.free_reserve():
+                raise
+            return write()
+
     def update(self, **fields: Any) -> dict[str, Any]:
+        return self.write_with_reserve(lambda: self._update(fields))
+
+    def _update(self, fields: dict[str, Any]) -> dict[str, Any]:
         with self._locked():
             data = self.read()
             for key, value in fields.items():
@@ -121,6 +152,9 @@ class RunDir:
 
     def mark(self, event: str, when: float | None = None, **fields: Any) -> dict[str, Any]:
         """Record the time of a lifecycle event (first occurrence wins)."""
+        return self.write_with_reserve(lambda: self._mark(event, when, fields))
+
+    def _mark(self, event: str, when: float | None, fields: dict[str, Any]) -> dict[str, Any]:
         with self._locked():
             data = self.read()
             times = data.setdefault("times", {})

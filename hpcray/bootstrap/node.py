@@ -240,7 +240,10 @@ class NodeAgent:
                 return self.proc.returncode or 1
             if time.monotonic() - sampled >= SAMPLE_S:  # for `hpcray status`
                 sampled = time.monotonic()
-                self._update(usage=node_usage())
+                try:
+                    self._update(usage=node_usage())
+                except OSError as exc:  # a full disk must not take the node down
+                    log.warning("cannot record node usage: %s", exc)
             self.stop.wait(0.5)
         return 0
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class ClusterUp:
         self.stop = Stop()
         self.launched: list[subprocess.Popen] = []
         self.driver: subprocess.Popen | None = None
+        self.driver_tail: deque[bytes] = deque(maxlen=20)
         self.plan: ClusterPlan | None = None
         self.services = None
 
@@ -323,6 +325,7 @@ class ClusterUp:
         self.driver = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        start_new_session=True)
+        self.run.update(driver_pid=self.driver.pid)
         copier = threading.Thread(target=self._copy_output, args=(self.driver,), daemon=True)
         copier.start()
         while self.driver.poll() is None:
@@ -336,19 +339,41 @@ class ClusterUp:
         log.info("driver exited with code %d", code)
         return code
 
+    def _driver_failure(self, code: int) -> str:
+        """How the driver ended, and the last line of its output (the exception, usually)."""
+        what = f"driver killed by {signal.Signals(-code).name}" if code < 0 \
+            else f"driver exited with code {code}"
+        tail = b"".join(self.driver_tail).decode(errors="replace")
+        last = [line for line in tail.splitlines() if line.strip()]
+        return f"{what}: {last[-1].strip()[:300]}" if last else what
+
     def _copy_output(self, proc: subprocess.Popen) -> None:
-        with open(self.run.logs / "driver.log", "ab") as f:
+        """driver.log and our stdout get every line; the last ones are kept here too, for the
+        error when the driver fails (the log may be on a disk that just filled up)."""
+        log_file = open(self.run.logs / "driver.log", "ab")  # noqa: SIM115 - closed below
+        try:
             for line in iter(proc.stdout.readline, b""):
-                f.write(line)
-                f.flush()
+                self.driver_tail.append(line)
+                if log_file is not None:
+                    try:
+                        log_file.write(line)
+                        log_file.flush()
+                    except OSError as exc:
+                        log.error("driver.log: %s; the driver's output goes on to job.out", exc)
+                        log_file = None
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
+        finally:
+            if log_file is not None:
+                with contextlib.suppress(OSError):
+                    log_file.close()
 
     # -- teardown --------------------------------------------------------------------------
     def teardown(self) -> None:
         """Ask every agent to stop (stop file), so each tears down its own node gracefully and
-        the launcher exits by itself; signal the launcher only if that does not happen."""
-        self.run.mark("teardown_start")
+        the launcher exits by itself; signal the launcher only if that does not happen.
+        Nothing here may stop it half way: a record that cannot be written is logged."""
+        self._record("teardown_start")
         grace = self.workflow.ray.teardown_grace
         head_lost = bool(self.stop.reason and self.stop.reason.startswith("head node"))
         if self.services is not None and not head_lost:  # with the head gone, Serve is too
@@ -358,7 +383,11 @@ class ClusterUp:
 
             if ray.is_initialized():
                 ray.shutdown()
-        self.run.stop_file.write_text(f"{self.stop.reason or 'run finished'}\n")
+        try:
+            self.run.write_with_reserve(lambda: self.run.stop_file.write_text(
+                f"{self.stop.reason or 'run finished'}\n"))
+        except OSError as exc:  # the agents are signalled below instead
+            log.error("cannot write the stop file: %s", exc)
         deadline = time.monotonic() + grace + 15
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             for proc in self.launched:
@@ -375,7 +404,13 @@ class ClusterUp:
             killed = teardown(self.plan.cluster_id, grace=grace)
             if killed:
                 log.info("swept %d leftover process(es) of this job on this host", len(killed))
-        self.run.mark("teardown_end")
+        self._record("teardown_end")
+
+    def _record(self, event: str, **fields: Any) -> None:
+        try:
+            self.run.mark(event, **fields)
+        except OSError as exc:
+            log.error("cannot record %s in run.json: %s", event, exc)
 
     # -- main ------------------------------------------------------------------------------
     def __call__(self) -> int:
@@ -414,7 +449,7 @@ class ClusterUp:
             elif driver_code == 0 or driver_code is None:
                 state, code = "completed", 0
             else:
-                state, error = "failed", f"driver exited with code {driver_code}"
+                state, error = "failed", self._driver_failure(driver_code)
         except BootstrapError as exc:
             error = str(exc)
             state = self.stop.reason or "failed"
@@ -424,7 +459,7 @@ class ClusterUp:
             log.exception("hpcray up failed")
         finally:
             self.teardown()
-            self.run.mark("finished", state=state, error=error)
+            self._record("finished", state=state, error=error)
         log.info("run %s: %s", self.run.path.name, state)
         return code
 

@@ -128,6 +128,7 @@ def test_failing_driver_is_reported_and_torn_down(tmp_path, run_root, cleanup):
     assert_nothing_left(sub.run_dir)
 
 
+@pytest.mark.faults
 def test_lost_nodes_are_reported(tmp_path, run_root, cleanup):
     """A worker whose node goes away is recorded while the run goes on; losing the head ends
     the run as failed, naming it."""

@@ -64,6 +64,7 @@ def test_requests_spread_over_both_sites_with_the_rt_split(remote_site, loopback
         fed.close()
 
 
+@pytest.mark.faults
 def test_a_cut_link_loses_nothing_and_the_site_comes_back(remote_site, loopback_server):
     probe_s = 0.5
     near = OpenAIEndpoint("near", loopback_server().openai(), "noop", timeout=2)

@@ -82,6 +82,7 @@ def test_sixteen_client_processes_lose_and_duplicate_nothing(live_run):
     assert result["task"] == ["direct", "from a task", True]
 
 
+@pytest.mark.faults
 def test_sigkill_of_a_replica_mid_load(live_run):
     r = client("kill", live_run)
     # every request answered or failed explicitly, with the lost replica named

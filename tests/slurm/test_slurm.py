@@ -126,6 +126,7 @@ def _running(run_dir: Path) -> bool:
     return hpcray.status(run_dir).state == "running"
 
 
+@pytest.mark.faults
 def test_cancel_mid_run(slurm_cluster, tmp_path, run_root, runs):
     sub = submit(workflow(tmp_path, "tocancel", "  gpus_per_node: 0\n"), run_root, runs)
     assert wait_until(lambda: _running(sub.run_dir), 180), hpcray.logs(sub.run_dir)
@@ -137,6 +138,7 @@ def test_cancel_mid_run(slurm_cluster, tmp_path, run_root, runs):
     assert_nothing_left(sub.run_dir)
 
 
+@pytest.mark.faults
 def test_walltime_warning_signal(slurm_cluster, tmp_path, run_root, runs):
     """The job script asks Slurm for USR2 to the batch shell before the limit
     (--signal=B:USR2@...); scancel delivers exactly that signal now."""

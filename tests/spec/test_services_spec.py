@@ -26,7 +26,7 @@ def test_levels_follow_after():
      "cycle"),
     ("  - {name: a, deployment: noop, after: [a]}\n", "after itself"),
     ("  - {name: LLM, deployment: noop}\n", "not a valid service name"),
-    ("  - {name: a, deployment: noop, replicas: 0}\n", "greater than or equal to 1"),
+    ("  - {name: a, deployment: noop, replicas: 0}\n", "replicas: 0 needs at least one 'remote'"),
     ("  - {name: a, deployment: noop, resources: {gpu: 1}}\n", "unknown key 'gpu'"),
     ("  - {name: a, deployment: noop, resources: {node: n1, nodes: [n2]}}\n", "not both"),
 ])

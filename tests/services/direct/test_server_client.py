@@ -115,6 +115,7 @@ def test_power_of_two_choices_spreads_load(serve_model, client_for):
     assert all(n >= 50 for n in counts.values()), counts
 
 
+@pytest.mark.faults
 def test_a_killed_replica_has_its_requests_retried_elsewhere(model_process, client_for):
     (victim, a1), (_, a2) = model_process("r1"), model_process("r2")
     client = client_for({"r1": a1, "r2": a2})

@@ -1,0 +1,218 @@
+"""Sustained load: NOOP at 80% of its measured maximum throughput for a long time, watching
+errors, p99 per window, and the memory of every process of the run.
+
+    python benchmarks/sustained.py [--minutes 10] [--share 0.8] [--threads 4]
+
+One run on the local site serves NOOP with 2 replicas (direct path) and no driver. This
+process connects as a user's program would, measures the maximum rate with all threads
+sending as fast as they can (10 s), then paces the same threads at `share` of it. Per 10 s
+window it records requests, errors and p99, and the resident memory of every process of the
+run (found by hpcray's teardown marker). Memory growth is measured from the end of the first
+minute (warm-up). Writes benchmarks/results/sustained.{csv,png,txt}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import hpcray  # noqa: E402
+from hpcray.bootstrap.teardown import marked_processes  # noqa: E402
+from hpcray.rundir import read_json  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+WINDOW_S = 10.0
+
+
+def rss_of_run(cluster: str) -> dict[int, int]:
+    out = {}
+    for proc in marked_processes(cluster):
+        try:
+            out[proc.pid] = proc.memory_info().rss
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            continue
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--share", type=float, default=0.8)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+
+    from rich.console import Console
+
+    console = Console(record=True, width=110)
+    with tempfile.TemporaryDirectory(prefix="hpcray-sustained-") as tmp:
+        wf = Path(tmp) / "sustained.yaml"
+        wf.write_text("name: sustained\nallocation: {nodes: 1, walltime: 2h}\n"
+                      "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                      "services:\n  - {name: noop, deployment: noop, replicas: 2,"
+                      " resources: {cpus: 0.25}}\n")
+        sub = hpcray.submit(wf, run_root=Path(tmp) / "runs")
+        try:
+            deadline = time.monotonic() + 240
+            while "services_ready" not in hpcray.status(sub.run_dir).times:
+                if hpcray.status(sub.run_dir).finished or time.monotonic() > deadline:
+                    raise SystemExit(hpcray.logs(sub.run_dir)[-3000:])
+                time.sleep(0.5)
+            cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
+            hpcray.connect(sub.run_dir)
+            handle = hpcray.service("noop")
+            windows = measure(handle, args, cluster, console)
+        finally:
+            hpcray.cancel(sub.run_dir)
+    report(windows, args, console)
+    return 0
+
+
+def measure(handle, args, cluster: str, console) -> list[dict]:
+    stop = threading.Event()
+    lock = threading.Lock()
+    lat: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    errors: list[str] = []
+
+    def fast() -> None:
+        while not stop.is_set():
+            handle.call("echo", 1)
+            with lock:
+                counts["ok"] += 1
+
+    threads = [threading.Thread(target=fast) for _ in range(args.threads)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    with lock:
+        counts["ok"] = 0
+    time.sleep(10)
+    with lock:
+        peak = counts["ok"] / 10
+    stop.set()
+    for t in threads:
+        t.join()
+    rate = peak * args.share
+    console.print(f"maximum {peak:.0f} req/s; sustaining {rate:.0f} req/s for "
+                  f"{args.minutes:g} min with {args.threads} threads")
+    stop.clear()
+    counts.update(ok=0, errors=0)
+    interval = args.threads / rate
+
+    def paced() -> None:
+        nxt = time.monotonic()
+        while not stop.is_set():
+            nxt += interval
+            start = time.perf_counter()
+            try:
+                handle.call("echo", 1, timeout=10)
+                took = time.perf_counter() - start
+                with lock:
+                    counts["ok"] += 1
+                    lat.append(took)
+            except Exception as exc:  # noqa: BLE001 - counted
+                with lock:
+                    counts["errors"] += 1
+                    errors.append(str(exc))
+            pause = nxt - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+
+    threads = [threading.Thread(target=paced) for _ in range(args.threads)]
+    for t in threads:
+        t.start()
+    windows = []
+    end = time.monotonic() + args.minutes * 60
+    try:
+        while time.monotonic() < end:
+            time.sleep(WINDOW_S)
+            with lock:
+                got, lat[:] = sorted(lat), []
+                ok, bad = counts["ok"], counts["errors"]
+                counts.update(ok=0, errors=0)
+            rss = rss_of_run(cluster)
+            windows.append({"t_s": len(windows) * WINDOW_S + WINDOW_S, "req_per_s": ok / WINDOW_S,
+                            "errors": bad, "p50_ms": got[len(got) // 2] * 1e3 if got else None,
+                            "p99_ms": got[int(len(got) * 0.99)] * 1e3 if got else None,
+                            "rss_total_mb": sum(rss.values()) / 2**20, "processes": len(rss),
+                            "rss": rss})
+            w = windows[-1]
+            console.print(f"  {w['t_s']:5.0f} s: {w['req_per_s']:6.0f} req/s, errors {bad}, "
+                          f"p99 {w['p99_ms'] or 0:.2f} ms, run RSS {w['rss_total_mb']:.0f} MB")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        console.print(f"first error: {errors[0]}")
+    return windows
+
+
+def report(windows: list[dict], args, console) -> None:
+    from rich.table import Table
+
+    warm = min(len(windows) - 1, int(60 / WINDOW_S) - 1)
+    base, last = windows[warm]["rss"], windows[-1]["rss"]
+    growth = {pid: (last[pid] - base[pid]) / base[pid] for pid in base if pid in last}
+    worst = max(growth.values()) if growth else 0.0
+    p99 = [w["p99_ms"] for w in windows[warm:] if w["p99_ms"] is not None]
+    errors = sum(w["errors"] for w in windows)
+    table = Table(title=f"Sustained NOOP load, {args.minutes:g} min at {args.share:.0%} of the "
+                        "maximum")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in [
+            ("requests/s (mean)", f"{sum(w['req_per_s'] for w in windows) / len(windows):.0f}"),
+            ("errors", str(errors)),
+            ("p99 after warm-up: min / max (ms)", f"{min(p99):.2f} / {max(p99):.2f}"),
+            ("processes of the run", str(windows[-1]["processes"])),
+            ("run RSS after warm-up / at the end (MB)",
+             f"{windows[warm]['rss_total_mb']:.0f} / {windows[-1]['rss_total_mb']:.0f}"),
+            ("largest growth of one process after warm-up", f"{worst:+.1%}"),
+            ("target", "no errors, p99 stable, every process within 5%")]:
+        table.add_row(name, value)
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "sustained.csv", "w", newline="") as f:
+        fields = [k for k in windows[0] if k != "rss"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: w[k] for k in fields} for w in windows)
+    (RESULTS / "sustained.txt").write_text(console.export_text())
+    plot(windows, RESULTS / "sustained.png")
+    console.print(f"wrote {RESULTS}/sustained.{{csv,png,txt}}")
+
+
+def plot(windows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    t = [w["t_s"] for w in windows]
+    a.plot(t, [w["p99_ms"] for w in windows], label="p99")
+    a.plot(t, [w["p50_ms"] for w in windows], label="p50")
+    a.set_xlabel("s")
+    a.set_ylabel("ms")
+    a.legend()
+    a.set_title("Latency per 10 s window")
+    b.plot(t, [w["rss_total_mb"] for w in windows])
+    b.set_xlabel("s")
+    b.set_ylabel("MB")
+    b.set_title("Resident memory of the run's processes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
