@@ -17,30 +17,35 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 SECRET = "sk-planted-4f1c9e77d0"
 
 
-def _service(remote_url: str, replicas: int, extra: str = "") -> str:
-    local = "    deployment: noop\n    args: {reply: local}\n" if replicas else ""
-    return (f"services:\n  - name: llm\n{local}    replicas: {replicas}\n"
-            "    resources: {cpus: 0.25}\n"
-            f"    remote:\n      - {{url: '{remote_url}', kind: openai, model: noop, "
-            f"name: cloud, api_key_env: HPCRAY_TEST_KEY{extra}}}\n")
+def _remote(url: str, name: str = "cloud") -> str:
+    return (f"    remote:\n      - {{url: '{url}', kind: openai, model: noop, name: {name}, "
+            "api_key_env: HPCRAY_TEST_KEY}\n")
 
 
 def test_local_and_remote_instances_behind_one_handle(tmp_path, run_root, loopback_server,
                                                       monkeypatch):
+    """`llm`: a local NOOP replica and a remote server; `cloud`: the remote server only."""
     server = loopback_server(api_key=SECRET)
     monkeypatch.setenv("HPCRAY_TEST_KEY", SECRET)
-    sub, st = run_beside("remote", tmp_path.name,
-                         f"name: fed\n{ONE_NODE}{_service(server.openai(), 1)}"
-                         "driver:\n  function: drive_remote:main\n"
-                         "  args: {n: 200, stream: true}\n", run_root)
+    sub, st = run_beside(
+        "remote", tmp_path.name,
+        f"name: fed\n{ONE_NODE}services:\n"
+        "  - name: llm\n    deployment: noop\n    args: {reply: local}\n"
+        f"    resources: {{cpus: 0.25}}\n{_remote(server.openai())}"
+        f"  - name: cloud\n    replicas: 0\n{_remote(server.openai())}"
+        "driver:\n  function: drive_remote:main_each\n"
+        "  args: {services: {llm: true, cloud: true}, n: 200}\n", run_root)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
-    got = json.loads((sub.run_dir / "driver-result.json").read_text())
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    got = result["llm"]
     instances = got["by_instance"]
     assert "cloud" in instances and sum(instances.values()) == 200
     assert len(instances) == 2  # the local replica answers under its replica id
     assert "local" in got["texts"] and any(t.startswith("echo: q") for t in got["texts"])
     assert got["many"] == 32
     assert got["streamed"] == "echo: a b"  # the NOOP replica cannot stream: the remote did
+    assert result["cloud"]["by_instance"] == {"cloud": 200}  # no local replica at all
+    assert result["cloud"]["streamed"] == "echo: a b"
     endpoints = json.loads((sub.run_dir / "endpoints.json").read_text())["services"]["llm"]
     assert endpoints["remote"] == [{"name": "cloud", "url": server.openai(), "kind": "openai",
                                     "model": "noop", "api_key_env": "HPCRAY_TEST_KEY"}]
@@ -48,18 +53,6 @@ def test_local_and_remote_instances_behind_one_handle(tmp_path, run_root, loopba
     found = subprocess.run(["grep", "-rl", SECRET, str(sub.run_dir)], capture_output=True,
                            text=True).stdout
     assert found == "", f"the API key leaked into {found}"
-
-
-def test_remote_only_service(tmp_path, run_root, loopback_server, monkeypatch):
-    server = loopback_server(api_key=SECRET)
-    monkeypatch.setenv("HPCRAY_TEST_KEY", SECRET)
-    sub, st = run_beside("remote", tmp_path.name,
-                         f"name: fedr\n{ONE_NODE}{_service(server.openai(), 0)}"
-                         "driver:\n  function: drive_remote:main\n"
-                         "  args: {n: 20, stream: true}\n", run_root)
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
-    got = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert got["by_instance"] == {"cloud": 20} and got["streamed"] == "echo: a b"
 
 
 def test_another_hpcray_runs_http_api_as_a_remote_endpoint(tmp_path, run_root):
@@ -97,7 +90,8 @@ def test_an_unreachable_endpoint_fails_the_run_at_start_naming_it(tmp_path, run_
     monkeypatch.setenv("HPCRAY_TEST_KEY", SECRET)
     sub, st = run_beside("remote", tmp_path.name,
                          f"name: fedx\n{ONE_NODE}"
-                         f"{_service('http://127.0.0.1:9/v1', 1)}"
+                         "services:\n  - name: llm\n    deployment: noop\n"
+                         f"{_remote('http://127.0.0.1:9/v1')}"
                          "driver:\n  function: drive_remote:main\n", run_root)
     assert st.state == "failed"
     assert "remote endpoint 'cloud' (http://127.0.0.1:9/v1)" in st.error

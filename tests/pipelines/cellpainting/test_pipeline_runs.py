@@ -20,24 +20,14 @@ def _driver(function: str, args: dict) -> str:
     return (f"driver:\n  function: {function}\n  args: {json.dumps(args)}\n")
 
 
-def test_preprocessing_streams_every_field_once_and_reads_lazily(tmp_path, run_root):
-    csv = write_plate(tmp_path / "plate", fields_per_dose=6, size=64)
-    sub, st = run_beside("cellpainting", tmp_path.name, f"name: cpstream\n{ONE_NODE}"
-                         + _driver("cp_checks:stream", {"csv": str(csv)}), run_root)
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
-    got = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert got["labels_seen"] == got["labels"]  # every field once per epoch, none dropped
-    assert got["first_loaded"] < got["fields"] == got["loaded"] == 24  # read as needed
-    assert got["shapes"] == [[5, 32, 32]] and got["eval_deterministic"]
-    assert -0.5 < got["range"][0] < got["range"][1] < 2.0
-
-
-def test_the_classification_service_serves_what_the_model_predicts(tmp_path, run_root):
+def test_streaming_preprocessing_and_the_classification_service(tmp_path, run_root):
+    """One run: the preprocessing pool streams every field once per epoch, reading files
+    only as needed; the served classifier predicts what the model predicts offline."""
     from hpcray.pipelines.cellpainting.data import read_fields
     from hpcray.pipelines.cellpainting.model import build_model
     from hpcray.pipelines.cellpainting.preprocess import channel_stats
 
-    csv = write_plate(tmp_path / "plate", fields_per_dose=2, size=64)
+    csv = write_plate(tmp_path / "plate", fields_per_dose=6, size=64)
     model_dir = tmp_path / "model"
     build_model(4, 32, labels=["0", "0.5", "1", "2"]).save_pretrained(model_dir)
     stats = channel_stats(read_fields(csv))
@@ -45,17 +35,23 @@ def test_the_classification_service_serves_what_the_model_predicts(tmp_path, run
             "resize": 48, "crop": 32}
     sub, st = run_beside(
         "cellpainting", tmp_path.name,
-        f"name: cpserve\n{ONE_NODE}services:\n  - name: classifier\n"
+        f"name: cpchecks\n{ONE_NODE}services:\n  - name: classifier\n"
         "    deployment: hpcray.pipelines.cellpainting.service:DoseClassifier\n"
         f"    args: {json.dumps(args)}\n    resources: {{cpus: 0.5}}\n"
-        + _driver("cp_checks:classify", {"csv": str(csv), **{k: args[k] for k in
-                                                              ("model_dir", "low", "high")}}),
+        + _driver("cp_checks:stream_and_classify",
+                  {"csv": str(csv), **{k: args[k] for k in ("model_dir", "low", "high")}}),
         run_root)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
-    got = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert got["served"] == got["offline"] and len(got["served"]) == 6
-    assert "'files' needs 5 paths" in got["error"]
-    assert got["replica"] and abs(sum(got["probabilities"][0]) - 1) < 1e-3
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    got = result["stream"]
+    assert got["labels_seen"] == got["labels"]  # every field once per epoch, none dropped
+    assert got["first_loaded"] < got["fields"] == got["loaded"] == 24  # read as needed
+    assert got["shapes"] == [[5, 32, 32]] and got["eval_deterministic"]
+    assert -0.5 < got["range"][0] < got["range"][1] < 2.0
+    served = result["classify"]
+    assert served["served"] == served["offline"] and len(served["served"]) == 6
+    assert "'files' needs 5 paths" in served["error"]
+    assert served["replica"] and abs(sum(served["probabilities"][0]) - 1) < 1e-3
 
 
 def _pipeline(tmp_path: Path, storage: Path | None = None, epochs: int = 2,
