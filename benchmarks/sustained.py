@@ -32,11 +32,19 @@ RESULTS = REPO / "benchmarks" / "results"
 WINDOW_S = 10.0
 
 
+NAMES: dict[int, str] = {}
+
+
 def rss_of_run(cluster: str) -> dict[int, int]:
     out = {}
     for proc in marked_processes(cluster):
         try:
             out[proc.pid] = proc.memory_info().rss
+            if proc.pid not in NAMES:
+                name = proc.name()  # raylet, gcs_server, ray::ServeReplica:...
+                if name.startswith("python"):
+                    name = " ".join(Path(a).name for a in proc.cmdline()[1:3])
+                NAMES[proc.pid] = name[:60]
         except Exception:  # noqa: BLE001 - gone meanwhile
             continue
     return out
@@ -164,6 +172,7 @@ def report(windows: list[dict], args, console) -> None:
     base, last = windows[warm]["rss"], windows[-1]["rss"]
     growth = {pid: (last[pid] - base[pid]) / base[pid] for pid in base if pid in last}
     worst = max(growth.values()) if growth else 0.0
+    grower = max(growth, key=growth.get) if growth else None
     p99 = [w["p99_ms"] for w in windows[warm:] if w["p99_ms"] is not None]
     errors = sum(w["errors"] for w in windows)
     table = Table(title=f"Sustained NOOP load, {args.minutes:g} min at {args.share:.0%} of the "
@@ -177,7 +186,8 @@ def report(windows: list[dict], args, console) -> None:
             ("processes of the run", str(windows[-1]["processes"])),
             ("run RSS after warm-up / at the end (MB)",
              f"{windows[warm]['rss_total_mb']:.0f} / {windows[-1]['rss_total_mb']:.0f}"),
-            ("largest growth of one process after warm-up", f"{worst:+.1%}"),
+            ("largest growth of one process after warm-up",
+             f"{worst:+.1%} ({NAMES.get(grower, grower)})"),
             ("target", "no errors, p99 stable, every process within 5%")]:
         table.add_row(name, value)
     console.print(table)
