@@ -13,7 +13,6 @@ Writes benchmarks/results/cellpainting.{csv,png,txt}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -23,9 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import hpcray  # noqa: E402
+from benchmarks.results_io import pyplot, save  # noqa: E402
 from hpcray.pipelines.cellpainting.synthetic import write_plate  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def _run(work: Path, name: str, driver: str) -> Path:
@@ -88,25 +86,15 @@ def main() -> int:
     console.print(table)
     console.print(f"{args.workers} preprocessing actors, {args.concurrent} trainers, batch "
                   f"{args.batch_size}, 48x48 crops. Target: delivered >= 1.1x consumed.")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     record = {**data, "ratio": ratio, "trials": len(summary["trials"]),
               "search_s": summary["search_s"], "trials_per_hour": trials_per_hour,
               "test_accuracy": summary["test_accuracy"]}
-    with open(RESULTS / "cellpainting.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(record))
-        writer.writeheader()
-        writer.writerow(record)
-    plot(data, RESULTS / "cellpainting.png")
-    (RESULTS / "cellpainting.txt").write_text(console.export_text())
-    console.print(f"wrote {RESULTS}/cellpainting.{{csv,png,txt}}")
+    save("cellpainting", [record], console, lambda path: plot(data, path))
     return 0
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = ["preprocessing\ndelivers", "training\nconsumes", "training fed\nby the stream"]

@@ -12,7 +12,6 @@ benchmarks/results/inference.{csv,png,txt}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -24,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import hpcray  # noqa: E402
+from benchmarks.results_io import pyplot, save  # noqa: E402
 from tests.remote.site import free_port  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 HEAD = "allocation: {nodes: 1, walltime: 30m}\nray: {object_store_memory: 200000000}\n"
 
 
@@ -110,22 +109,12 @@ def main() -> int:
     console.print("local: a replica over the direct path (server-reported split); remote: site "
                   f"A's /v1 behind {args.one_way_ms} ms each way (split estimated from the "
                   "probe round trip; an OpenAI-compatible server reports no timing)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "inference.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (RESULTS / "inference.txt").write_text(console.export_text())
-    plot(rows, RESULTS / "inference.png")
-    console.print(f"wrote {RESULTS}/inference.{{csv,png,txt}}")
+    save("inference", rows, console, lambda path: plot(rows, path))
     return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     names = [r["served"] for r in rows]

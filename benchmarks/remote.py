@@ -13,7 +13,6 @@ service with remote endpoints. Writes benchmarks/results/remote.{csv,png,txt}.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import threading
@@ -25,11 +24,11 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from benchmarks.results_io import pyplot, save  # noqa: E402
 from hpcray.remote.federation import Federation, Instance  # noqa: E402
 from hpcray.remote.openai import OpenAIEndpoint  # noqa: E402
 from tests.remote.site import loopback_servers, remote_site  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 BODY = {"model": "noop", "prompt": "hello", "max_tokens": 4}
 
 
@@ -182,22 +181,12 @@ def main() -> int:
                   f"{cut['answered']}, failed explicitly {cut['failed']}, lost {cut['lost']}; "
                   f"remote serving again {back:.2f} s after the link came back (probe period "
                   f"{cut['probe_s']} s)" if back is not None else "remote never came back")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "remote.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (RESULTS / "remote.txt").write_text(console.export_text())
-    plot(rows, RESULTS / "remote.png")
-    console.print(f"wrote {RESULTS}/remote.{{csv,png,txt}}")
+    save("remote", rows, console, lambda path: plot(rows, path))
     return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in ("local", "remote", "mixed"):

@@ -14,7 +14,6 @@ Writes benchmarks/results/stages.{csv,png,txt}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -25,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import hpcray  # noqa: E402
+from benchmarks.results_io import pyplot, save  # noqa: E402
 from hpcray.stages.records import read_attempts  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 CPUS = 0.25
 
 
@@ -100,22 +99,12 @@ def main() -> int:
                       f"{r['ratio']:.2f}x", f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}")
     console.print(table)
     console.print("target: per-task overhead at most 1.2x plain Ray's")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "stages.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, RESULTS / "stages.png")
-    (RESULTS / "stages.txt").write_text(console.export_text())
-    console.print(f"wrote {RESULTS}/stages.{{csv,png,txt}}")
+    save("stages", rows, console, lambda path: plot(rows, path))
     return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4))
     labels = [f"{r['kind']}\n{r['nodes']} node(s)" for r in rows]

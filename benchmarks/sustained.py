@@ -14,7 +14,6 @@ minute (warm-up). Writes benchmarks/results/sustained.{csv,png,txt}.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import threading
@@ -25,10 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import hpcray  # noqa: E402
+from benchmarks.results_io import pyplot, save  # noqa: E402
 from hpcray.bootstrap.teardown import marked_processes  # noqa: E402
 from hpcray.rundir import read_json  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 WINDOW_S = 10.0
 
 
@@ -191,22 +190,13 @@ def report(windows: list[dict], args, console) -> None:
             ("target", "no errors, p99 stable, every process within 5%")]:
         table.add_row(name, value)
     console.print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "sustained.csv", "w", newline="") as f:
-        fields = [k for k in windows[0] if k != "rss"]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: w[k] for k in fields} for w in windows)
-    (RESULTS / "sustained.txt").write_text(console.export_text())
-    plot(windows, RESULTS / "sustained.png")
-    console.print(f"wrote {RESULTS}/sustained.{{csv,png,txt}}")
+    fields = [k for k in windows[0] if k != "rss"]
+    save("sustained", [{k: w[k] for k in fields} for w in windows], console,
+         lambda path: plot(windows, path))
 
 
 def plot(windows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     t = [w["t_s"] for w in windows]

@@ -1,0 +1,33 @@
+"""What every benchmark does with its results: a CSV of its rows, the printed table as text,
+and a PNG drawn with matplotlib's file-only backend, all under benchmarks/results/."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on compute nodes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(name: str, rows: list[dict[str, Any]], console, draw: Callable[[Path], None]) -> None:
+    """<name>.csv (the rows), <name>.png (`draw(path)`), <name>.txt (what `console` printed)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    draw(RESULTS / f"{name}.png")
+    (RESULTS / f"{name}.txt").write_text(console.export_text())
+    console.print(f"wrote {RESULTS}/{name}.{{csv,png,txt}}")
