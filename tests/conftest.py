@@ -60,13 +60,28 @@ def run_beside(fixture_dir: str, stem: str, text: str, run_root, timeout: float 
                **submit_options):
     """submit_beside, then wait for the run's end and check that no process of it is left."""
     import hpcray
-    from hpcray.rundir import read_json
 
     sub = submit_beside(fixture_dir, stem, text, run_root, **submit_options)
     st = hpcray.wait(sub.run_dir, timeout=timeout)
-    cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
-    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+    assert_nothing_left_of(sub.run_dir)
     return sub, st
+
+
+def finish_told(run_dir: Path, marker: str, timeout: float = 120):
+    """Tell a driver that waits for <run>/<marker> to end (tests/fixtures drivers), then wait
+    for the run's end; returns its final status."""
+    import hpcray
+
+    (run_dir / marker).write_text("")
+    return hpcray.wait(run_dir, timeout=timeout)
+
+
+def assert_nothing_left_of(run_dir: Path) -> None:
+    """No process of the run is left (found by hpcray's teardown marker) within 30 s."""
+    from hpcray.rundir import read_json
+
+    cluster = read_json(run_dir / "run.json").get("cluster_id")
+    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:

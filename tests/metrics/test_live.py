@@ -12,8 +12,13 @@ from rich.console import Console
 
 import hpcray
 from hpcray.metrics.live import render
-from hpcray.rundir import read_json
-from tests.conftest import ONE_NODE, ray_processes, submit_beside, wait_until
+from tests.conftest import (
+    ONE_NODE,
+    assert_nothing_left_of,
+    finish_told,
+    submit_beside,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,11 +52,9 @@ def test_status_shows_request_rates_and_node_usage_while_running(tmp_path, run_r
         data = json.loads(out)
         assert data["services"][0]["served"] > 0 and "cpu_percent" in data["nodes"][0]["usage"]
     finally:
-        (sub.run_dir / "enough").write_text("")
-        st = hpcray.wait(sub.run_dir, timeout=120)
+        st = finish_told(sub.run_dir, "enough")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
-    cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
-    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+    assert_nothing_left_of(sub.run_dir)
     # stopped replicas take their rate files with them; a finished run shows no usage
     assert hpcray.status(sub.run_dir).services[0].served == 0
     assert all(n.usage is None for n in hpcray.status(sub.run_dir).nodes)

@@ -14,14 +14,15 @@ import subprocess
 import pytest
 
 import hpcray
-from tests.conftest import ONE_NODE, ray_processes, run_beside, submit_beside, wait_until
+from tests.conftest import (
+    ONE_NODE,
+    assert_nothing_left_of,
+    run_beside,
+    submit_beside,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(300)]
-
-
-def _nothing_left(run_dir) -> None:
-    cluster = json.loads((run_dir / "run.json").read_text())["cluster_id"]
-    assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
 
 
 def test_a_killed_driver_fails_the_run_naming_the_signal(tmp_path, run_root):
@@ -33,7 +34,7 @@ def test_a_killed_driver_fails_the_run_naming_the_signal(tmp_path, run_root):
     os.kill(json.loads((sub.run_dir / "run.json").read_text())["driver_pid"], signal.SIGKILL)
     st = hpcray.wait(sub.run_dir, timeout=120)
     assert st.state == "failed" and st.error.startswith("driver killed by SIGKILL"), st.error
-    _nothing_left(sub.run_dir)
+    assert_nothing_left_of(sub.run_dir)
 
 
 @pytest.fixture

@@ -11,7 +11,13 @@ import sys
 import pytest
 
 import hpcray
-from tests.conftest import ONE_NODE, ray_processes, submit_beside, wait_until
+from tests.conftest import (
+    ONE_NODE,
+    assert_nothing_left_of,
+    finish_told,
+    submit_beside,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -54,8 +60,6 @@ def test_run_files_are_private_and_ray_refuses_clients_without_the_token(tmp_pat
             text = refused.stderr.lower()
             assert "auth" in text or "token" in text or "unauthenticated" in text, text[-800:]
     finally:
-        (sub.run_dir / "done").write_text("")
-        st = hpcray.wait(sub.run_dir, timeout=120)
+        st = finish_told(sub.run_dir, "done")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
-    cluster = json.loads((sub.run_dir / "run.json").read_text())["cluster_id"]
-    assert wait_until(lambda: not ray_processes(cluster), 30)
+    assert_nothing_left_of(sub.run_dir)

@@ -58,7 +58,7 @@ def test_local_and_remote_instances_behind_one_handle(tmp_path, run_root, loopba
 def test_another_hpcray_runs_http_api_as_a_remote_endpoint(tmp_path, run_root):
     """Site A: a run serving NOOP over its OpenAI-compatible HTTP API. Site B: a run whose
     service has no local replica, only A as a remote endpoint."""
-    from tests.conftest import ray_processes, submit_beside, wait_until
+    from tests.conftest import assert_nothing_left_of, finish_told, submit_beside, wait_until
 
     a = submit_beside("remote", f"site-a-{tmp_path.name}",
                       f"name: sitea\n{ONE_NODE}services:\n"
@@ -78,11 +78,9 @@ def test_another_hpcray_runs_http_api_as_a_remote_endpoint(tmp_path, run_root):
         got = json.loads((sub.run_dir / "driver-result.json").read_text())
         assert got["by_instance"] == {"site-a": 30} and got["texts"] == ["from-a"]
     finally:
-        (a.run_dir / "done").write_text("")
-        final = hpcray.wait(a.run_dir, timeout=120)
+        final = finish_told(a.run_dir, "done")
     assert final.state == "completed", hpcray.logs(a.run_dir)
-    cluster = json.loads((a.run_dir / "run.json").read_text())["cluster_id"]
-    assert wait_until(lambda: not ray_processes(cluster), 30)
+    assert_nothing_left_of(a.run_dir)
 
 
 def test_an_unreachable_endpoint_fails_the_run_at_start_naming_it(tmp_path, run_root,
