@@ -173,6 +173,13 @@ def report(windows: list[dict], args, console) -> None:
     worst = max(growth.values()) if growth else 0.0
     grower = max(growth, key=growth.get) if growth else None
     p99 = [w["p99_ms"] for w in windows[warm:] if w["p99_ms"] is not None]
+    # a leak keeps growing; an allocator settling grows early and then stops
+    series = [w["rss"].get(grower, 0) / 2**20 for w in windows[warm:]]
+    mid = len(series) // 2
+    halves = (f"{series[mid] - series[0]:+.1f} / {series[-1] - series[mid]:+.1f}"
+              if grower is not None and len(series) > 2 else "-")
+    for w in windows:
+        w["grower_rss_mb"] = w["rss"].get(grower, 0) / 2**20 if grower is not None else None
     errors = sum(w["errors"] for w in windows)
     table = Table(title=f"Sustained NOOP load, {args.minutes:g} min at {args.share:.0%} of the "
                         "maximum")
@@ -186,7 +193,9 @@ def report(windows: list[dict], args, console) -> None:
             ("run RSS after warm-up / at the end (MB)",
              f"{windows[warm]['rss_total_mb']:.0f} / {windows[-1]['rss_total_mb']:.0f}"),
             ("largest growth of one process after warm-up",
-             f"{worst:+.1%} ({NAMES.get(grower, grower)})"),
+             f"{worst:+.1%} ({NAMES.get(grower, grower)}, "
+             f"{base.get(grower, 0) / 2**20:.1f} -> {last.get(grower, 0) / 2**20:.1f} MB)"),
+            ("its growth in the first / second half after warm-up (MB)", halves),
             ("target", "no errors, p99 stable, every process within 5%")]:
         table.add_row(name, value)
     console.print(table)

@@ -28,6 +28,7 @@ from hpcray.errors import BootstrapError, HpcrayError
 from hpcray.launchers import LaunchRequest, get_launcher
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.schedulers import AllocationInfo, get_scheduler
+from hpcray.services.http_access import TOKEN_FILE_ENV, HttpAccess
 from hpcray.sites import SiteProfile
 from hpcray.spec import Workflow
 
@@ -76,6 +77,7 @@ class ClusterUp:
         self.driver_tail: deque[bytes] = deque(maxlen=20)
         self.plan: ClusterPlan | None = None
         self.services = None
+        self.ray_node_ids: dict[str, str] = {}  # node name -> Ray NodeID, set as nodes join
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self, timer: bool = True) -> None:
@@ -202,6 +204,7 @@ class ClusterUp:
                     if res in expected and expected[res] not in joined:
                         name = expected[res]
                         joined[name] = time.time()
+                        self.ray_node_ids[name] = node["NodeID"]
                         log.info("node %s joined (%d/%d)", name, len(joined), len(expected))
                         self.run.update(nodes={name: {"joined": joined[name]}},
                                         nodes_joined=len(joined))
@@ -233,8 +236,8 @@ class ClusterUp:
         for path in reversed(self.code_paths()):
             if path not in sys.path:
                 sys.path.insert(0, path)
-        http = (head["ip"], head["serve_http_port"]) if self.workflow.endpoints.http else None
-        self.services = ServiceManager(self.workflow.services, self.run, http=http)
+        self.services = ServiceManager(self.workflow.services, self.run,
+                                       http=self.http_access(head))
         try:
             self.services.start()
         except (ServiceError, HpcrayError) as exc:
@@ -248,6 +251,25 @@ class ClusterUp:
             self.env["HPCRAY_OPENAI_BASE_URL"] = endpoints["openai"]
         self.env["HPCRAY_ENDPOINTS"] = str(self.run.path / "endpoints.json")
         self.run.mark("services_ready")
+
+    def http_access(self, head: dict[str, Any]) -> HttpAccess | None:
+        """Where the HTTP API listens and, with endpoints.token, the run's bearer token (a
+        0600 file beside the Ray token; processes of the run are told its path, not it)."""
+        endpoints = self.workflow.endpoints
+        if not endpoints.http:
+            return None
+        token = token_file = None
+        if endpoints.token:
+            path = create_token(self.run.token.with_name("http-token"))
+            token, token_file = path.read_text().strip(), str(path)
+            self.env[TOKEN_FILE_ENV] = token_file
+        access = HttpAccess.for_head(endpoints.listen, head["ip"], head["serve_http_port"],
+                                     token, token_file)
+        if endpoints.listen == "any":
+            log.warning("HTTP API on every interface of the head node, port %s "
+                        "(endpoints.listen: any); a bearer token is required",
+                        head["serve_http_port"])
+        return access
 
     # -- stages ----------------------------------------------------------------------------
     def run_stages(self) -> None:
@@ -272,26 +294,52 @@ class ClusterUp:
         (Ray retries its tasks elsewhere; the driver sees failures it cannot recover); losing
         the head loses the cluster, so the run stops as failed."""
 
+        lost: set[str] = set()
+
+        def mark_lost(node: NodePlan, reason: str) -> None:
+            lost.add(node.name)
+            log.error("node %s left the cluster: %s\n%s", node.name, reason,
+                      tail(self.run.node_log(node.name), 5))
+            self.run.update(nodes={node.name: {"lost": time.time(), "lost_reason": reason}},
+                            nodes_lost=sorted(lost))
+            if node.index == 0:
+                self.stop.set(f"head node {node.name} lost")
+
         def watch() -> None:
-            lost: set[str] = set()
             while not self.stop.event.wait(interval) and not self.run.stop_file.exists():
+                dead_in_ray = self._dead_in_ray()
                 for node in plan.nodes:
-                    state = read_json(self.run.node_state_file(node.name), {})
-                    if node.name in lost or state.get("state") not in ("failed", "stopped"):
+                    if node.name in lost:
                         continue
-                    lost.add(node.name)
-                    reason = state.get("error") or state.get("reason") or "agent stopped"
-                    log.error("node %s left the cluster: %s\n%s", node.name, reason,
-                              tail(self.run.node_log(node.name), 5))
-                    self.run.update(nodes={node.name: {"lost": time.time(),
-                                                       "lost_reason": reason}},
-                                    nodes_lost=sorted(lost))
-                    if node.index == 0:
-                        self.stop.set(f"head node {node.name} lost")
+                    state = read_json(self.run.node_state_file(node.name), {})
+                    if state.get("state") in ("failed", "stopped"):
+                        mark_lost(node, state.get("error") or state.get("reason")
+                                  or "agent stopped")
+                    elif node.name in dead_in_ray:  # killed outright: no agent left to say so
+                        mark_lost(node, dead_in_ray[node.name])
 
         thread = threading.Thread(target=watch, name="hpcray-node-watch", daemon=True)
         thread.start()
         return thread
+
+    def _dead_in_ray(self) -> dict[str, str]:
+        """Nodes of this run that Ray's control store has marked dead, with Ray's reason."""
+        if not self.ray_node_ids:
+            return {}
+        import ray
+
+        try:
+            table = {n["NodeID"]: n for n in ray.nodes()}
+        except Exception as exc:  # noqa: BLE001 - the head itself may be going; its agent says
+            log.debug("cannot read Ray's node table: %s", exc)
+            return {}
+        dead = {}
+        for name, node_id in self.ray_node_ids.items():
+            entry = table.get(node_id)
+            if entry is not None and not entry.get("Alive", True):
+                why = entry.get("DeathReasonMessage") or "no reason given"
+                dead[name] = f"Ray marked the node dead ({why})"
+        return dead
 
     # -- driver ----------------------------------------------------------------------------
     def driver_command(self) -> list[str] | None:

@@ -135,7 +135,7 @@ class ServiceHandle:
         try:
             out = self._handle.handle.remote(request).result(timeout_s=timeout)
         except Exception as exc:  # noqa: BLE001 - re-raised as the service's own error
-            raise _unwrap(exc) from None
+            raise _unwrap(exc, self.name, request["id"]) from None
         return Response(round_trip_s=time.perf_counter() - start, **out)
 
     def call_many(self, method: str, payloads: list[Any], *, window: int = 64,
@@ -154,11 +154,11 @@ class ServiceHandle:
             t0 = time.perf_counter()
             refs = [self._handle.handle.remote(self._request(method, p, None))
                     for p in payloads[start:start + window]]
-            for ref in refs:
+            for payload_index, ref in enumerate(refs, start):
                 try:
                     out = ref.result(timeout_s=timeout)
                 except Exception as exc:  # noqa: BLE001
-                    raise _unwrap(exc) from None
+                    raise _unwrap(exc, self.name, f"#{payload_index} of call_many") from None
                 responses.append(Response(round_trip_s=time.perf_counter() - t0, **out))
         return responses
 
@@ -175,7 +175,7 @@ class ServiceHandle:
         try:
             out = await self._handle.handle.remote(request)
         except Exception as exc:  # noqa: BLE001 - re-raised as the service's own error
-            raise _unwrap(exc) from None
+            raise _unwrap(exc, self.name, request["id"]) from None
         return Response(round_trip_s=time.perf_counter() - start, **out)
 
     def close(self) -> None:
@@ -200,7 +200,7 @@ class ServiceHandle:
             for chunk in self._handle.options(stream=True).handle_stream.remote(request):
                 yield chunk["delta"]
         except Exception as exc:  # noqa: BLE001 - re-raised as the service's own error
-            raise _unwrap(exc) from None
+            raise _unwrap(exc, self.name, request["id"]) from None
 
     def generate(self, prompt: str, *, stream: bool = False, **params: Any):
         if stream:
@@ -225,13 +225,23 @@ class ServiceHandle:
         return await self.acall("embed", {"texts": texts})
 
 
-def _unwrap(exc: Exception) -> Exception:
-    """A request the service refused surfaces as its ServiceRequestError, not Ray's wrapper."""
+def _unwrap(exc: Exception, service: str | None = None, request_id: str | None = None
+            ) -> Exception:
+    """A request the service refused surfaces as its ServiceRequestError, not Ray's wrapper;
+    one whose replica died (Serve path) as ReplicaLost naming the service and the request,
+    as on the direct path. Serve does not resend it: the method may not be idempotent."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    from hpcray.services.direct.client import ReplicaLost
     from hpcray.services.replica import ServiceRequestError
 
     cause = getattr(exc, "cause", None)
     if isinstance(cause, ServiceRequestError):
         return ServiceRequestError(str(cause))
+    if isinstance(exc, (RayActorError, ActorUnavailableError)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ReplicaLost(f"service {service!r}: the replica serving request {request_id} "
+                           f"was lost ({type(exc).__name__}: {first[:300]})")
     return exc
 
 

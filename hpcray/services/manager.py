@@ -15,6 +15,7 @@ from hpcray.bootstrap.network import host_port
 from hpcray.bootstrap.placement import bundle, ray_options, unplaceable
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.services.http_access import HttpAccess
 from hpcray.services.registry import check_args, load_class, target_of
 from hpcray.spec.services import ServiceSpec, check_service_graph
 
@@ -65,10 +66,10 @@ def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
 
 class ServiceManager:
     def __init__(self, services: list[ServiceSpec], run: RunDir | None = None,
-                 http: tuple[str, int] | None = None) -> None:
+                 http: HttpAccess | None = None) -> None:
         self.levels = check_service_graph(services)
         self.run = run
-        self.http = http  # (host, port) of Serve's HTTP proxy on the head, or None
+        self.http = http  # where Serve's HTTP proxy on the head listens, or None
         self.records = {s.name: ServiceRecord(s.name) for s in services}
         self.specs = {s.name: s for s in services}
         self.directory = None
@@ -93,8 +94,9 @@ class ServiceManager:
             options["placement_group_bundles"] = [bundle(res)]
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
+        token = self.http.token_sha256 if self.http else None
         return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name,
-                                                             spec.transport)
+                                                             spec.transport, token)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> dict[str, ServiceRecord]:
@@ -104,9 +106,8 @@ class ServiceManager:
         from ray.serve.config import ProxyLocation
 
         if self.http:
-            host, port = self.http
             serve.start(proxy_location=ProxyLocation.HeadOnly,
-                        http_options={"host": host, "port": port})
+                        http_options={"host": self.http.bind, "port": self.http.port})
         else:
             serve.start(proxy_location=ProxyLocation.Disabled)
         nodes = ray.nodes()
@@ -159,7 +160,8 @@ class ServiceManager:
 
         from hpcray.services.openai_api import OpenAIIngress
 
-        serve.run(OpenAIIngress.bind(list(self.records)), name=OPENAI_APP, route_prefix="/v1")
+        serve.run(OpenAIIngress.bind(list(self.records), self.http.token_sha256),
+                  name=OPENAI_APP, route_prefix="/v1")
         log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _probe_remote(self, spec: ServiceSpec) -> None:
@@ -283,7 +285,7 @@ class ServiceManager:
         self._save()
 
     def _url(self, path: str) -> str | None:
-        return f"http://{host_port(*self.http)}/{path}" if self.http else None
+        return f"http://{host_port(self.http.host, self.http.port)}/{path}" if self.http else None
 
     @property
     def openai_url(self) -> str | None:
@@ -314,7 +316,9 @@ class ServiceManager:
                                     "model": r.model, "api_key_env": r.api_key_env}
                                    for r in self.specs[name].remote]
             out[name] = entry
-        return {"services": out, "openai": self.openai_url}
+        auth = ({"scheme": "Bearer", "token_file": self.http.token_file}
+                if self.http and self.http.token_sha256 else None)
+        return {"services": out, "openai": self.openai_url, "http_auth": auth}
 
     def stop(self, shutdown: bool = True) -> None:
         """Delete this manager's applications; with `shutdown`, Serve too (the run's end). A

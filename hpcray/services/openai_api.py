@@ -8,16 +8,22 @@ service's own refusal, e.g. a prompt longer than the context), never a 500 or a 
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from hpcray.services.http_access import authorized, refusal
 from hpcray.services.manager import app_name
 
 app = FastAPI(title="hpcray services (OpenAI-compatible)")
+# Declared in the OpenAPI description; enforced only when the run has a token (endpoints.token).
+bearer = HTTPBearer(auto_error=False, description="the run's secrets/http-token, when "
+                    "endpoints.token is on")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
 class Message(BaseModel):
@@ -74,8 +80,17 @@ def _params(req: ChatRequest | CompletionRequest) -> dict[str, Any]:
 @serve.deployment(name="openai", num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class OpenAIIngress:
-    def __init__(self, services: list[str]) -> None:
+    def __init__(self, services: list[str], token_sha256: str | None = None) -> None:
         self.services = services
+        self.token_sha256 = token_sha256
+        # this run's OpenAPI description says which models exist: clients and fuzzers see it
+        for body in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
+            schema = app.openapi()["components"]["schemas"][body]["properties"]["model"]
+            schema["enum"] = list(services)
+
+    def _refused(self, credentials: Credentials) -> JSONResponse | None:
+        header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+        return None if authorized(header, self.token_sha256) else refusal()
 
     def _handle(self, model: str):
         if model not in self.services:
@@ -83,7 +98,9 @@ class OpenAIIngress:
         return serve.get_app_handle(app_name(model))
 
     @app.get("/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, credentials: Credentials):
+        if refused := self._refused(credentials):
+            return refused
         return {"object": "list", "data": [{"id": s, "object": "model", "created": 0,
                                             "owned_by": "hpcray"} for s in self.services]}
 
@@ -145,17 +162,25 @@ class OpenAIIngress:
         yield "data: [DONE]\n\n"
 
     @app.post("/chat/completions")
-    async def chat(self, req: ChatRequest):
+    async def chat(self, req: ChatRequest, credentials: Credentials):
+        if refused := self._refused(credentials):
+            return refused
         payload = {"messages": [m.model_dump() for m in req.messages], **_params(req)}
         return await self._generate(req, "chat", payload, "chat")
 
     @app.post("/completions")
-    async def completions(self, req: CompletionRequest):
+    async def completions(self, req: CompletionRequest,
+                          credentials: Credentials):
+        if refused := self._refused(credentials):
+            return refused
         return await self._generate(req, "generate", {"prompt": req.prompt, **_params(req)},
                                     "completion")
 
     @app.post("/embeddings")
-    async def embeddings(self, req: EmbeddingRequest):
+    async def embeddings(self, req: EmbeddingRequest,
+                         credentials: Credentials):
+        if refused := self._refused(credentials):
+            return refused
         handle = self._handle(req.model)
         if handle is None:
             return _error(404, f"no service named {req.model!r}", "model")

@@ -11,6 +11,7 @@ from typing import Any
 
 from hpcray.bootstrap.teardown import MARKER
 from hpcray.metrics.usage import RUN_DIR_ENV, RequestCounter
+from hpcray.services.http_access import authorized, refusal
 
 
 class ServiceRequestError(ValueError):
@@ -19,13 +20,14 @@ class ServiceRequestError(ValueError):
 
 class ReplicaHost:
     def __init__(self, target: str, args: dict[str, Any], service: str,
-                 transport: str = "serve") -> None:
+                 transport: str = "serve", http_token_sha256: str | None = None) -> None:
         self.created = time.time()  # the replica's process runs: end of BT launch
         from ray import serve
 
         from hpcray.services.registry import load_class
 
         self.service = service
+        self.http_token_sha256 = http_token_sha256
         self.obj = load_class(target)(**args)
         self.ready = time.time()  # the user's constructor returned: end of BT init
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -126,6 +128,8 @@ class ReplicaHost:
         message, never a dropped connection."""
         from starlette.responses import JSONResponse
 
+        if not authorized(http_request.headers.get("authorization"), self.http_token_sha256):
+            return refusal()
         try:
             body = await http_request.json()
         except ValueError:

@@ -132,10 +132,25 @@ class RaySpec(StrictModel):
 
 
 class EndpointsSpec(StrictModel):
-    """How services are published besides the handle inside Ray."""
+    """How services are published besides the handle inside Ray. The HTTP API is private to
+    the allocation by default; reaching it from further away is the user's explicit choice,
+    and then only with a bearer token."""
 
-    http: bool = Field(True, description="HTTP on the head's address (allocation network or "
-                       "loopback), never all interfaces: POST /<service>.")
+    http: bool = Field(True, description="HTTP: POST /<service> and the OpenAI-compatible "
+                       "API under /v1.")
+    listen: Literal["head", "loopback", "any"] = Field(
+        "head", description="Where HTTP listens: the head's address on the allocation network "
+        "(head), 127.0.0.1 on the head node (loopback), or every interface (any: needs token).")
+    token: bool = Field(False, description="Every HTTP request must carry 'Authorization: "
+                        "Bearer <token>'; the token is made per run, in <run>/secrets/http-token "
+                        "(0600), and named in endpoints.json and HPCRAY_HTTP_TOKEN_FILE.")
+
+    @model_validator(mode="after")
+    def _any_needs_token(self) -> EndpointsSpec:
+        if self.http and self.listen == "any" and not self.token:
+            raise ValueError("listen: any opens the services beyond the allocation's network; "
+                             "set token: true as well")
+        return self
 
 
 class DriverSpec(StrictModel):

@@ -87,6 +87,7 @@ class StageRunner:
         self.base = base
         self.env = dict(env or {})
         self.stop = stop or threading.Event()
+        self._node_names: dict[str, str] = {}  # Ray NodeID -> node name, taken at the start
         self.log = AttemptLog(run.path / "stages")
         self.inflight: dict[Any, _Task] = {}
         self._last_save = 0.0
@@ -286,7 +287,8 @@ class StageRunner:
             stage=task.stage, index=task.index, attempt=task.attempt,
             item=repr(task.item)[:200], state=state, submitted=task.submitted,
             started=result.get("started"), ended=result.get("ended"), finished=time.time(),
-            node=result.get("node"), hosts=result.get("hosts"), pid=result.get("pid"),
+            node=result.get("node") or self._node_named(result), hosts=result.get("hosts"),
+            pid=result.get("pid"),
             resources=self._resources(spec),
             exit_code=result.get("exit_code"), error=result.get("error"),
             detail=result.get("traceback") or result.get("stderr_tail"), command=task.command,
@@ -314,12 +316,28 @@ class StageRunner:
             + (f"\n  on node {attempt.node}" if attempt.node else "")
             + (f"\n  {detail[-1500:]}" if detail else ""))
 
+    def _node_named(self, result: dict[str, Any]) -> str | None:
+        """For a task lost with its node: the node, from the NodeID in Ray's error. The map
+        was taken while every node was alive (Ray may list a dead node without resources)."""
+        if not result.get("lost") or not result.get("error"):
+            return None
+        from hpcray.stages.tasks import node_named_in, node_names_by_id
+
+        name = node_named_in(result["error"], self._node_names)
+        if name is None and "node ID" in result["error"]:
+            self._node_names.update(node_names_by_id())
+            name = node_named_in(result["error"], self._node_names)
+        return name
+
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, dict[str, Any]]:
         """Run every stage to the end; raises StageError for a task that failed for good."""
         import ray
 
+        from hpcray.stages.tasks import node_names_by_id
+
         self._check_fits()
+        self._node_names = node_names_by_id()
         self.rundir.mark("stages_start")
         try:
             while not all(st.finished for st in self.stages.values()):

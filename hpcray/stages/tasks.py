@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import subprocess
@@ -175,18 +176,35 @@ def _tail(path: str) -> str:
     return data.decode(errors="replace")
 
 
-def placed_hosts(pg: Any) -> list[str]:
-    """The hpcray node names of a placement group's bundles, in bundle order."""
+def node_names_by_id() -> dict[str, str]:
+    """Ray NodeID -> hpcray node name, for the nodes Ray lists with their resources."""
     import ray
-    from ray.util import placement_group_table
 
-    ray.get(pg.ready())
     by_id = {}
     for node in ray.nodes():
         names = [k.split(":", 1)[1] for k in node.get("Resources", {})
                  if k.startswith("hpcray-node:")]
         if names:
             by_id[node["NodeID"]] = names[0]
+    return by_id
+
+
+_NODE_ID = re.compile(r"node ID: ([0-9a-f]{56})")
+
+
+def node_named_in(error: str, names_by_id: dict[str, str]) -> str | None:
+    """The hpcray node a Ray error names by its NodeID (NodeDiedError and the like)."""
+    found = _NODE_ID.search(error)
+    return names_by_id.get(found.group(1)) if found else None
+
+
+def placed_hosts(pg: Any) -> list[str]:
+    """The hpcray node names of a placement group's bundles, in bundle order."""
+    import ray
+    from ray.util import placement_group_table
+
+    ray.get(pg.ready())
+    by_id = node_names_by_id()
     bundles = placement_group_table(pg)["bundles_to_node_id"]
     return [by_id.get(bundles[i], bundles[i]) for i in sorted(bundles)]
 

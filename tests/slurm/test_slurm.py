@@ -262,3 +262,102 @@ def test_a_launched_executable_sees_both_nodes_through_srun(slurm_cluster, tmp_p
     assert lines == ["node1 rank 0 of 4", "node1 rank 1 of 4", "node2 rank 2 of 4",
                      "node2 rank 3 of 4"]
     assert_nothing_left(sub.run_dir)
+
+
+def _lose_node(slurm_cluster, run_dir: Path, cluster_id: str, node: str) -> list[str]:
+    """What losing a node does to a job: its slurmd, its job steps and every process of the
+    run on it die at once (SIGKILL), so nothing on it can say goodbye."""
+    import os
+    import signal
+
+    import psutil
+
+    agent = psutil.Process(read_json(run_dir / "nodes" / f"{node}.json")["pid"])
+    victims = [agent, *ray_processes(f"{cluster_id}/{node}")]
+    steps = set()
+    for proc in victims:
+        try:
+            parent = proc.parent()
+            if parent is not None and parent.name().startswith("slurmstepd"):
+                steps.add(parent)
+        except psutil.NoSuchProcess:
+            continue
+    slurmd = int((slurm_cluster.root / f"slurmd-{node}.pid").read_text().split()[0])
+    killed = []
+    for proc in [psutil.Process(slurmd), *steps, *victims]:
+        try:
+            killed.append(" ".join(proc.cmdline()[:3]))
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+    assert not any(p.pid == os.getpid() for p in victims)
+    return killed
+
+
+def _bring_back(slurm_cluster, node: str) -> None:
+    """Restart the lost node's slurmd so the next tests have two nodes again."""
+    import os
+
+    env = {**os.environ, **slurm_cluster.env}
+    subprocess.run(["slurmd", "-N", node, "-f", str(slurm_cluster.conf)], check=True, env=env)
+    slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+
+    def idle() -> bool:
+        out = slurm_cluster.run("sinfo", "-h", "-n", node, "-o", "%t", check=False)
+        return out.strip().startswith("idle")
+
+    assert wait_until(idle, 90), slurm_cluster.run("sinfo", "-N", check=False)
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(420)
+def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, runs):
+    """node2's slurmd, job steps and Ray processes are SIGKILLed while a stage runs on both
+    nodes. Its tasks are retried on node1, the service keeps answering, the run finishes
+    naming node2 as lost, and nothing of the run is left on either node."""
+    from hpcray.stages.records import read_attempts
+    from tests.conftest import FIXTURES
+
+    items = ", ".join(f"{0.6 + i / 1000:.3f}" for i in range(40))
+    path = FIXTURES / "stages" / f"slurm-lose-{tmp_path.name}.yaml"
+    path.write_text(
+        "name: losenode\n" + STAGES_HEADER
+        + f"  - name: work\n    function: stagefns:sleeps\n    each: {{items: [{items}]}}\n"
+        "    resources: {cpus: 0.9}\n    retries: 2\n"
+        "  - name: probe\n    function: stagefns:call_service\n"
+        "    each: {items: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n    after: [work]\n"
+        "    resources: {cpus: 0.1}\n"
+        "services:\n  - {name: noop, deployment: noop, replicas: 2, resources: {cpus: 0.05}}\n")
+    killed: list[str] = []
+    try:
+        sub = submit(path, run_root, runs)
+        cluster = None
+
+        def node2_finished_a_task() -> bool:
+            return any(a["node"] == "node2" and a["state"] == "done"
+                       for a in read_attempts(sub.run_dir) if a["stage"] == "work")
+
+        assert wait_until(node2_finished_a_task, 180), hpcray.logs(sub.run_dir)
+        cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
+        killed = _lose_node(slurm_cluster, sub.run_dir, cluster, "node2")
+        st = hpcray.wait(sub.run_dir, timeout=240)
+    finally:
+        path.unlink(missing_ok=True)
+        _bring_back(slurm_cluster, "node2")
+    assert any("slurmd" in k for k in killed) and any("raylet" in k for k in killed), killed
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    assert [n.name for n in st.nodes if n.lost] == ["node2"]
+    assert "node2" in read_json(sub.run_dir / "run.json")["nodes_lost"]
+    attempts = read_attempts(sub.run_dir)
+    work = [a for a in attempts if a["stage"] == "work"]
+    done = [a for a in work if a["state"] == "done"]
+    # every item done exactly once; what was on node2 failed explicitly and ran again
+    assert sorted(float(a["item"]) for a in done) == sorted(float(x) for x in items.split(", "))
+    failed = [a for a in work if a["state"] != "done"]
+    assert failed and all(a["node"] == "node2" and a["state"] == "lost"
+                          and a["error"].startswith("NodeDiedError") for a in failed), failed
+    lost_reason = read_json(sub.run_dir / "run.json")["nodes"]["node2"]["lost_reason"]
+    assert lost_reason.startswith("Ray marked the node dead"), lost_reason
+    probes = [a for a in attempts if a["stage"] == "probe"]
+    assert len(probes) == 10 and all(a["state"] == "done" for a in probes), probes
+    assert_nothing_left(sub.run_dir)

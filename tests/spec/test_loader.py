@@ -150,3 +150,11 @@ def test_top_level_must_be_mapping():
 def test_missing_file():
     with pytest.raises(SpecError, match="file not found"):
         load_workflow("/nonexistent/wf.yaml")
+
+
+def test_http_on_every_interface_needs_a_token():
+    error = error_of("name: x\nendpoints:\n  listen: any\n")
+    assert "wf.yaml:2" in str(error) and "token: true" in str(error)
+    wf = loads_workflow("name: x\nendpoints: {listen: any, token: true}\n", "wf.yaml")
+    assert (wf.endpoints.listen, wf.endpoints.token) == ("any", True)
+    assert loads_workflow("name: x\n", "wf.yaml").endpoints.listen == "head"

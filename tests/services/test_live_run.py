@@ -1,0 +1,211 @@
+"""One real run shared by the tests of its data paths: `hpcray submit` starts Ray, Serve and
+the replicas with the run's token; client programs connect as users' programs do. The direct
+path, the Serve path (a replica SIGKILLed under load) and the HTTP API (bearer token, fuzzed
+against its OpenAPI description)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hpcray
+from hpcray.rundir import read_json
+from tests.conftest import FIXTURES, ray_processes, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+SERVICES = """\
+  - {name: echo4, deployment: noop, replicas: 2, resources: {cpus: 0.05}}
+  - {name: victim, deployment: 'userclasses:Sleepy', replicas: 2, resources: {cpus: 0.05},
+     health_check_period: 1, health_check_timeout: 5}
+  - {name: grow, deployment: noop, replicas: 1, resources: {cpus: 0.05}}
+  - {name: viaserve, deployment: noop, transport: serve, resources: {cpus: 0.05}}
+  - {name: victimserve, deployment: 'userclasses:Sleepy', replicas: 2, transport: serve,
+     resources: {cpus: 0.05}, health_check_period: 1, health_check_timeout: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory):
+    """One run, no driver (up until cancelled), shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("runs")
+    path = FIXTURES / "services" / "direct-live.yaml"
+    path.write_text("name: direct\nallocation: {nodes: 1, walltime: 20m}\n"
+                    "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
+                    "endpoints: {token: true}\n"
+                    f"services:\n{SERVICES}")
+    sub = None
+    try:
+        sub = hpcray.submit(path, run_root=root)
+        assert wait_until(lambda: "services_ready" in hpcray.status(sub.run_dir).times
+                          or hpcray.status(sub.run_dir).finished, 240), hpcray.logs(sub.run_dir)
+        assert hpcray.status(sub.run_dir).state == "running", hpcray.logs(sub.run_dir)
+        yield sub.run_dir
+    finally:
+        path.unlink(missing_ok=True)
+        if sub is not None:
+            cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
+            hpcray.cancel(sub.run_dir, wait_s=120)
+            assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+
+
+def client(mode: str, run_dir) -> dict:
+    out = subprocess.run([sys.executable, str(FIXTURES / "services" / "live_clients.py"),
+                          mode, str(run_dir)], capture_output=True, text=True, timeout=400,
+                         cwd=FIXTURES / "services")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_endpoints_publish_each_replica_socket(live_run):
+    endpoints = read_json(live_run / "endpoints.json")["services"]
+    head = read_json(live_run / "head.json")
+    direct = endpoints["echo4"]["direct"]
+    assert len(direct["replicas"]) == 2
+    for replica in direct["replicas"]:
+        # bound on the node's own address (the one Ray uses), never 0.0.0.0
+        assert replica["address"].startswith(f"tcp://{head['ip']}:")
+    plan = read_json(live_run / "plan.json")
+    assert direct["auth"] == {"mechanism": "PLAIN", "username": "hpcray",
+                              "password_file": plan["token_path"]}
+    assert "direct" not in endpoints["viaserve"]
+    bt = read_json(live_run / "metrics" / "services.json")["echo4"]["bt"]
+    assert len(bt) == 2 and all(b["publish"] >= 0 for b in bt)
+
+
+def test_sixteen_client_processes_lose_and_duplicate_nothing(live_run):
+    result = client("concurrency", live_run)
+    assert result["transport"] == "direct" and len(result["replicas"]) == 2
+    assert [c["client"] for c in result["clients"]] == list(range(16))
+    for c in result["clients"]:
+        assert c["n"] == c["unique"] == 1024 and c["wrong"] == 0, c
+    used = {r for c in result["clients"] for r in c["replicas"]}
+    assert used == set(result["replicas"])  # both replicas took work
+    assert result["task"] == ["direct", "from a task", True]
+
+
+@pytest.mark.faults
+def test_sigkill_of_a_replica_mid_load(live_run):
+    r = client("kill", live_run)
+    # every request answered or failed explicitly, with the lost replica named
+    assert r["ok"] + r["failed"] == r["sent"] == 480, r
+    assert all(r["victim"] in f for f in r["failures"]), r["failures"]
+    survivor = (set(r["first"]) - {r["victim"]}).pop()
+    assert r["after_kill_by"].get(survivor, 0) > 0
+    assert r["removed_after"] is not None  # the handle dropped it
+    assert r["new"], "Serve's replacement never reached the handle"
+    assert set(r["new"]) & set(r["served_by_new"])  # and it takes work
+
+
+def test_a_replica_added_under_load_receives_work(live_run):
+    r = client("scale", live_run)
+    assert len(r["before"]) == 1 and len(r["after"]) == 2
+    assert r["before"][0] in r["after"]  # scaling did not restart the existing replica
+    new = (set(r["after"]) - set(r["before"])).pop()
+    assert r["seen"].get(new, 0) > 0, r
+
+
+def test_c_client_with_endpoints_json(live_run, c_client):
+    direct = read_json(live_run / "endpoints.json")["services"]["echo4"]["direct"]
+    address = direct["replicas"][0]["address"]
+    out = subprocess.run([str(c_client), address, direct["auth"]["password_file"], "echo",
+                          '{"cells": 96}', "50"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"replica={direct['replicas'][0]['replica']}" in out.stdout
+    assert 'payload={"cells":96}' in out.stdout
+
+
+@pytest.mark.faults
+def test_sigkill_of_a_serve_path_replica_mid_load(live_run):
+    r = client("kill_serve", live_run)
+    # every request answered or failed explicitly as ReplicaLost naming service and request
+    assert r["ok"] + r["failed"] == r["sent"] == 480, r
+    assert r["other_errors"] == [], r["other_errors"]
+    assert all("service 'victimserve'" in f and "request " in f for f in r["failures"]), r
+    survivor = (set(r["first"]) - {r["victim"]}).pop()
+    assert r["after_kill_by"].get(survivor, 0) > 0, r
+    assert r["victim"] not in r["after_kill_by"], r
+    assert r["new"], "Serve's replacement never took a request"
+
+
+def _http(url: str, token: str | None = None, body: dict | None = None):
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_http_api_needs_the_run_token_and_listens_on_the_head_only(live_run):
+    import psutil
+
+    endpoints = read_json(live_run / "endpoints.json")
+    token_file = Path(endpoints["http_auth"]["token_file"])
+    assert endpoints["http_auth"]["scheme"] == "Bearer"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    service_url = endpoints["services"]["viaserve"]["http"]
+    models_url = endpoints["openai"] + "/models"
+    call = {"method": "echo", "payload": {"x": 1}}
+    for presented in (None, "wrong", token + "x", ""):
+        status, body = _http(service_url, presented, call)
+        assert status == 401 and body["error"]["type"] == "authentication_error", body
+        assert _http(models_url, presented)[0] == 401
+    assert _http(service_url, token, call)[1]["result"] == {"x": 1}
+    status, body = _http(models_url, token)
+    assert status == 200 and "victimserve" in [m["id"] for m in body["data"]]
+    status, body = _http(endpoints["openai"] + "/completions", token,
+                         {"model": "viaserve", "prompt": "hi"})
+    assert status == 200 and body["choices"][0]["text"] == "ok", body
+    # the proxy listens on the head's address, not on every interface
+    head = read_json(live_run / "head.json")
+    port = head["serve_http_port"]
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {head["ip"]}, listening
+    # the token is in its file and nowhere else of the run (logs, state, scripts)
+    holders = [f for f in live_run.rglob("*") if f.is_file() and f != token_file
+               and token.encode() in f.read_bytes()]
+    assert holders == []
+
+
+@pytest.mark.timeout(400)
+def test_openai_api_fuzzed_against_its_openapi_description(live_run, tmp_path):
+    """schemathesis generates requests from /v1/openapi.json (valid and invalid); none may
+    get a 5xx, and the API still answers afterwards."""
+    endpoints = read_json(live_run / "endpoints.json")
+    token = Path(endpoints["http_auth"]["token_file"]).read_text().strip()
+    config = tmp_path / "schemathesis.toml"
+    # the token reaches schemathesis through its environment, not its command line
+    config.write_text('headers = { Authorization = "Bearer ${HPCRAY_TEST_HTTP_TOKEN}" }\n')
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "--no-color", "--config-file",
+         str(config), "run",
+         endpoints["openai"] + "/openapi.json", "--url", endpoints["openai"],
+         "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "7",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=360, cwd=tmp_path,
+        env={**os.environ, "HPCRAY_TEST_HTTP_TOKEN": token})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    import re
+
+    cases = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
+    assert cases and int(cases.group(2)) >= 100, out.stdout[-3000:]  # it really sent them
+    assert "404" not in out.stdout, out.stdout[-3000:]  # requests reached the services
+    print(f"schemathesis: {cases.group(0)}")  # shown with -s; docs/reliability.md quotes it
+    assert not re.search(r"\d+ failed", out.stdout), out.stdout[-3000:]
+    status, body = _http(endpoints["openai"] + "/models", token)
+    assert status == 200 and body["data"]
