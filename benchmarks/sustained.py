@@ -8,7 +8,8 @@ process connects as a user's program would, measures the maximum rate with all t
 sending as fast as they can (10 s), then paces the same threads at `share` of it. Per 10 s
 window it records requests, errors and p99, and the resident memory of every process of the
 run (found by hpcray's teardown marker). Memory growth is measured from the end of the first
-minute (warm-up). Writes benchmarks/results/sustained.{csv,png,txt}.
+minute (warm-up). Writes benchmarks/results/sustained.{csv,png,txt}; with `--share 0` (no
+requests: what grows by itself), sustained_idle.{csv,png,txt}.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--share", type=float, default=0.8)
+    parser.add_argument("--share", type=float, default=0.8,
+                        help="share of the maximum to send; 0: no requests, the run's memory "
+                        "with no load (the baseline for what grows by itself)")
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
 
@@ -96,24 +99,27 @@ def measure(handle, args, cluster: str, console) -> list[dict]:
             with lock:
                 counts["ok"] += 1
 
-    threads = [threading.Thread(target=fast) for _ in range(args.threads)]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    with lock:
-        counts["ok"] = 0
-    time.sleep(10)
-    with lock:
-        peak = counts["ok"] / 10
-    stop.set()
-    for t in threads:
-        t.join()
-    rate = peak * args.share
-    console.print(f"maximum {peak:.0f} req/s; sustaining {rate:.0f} req/s for "
-                  f"{args.minutes:g} min with {args.threads} threads")
+    if args.share > 0:
+        threads = [threading.Thread(target=fast) for _ in range(args.threads)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        with lock:
+            counts["ok"] = 0
+        time.sleep(10)
+        with lock:
+            peak = counts["ok"] / 10
+        stop.set()
+        for t in threads:
+            t.join()
+        rate = peak * args.share
+        console.print(f"maximum {peak:.0f} req/s; sustaining {rate:.0f} req/s for "
+                      f"{args.minutes:g} min with {args.threads} threads")
+    else:
+        console.print(f"no load: the run's memory alone for {args.minutes:g} min")
     stop.clear()
     counts.update(ok=0, errors=0)
-    interval = args.threads / rate
+    interval = args.threads / rate if args.share > 0 else 0.0
 
     def paced() -> None:
         nxt = time.monotonic()
@@ -134,7 +140,7 @@ def measure(handle, args, cluster: str, console) -> list[dict]:
             if pause > 0:
                 time.sleep(pause)
 
-    threads = [threading.Thread(target=paced) for _ in range(args.threads)]
+    threads = [threading.Thread(target=paced) for _ in range(args.threads if interval else 0)]
     for t in threads:
         t.start()
     windows = []
@@ -182,13 +188,15 @@ def report(windows: list[dict], args, console) -> None:
         w["grower_rss_mb"] = w["rss"].get(grower, 0) / 2**20 if grower is not None else None
     errors = sum(w["errors"] for w in windows)
     table = Table(title=f"Sustained NOOP load, {args.minutes:g} min at {args.share:.0%} of the "
-                        "maximum")
+                        "maximum" if args.share > 0 else f"NOOP run with no load, "
+                        f"{args.minutes:g} min")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, value in [
             ("requests/s (mean)", f"{sum(w['req_per_s'] for w in windows) / len(windows):.0f}"),
             ("errors", str(errors)),
-            ("p99 after warm-up: min / max (ms)", f"{min(p99):.2f} / {max(p99):.2f}"),
+            ("p99 after warm-up: min / max (ms)",
+             f"{min(p99):.2f} / {max(p99):.2f}" if p99 else "- (no load)"),
             ("processes of the run", str(windows[-1]["processes"])),
             ("run RSS after warm-up / at the end (MB)",
              f"{windows[warm]['rss_total_mb']:.0f} / {windows[-1]['rss_total_mb']:.0f}"),
@@ -200,7 +208,8 @@ def report(windows: list[dict], args, console) -> None:
         table.add_row(name, value)
     console.print(table)
     fields = [k for k in windows[0] if k != "rss"]
-    save("sustained", [{k: w[k] for k in fields} for w in windows], console,
+    save("sustained" if args.share > 0 else "sustained_idle",
+         [{k: w[k] for k in fields} for w in windows], console,
          lambda path: plot(windows, path))
 
 

@@ -305,9 +305,16 @@ class ClusterUp:
             if node.index == 0:
                 self.stop.set(f"head node {node.name} lost")
 
+        dead_in_ray: dict[str, str] = {}
+
+        def poll_ray() -> None:
+            """Apart from the watch: with the head gone, a call to Ray's control store
+            blocks for a long time, and the head's own agent must still be seen stopping."""
+            while not self.stop.event.wait(interval) and not self.run.stop_file.exists():
+                dead_in_ray.update(self._dead_in_ray())
+
         def watch() -> None:
             while not self.stop.event.wait(interval) and not self.run.stop_file.exists():
-                dead_in_ray = self._dead_in_ray()
                 for node in plan.nodes:
                     if node.name in lost:
                         continue
@@ -318,6 +325,7 @@ class ClusterUp:
                     elif node.name in dead_in_ray:  # killed outright: no agent left to say so
                         mark_lost(node, dead_in_ray[node.name])
 
+        threading.Thread(target=poll_ray, name="hpcray-ray-nodes", daemon=True).start()
         thread = threading.Thread(target=watch, name="hpcray-node-watch", daemon=True)
         thread.start()
         return thread

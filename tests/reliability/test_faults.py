@@ -1,6 +1,6 @@
 """Faults injected into real runs; each counts what was lost (nothing may be) and checks
 that no process of the run is left. More fault tests live beside what they break: a replica
-SIGKILLed under load (tests/services/test_direct_runs.py and direct/), a remote link cut
+SIGKILLed under load (tests/services/test_live_run.py and direct/), a remote link cut
 (tests/remote/test_federation.py), cancel, walltime signal and unreachable nodes on Slurm
 (tests/slurm), lost nodes (tests/integration). All carry the `faults` marker."""
 

@@ -100,6 +100,7 @@ def test_sigkill_of_a_replica_mid_load(live_run):
     assert r["removed_after"] is not None  # the handle dropped it
     assert r["new"], "Serve's replacement never reached the handle"
     assert set(r["new"]) & set(r["served_by_new"])  # and it takes work
+    print(f"direct path: sent {r['sent']}, answered {r['ok']}, failed explicitly {r['failed']}")
 
 
 def test_a_replica_added_under_load_receives_work(live_run):
@@ -131,6 +132,8 @@ def test_sigkill_of_a_serve_path_replica_mid_load(live_run):
     assert r["after_kill_by"].get(survivor, 0) > 0, r
     assert r["victim"] not in r["after_kill_by"], r
     assert r["new"], "Serve's replacement never took a request"
+    print(f"serve path: sent {r['sent']}, answered {r['ok']}, failed explicitly {r['failed']}, "
+          f"replacement serving after {r['replaced_after']:.1f} s")  # quoted in the docs
 
 
 def _http(url: str, token: str | None = None, body: dict | None = None):
