@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 ## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,
-## remote endpoints, inference); writes benchmarks/results/
+## remote endpoints, inference, UQ packing); writes benchmarks/results/
 bench: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(PY) benchmarks/bootstrap.py
@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/cellpainting.py
 	$(PY) benchmarks/remote.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/uq.py
 
 clean:
 	rm -rf hpcray-runs .pytest_cache

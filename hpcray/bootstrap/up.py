@@ -433,7 +433,10 @@ class ClusterUp:
         grace = self.workflow.ray.teardown_grace
         head_lost = bool(self.stop.reason and self.stop.reason.startswith("head node"))
         if self.services is not None and not head_lost:  # with the head gone, Serve is too
-            self.services.stop()
+            # after a lost node Serve would wait out its graceful timeouts (20-30 s) on actors
+            # that will never answer; the sweep below stops what is left on every node anyway
+            lost = bool(read_json(self.run.run_json, {}).get("nodes_lost"))
+            self.services.stop(shutdown=not lost, wait=not lost)
         if "ray" in sys.modules:
             import ray
 
@@ -450,6 +453,11 @@ class ClusterUp:
                 if sig is not None and proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, sig)
+            if sig is None and self._survivors_stopped_after_a_loss(deadline):
+                # the launcher still waits for the lost node's agent, which will never
+                # report: nothing is left to wait for
+                deadline = time.monotonic() + 5
+                continue
             for proc in self.launched:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -461,6 +469,22 @@ class ClusterUp:
             if killed:
                 log.info("swept %d leftover process(es) of this job on this host", len(killed))
         self._record("teardown_end")
+
+    def _survivors_stopped_after_a_loss(self, deadline: float) -> bool:
+        """With a node lost: whether every other node's agent reported stopping (polled up
+        to `deadline`); False at once when no node was lost."""
+        lost = set(read_json(self.run.run_json, {}).get("nodes_lost") or [])
+        if not lost or self.plan is None:
+            return False
+        others = [n.name for n in self.plan.nodes if n.name not in lost]
+        while time.monotonic() < deadline:
+            if all(p.poll() is not None for p in self.launched):
+                return False
+            if all(read_json(self.run.node_state_file(n), {}).get("state") in
+                   ("stopped", "failed") for n in others):
+                return True
+            time.sleep(0.2)
+        return False
 
     def _record(self, event: str, **fields: Any) -> None:
         try:

@@ -53,6 +53,49 @@ def build_tiny_causal_lm(path: str | Path, *, layers: int = 2, dim: int = 64,
     return path
 
 
+def build_tiny_decoder(path: str | Path, architecture: str = "llama", *, layers: int = 2,
+                       dim: int = 64, context: int = 256, seed: int = 0,
+                       extra_text: list[str] | None = None,
+                       initializer_range: float = 0.3) -> Path:
+    """Llama or Mistral architecture (the UQ pipeline's models), random weights, a byte-level
+    BPE tokenizer trained here on the corpus and `extra_text` (e.g. the QA set). The weights
+    are drawn wider than a real model's initialisation (0.02): a tiny random model's output
+    layer is otherwise too small for LoRA on the layers below it to move its answers."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig,
+                                                                   MistralForCausalLM)}
+    if architecture not in kinds:
+        raise ValueError(f"architecture {architecture!r}: one of {', '.join(kinds)}")
+    config_cls, model_cls = kinds[architecture]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus() + list(extra_text or []), vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "</s>", "<unk>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", model_max_length=context)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    options = {"sliding_window": None} if architecture == "mistral" else {}
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=2 * dim,
+                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=context, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+                        initializer_range=initializer_range, **options)
+    model_cls(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_tiny_encoder(path: str | Path, *, layers: int = 2, dim: int = 32,
                        seed: int = 0) -> Path:
     """BERT architecture, WordPiece tokenizer trained locally (a sentence encoder's shape)."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 DRIVER_OPTIONS = {
     "hpcray.pipelines.cellpainting:run": "hpcray.pipelines.cellpainting.pipeline:"
                                          "CellPaintingConfig",
+    "hpcray.pipelines.uq:run": "hpcray.pipelines.uq.pipeline:UQConfig",
 }
 
 

@@ -320,9 +320,11 @@ class ServiceManager:
                 if self.http and self.http.token_sha256 else None)
         return {"services": out, "openai": self.openai_url, "http_auth": auth}
 
-    def stop(self, shutdown: bool = True) -> None:
+    def stop(self, shutdown: bool = True, wait: bool = True) -> None:
         """Delete this manager's applications; with `shutdown`, Serve too (the run's end). A
-        driver that started services of its own passes False: the workflow's keep running."""
+        driver that started services of its own passes False: the workflow's keep running.
+        `wait=False` does not wait for replicas to stop (after a lost node, Serve would wait
+        out its graceful timeout on replicas that will never answer)."""
         from ray import serve
 
         apps = [OPENAI_APP] if self.http else []
@@ -330,7 +332,7 @@ class ServiceManager:
                                                                                  "expired")]
         for app in apps:
             try:
-                serve.delete(app)
+                serve.delete(app, _blocking=wait)
             except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
                 log.warning("deleting %s: %s", app, exc)
         for record in self.records.values():

@@ -22,6 +22,8 @@ class SiteProfile(StrictModel):
         description="Cores a job may use per node ('auto': this machine's, for local).")
     gpus_per_node: int | Literal["auto"] = 0
     gpu_vendor: GpuVendor = "none"
+    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU device "
+                                        "(as the scheduler exposes it: a GCD, a tile).")
     network_interface: str | None = Field(
         None, description="Interface whose address the head binds; None: the hostname's address.")
     head_address: str | None = Field(

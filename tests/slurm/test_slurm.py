@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -196,25 +197,26 @@ def test_hostlist_expansion_matches_scontrol(slurm_cluster):
         assert expand_hostlist(text) == out
 
 
-@pytest.mark.parametrize("constraint", ["node: node2", "nodes: [node2]"])
-def test_service_replicas_pinned_to_node2_run_there(constraint, slurm_cluster, tmp_path,
-                                                    run_root, runs):
+def test_service_replicas_pinned_to_node2_run_there(slurm_cluster, tmp_path, run_root, runs):
+    """Both spellings of a placement constraint, one service each, in one job."""
     from tests.conftest import FIXTURES
 
     path = tmp_path / "pinned.yaml"
     path.write_text(
         "name: pinned\nallocation: {nodes: 2, walltime: 10m, gpus_per_node: 0}\n"
-        "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
-        "services:\n  - {name: noop, deployment: noop, replicas: 2,\n"
-        f"     resources: {{cpus: 0.1, {constraint}}}}}\n"
+        "ray: {object_store_memory: 100000000, teardown_grace: 5}\nservices:\n"
+        "  - {name: one, deployment: noop, replicas: 2, resources: {cpus: 0.1, node: node2}}\n"
+        "  - {name: listed, deployment: noop, replicas: 2,\n"
+        "     resources: {cpus: 0.1, nodes: [node2]}}\n"
         f"driver:\n  function: drive_services:main\n  cwd: {FIXTURES / 'services'}\n"
-        "  args: {services: {noop: 2}}\n")
+        "  args: {services: {one: 2, listed: 2}}\n")
     sub = submit(path, run_root, runs)
     st = hpcray.wait(sub.run_dir, timeout=240)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     result = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert len(result["noop"]["replicas"]) == 2
-    assert set(result["noop"]["replicas"].values()) == {"node2"}
+    for name in ("one", "listed"):
+        assert len(result[name]["replicas"]) == 2, name
+        assert set(result[name]["replicas"].values()) == {"node2"}, name
     assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
     assert_nothing_left(sub.run_dir)
 
@@ -267,6 +269,7 @@ def test_a_launched_executable_sees_both_nodes_through_srun(slurm_cluster, tmp_p
 def _lose_node(slurm_cluster, run_dir: Path, cluster_id: str, node: str) -> list[str]:
     """What losing a node does to a job: its slurmd, its job steps and every process of the
     run on it die at once (SIGKILL), so nothing on it can say goodbye."""
+    import contextlib
     import os
     import signal
 
@@ -283,13 +286,13 @@ def _lose_node(slurm_cluster, run_dir: Path, cluster_id: str, node: str) -> list
         except psutil.NoSuchProcess:
             continue
     slurmd = int((slurm_cluster.root / f"slurmd-{node}.pid").read_text().split()[0])
-    killed = []
-    for proc in [psutil.Process(slurmd), *steps, *victims]:
-        try:
+    doomed, killed = [psutil.Process(slurmd), *steps, *victims], []
+    for proc in doomed:  # named first: one process' death may end another (its children)
+        with contextlib.suppress(psutil.NoSuchProcess):
             killed.append(" ".join(proc.cmdline()[:3]))
+    for proc in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            continue
     assert not any(p.pid == os.getpid() for p in victims)
     return killed
 
@@ -320,8 +323,13 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
 
     items = ", ".join(f"{0.6 + i / 1000:.3f}" for i in range(40))
     path = FIXTURES / "stages" / f"slurm-lose-{tmp_path.name}.yaml"
+    # Ray declares a node dead after missed health checks (by default about 30 s); the
+    # test asks for 1 s x 3, through the job's environment as a user could
+    header = STAGES_HEADER.replace(
+        "gpus_per_node: 0}", "gpus_per_node: 0,\n  env: {RAY_health_check_period_ms: '1000', "
+        "RAY_health_check_failure_threshold: '3'}}")
     path.write_text(
-        "name: losenode\n" + STAGES_HEADER
+        "name: losenode\n" + header
         + f"  - name: work\n    function: stagefns:sleeps\n    each: {{items: [{items}]}}\n"
         "    resources: {cpus: 0.9}\n    retries: 2\n"
         "  - name: probe\n    function: stagefns:call_service\n"
@@ -340,6 +348,7 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
         assert wait_until(node2_finished_a_task, 180), hpcray.logs(sub.run_dir)
         cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
         killed = _lose_node(slurm_cluster, sub.run_dir, cluster, "node2")
+        killed_at = time.time()
         st = hpcray.wait(sub.run_dir, timeout=240)
     finally:
         path.unlink(missing_ok=True)
@@ -356,8 +365,11 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
     failed = [a for a in work if a["state"] != "done"]
     assert failed and all(a["node"] == "node2" and a["state"] == "lost"
                           and a["error"].startswith("NodeDiedError") for a in failed), failed
-    lost_reason = read_json(sub.run_dir / "run.json")["nodes"]["node2"]["lost_reason"]
-    assert lost_reason.startswith("Ray marked the node dead"), lost_reason
+    lost = read_json(sub.run_dir / "run.json")["nodes"]["node2"]
+    assert lost["lost_reason"].startswith("Ray marked the node dead"), lost
+    print(f"node2 recorded lost {lost['lost'] - killed_at:.1f} s after the kill")
+    times = read_json(sub.run_dir / "run.json")["times"]
+    print(f"teardown took {times['teardown_end'] - times['teardown_start']:.1f} s")
     probes = [a for a in attempts if a["stage"] == "probe"]
     assert len(probes) == 10 and all(a["state"] == "done" for a in probes), probes
     assert_nothing_left(sub.run_dir)

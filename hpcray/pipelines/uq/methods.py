@@ -1,0 +1,258 @@
+"""Fine-tuning-based UQ methods over one causal LM checkpoint, with PEFT LoRA.
+
+Every method trains LoRA adapters on the training questions (the loss is on the right
+option's tokens after the prompt) and predicts, per test question, probabilities over its
+options: the softmax of each option's summed log-likelihood. The methods differ in how they
+get those probabilities:
+
+- `lora`: one adapter; its softmax is the confidence (the baseline).
+- `ensemble`: K adapters from K seeds; their probabilities averaged.
+- `laplace`: one adapter, then a diagonal Laplace approximation over the LoRA parameters
+  (empirical Fisher from the training loss' gradients plus a prior precision); predictions
+  averaged over samples from that posterior.
+- `mc_dropout`: one adapter trained with LoRA dropout, kept on at prediction time; the
+  average over passes (a cheaper Bayesian alternative).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcray.errors import SpecError
+from hpcray.pipelines.uq.data import QAItem
+
+METHODS = ("lora", "ensemble", "laplace", "mc_dropout")
+
+
+@dataclass
+class MethodOptions:
+    epochs: int = 3
+    batch: int = 8
+    lr: float = 1e-2
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    ensemble: int = 3  # adapters of an ensemble
+    samples: int = 8  # posterior samples (laplace) or passes (mc_dropout)
+    prior_precision: float = 100.0  # the Gaussian prior on LoRA parameters (1/variance)
+    max_length: int = 256
+    target_modules: str | list[str] | None = "all-linear"  # None: PEFT's per-model default
+
+
+def prompt(item: QAItem) -> str:
+    return f"Question: {item.question}\nAnswer:"
+
+
+def check_causal_lm(model_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint's config, if it is a causal LM that PEFT can put LoRA on; a clear
+    error naming the directory otherwise (before anything runs)."""
+    path = Path(model_dir)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise SpecError(f"model {path}: no config.json; give a Hugging Face checkpoint "
+                        "directory (save_pretrained)")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in architectures):
+        raise SpecError(f"model {path}: not a causal LM (architectures: "
+                        f"{', '.join(architectures) or 'none'}); UQ fine-tuning needs a "
+                        "decoder such as LlamaForCausalLM or MistralForCausalLM")
+    return config
+
+
+def device_for_task() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Model:
+    """A base model and its tokenizer, loaded once per task; adapters come and go."""
+
+    def __init__(self, model_dir: str, options: MethodOptions, device: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.options, self.device = options, device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        self.base.requires_grad_(False)
+
+    def adapter(self, seed: int, dropout: float):
+        """A fresh LoRA adapter on the base model."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        config = LoraConfig(r=self.options.lora_rank, lora_alpha=self.options.lora_alpha,
+                            lora_dropout=dropout, target_modules=self.options.target_modules,
+                            task_type="CAUSAL_LM")
+        model = get_peft_model(self.base, config)
+        return model
+
+    def encode(self, pairs: list[tuple[str, str]]):
+        """Token ids of prompt + answer, with the answer's positions marked for the loss."""
+        import torch
+
+        tok = self.tokenizer
+        ids, labels = [], []
+        for text, answer in pairs:
+            p = tok(text, add_special_tokens=False)["input_ids"]
+            a = tok(" " + answer, add_special_tokens=False)["input_ids"]
+            seq = (p + a)[-self.options.max_length:]
+            keep = min(len(a), len(seq))
+            ids.append(seq)
+            labels.append([-100] * (len(seq) - keep) + seq[len(seq) - keep:])
+        width = max(len(s) for s in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids])
+        label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+        return input_ids.to(self.device), label_ids.to(self.device), mask.to(self.device)
+
+    def answer_logprob(self, model, pairs: list[tuple[str, str]]):
+        """Summed log-probability of each answer given its prompt."""
+        import torch
+
+        input_ids, labels, mask = self.encode(pairs)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1)
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (target != -100)).sum(dim=1)
+
+    def train(self, model, items: list[QAItem], seed: int) -> list[float]:
+        import random
+
+        import torch
+
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                lr=self.options.lr)
+        rng = random.Random(seed)
+        losses = []
+        model.train()
+        for _ in range(self.options.epochs):
+            order = list(items)
+            rng.shuffle(order)
+            for start in range(0, len(order), self.options.batch):
+                batch = order[start:start + self.options.batch]
+                pairs = [(prompt(i), i.options[i.answer]) for i in batch]
+                loss = -self.answer_logprob(model, pairs).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        return losses
+
+    def option_probs(self, model, items: list[QAItem], *, dropout: bool = False
+                     ) -> list[list[float]]:
+        import torch
+
+        model.train(dropout)  # dropout on only for MC dropout's passes
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(items), self.options.batch):
+                chunk = items[start:start + self.options.batch]
+                pairs = [(prompt(item), o) for item in chunk for o in item.options]
+                scores = self.answer_logprob(model, pairs).tolist()
+                for item in chunk:
+                    mine = torch.tensor(scores[:len(item.options)])
+                    scores = scores[len(item.options):]
+                    out.append(torch.softmax(mine, dim=0).tolist())
+        return out
+
+
+def _mean(rows: list[list[list[float]]]) -> list[list[float]]:
+    return [[sum(r[q][o] for r in rows) / len(rows) for o in range(len(rows[0][q]))]
+            for q in range(len(rows[0]))]
+
+
+def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
+               test: list[QAItem], options: MethodOptions | None = None,
+               device: str | None = None) -> dict[str, Any]:
+    """One task of the search: train, predict, and say how long each part took."""
+    import torch
+
+    if method not in METHODS:
+        raise SpecError(f"unknown UQ method {method!r}; methods: {', '.join(METHODS)}")
+    options = options or MethodOptions()
+    device = device or device_for_task()
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    base = _Model(model_dir, options, device)
+    loaded = time.perf_counter()
+    losses: list[float] = []
+    if method == "ensemble":
+        members = []
+        for k in range(options.ensemble):
+            model = base.adapter(seed * 1000 + k, options.lora_dropout)
+            losses += base.train(model, train, seed * 1000 + k)
+            members.append(base.option_probs(model, test))
+            model.unload()  # the base model back without this adapter
+        probs = _mean(members)
+    else:
+        dropout = max(options.lora_dropout, 0.1) if method == "mc_dropout" else \
+            options.lora_dropout
+        model = base.adapter(seed, dropout)
+        losses = base.train(model, train, seed)
+        if method == "lora":
+            probs = base.option_probs(model, test)
+        elif method == "mc_dropout":
+            probs = _mean([base.option_probs(model, test, dropout=True)
+                           for _ in range(options.samples)])
+        else:
+            probs = _laplace(base, model, train, test, options, seed)
+    done = time.perf_counter()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return {"method": method, "seed": seed, "model": model_dir, "device": device,
+            "probs": probs, "answers": [i.answer for i in test], "ids": [i.id for i in test],
+            "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])),
+            "load_s": loaded - start, "train_predict_s": done - loaded,
+            "peak_gpu_memory_gb": peak}
+
+
+def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
+             options: MethodOptions, seed: int) -> list[list[float]]:
+    """Diagonal Laplace over the LoRA parameters around the trained adapter: precision =
+    N x (mean squared per-batch gradient) + prior; predictions averaged over samples."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    fisher = [torch.zeros_like(p) for p in params]
+    model.eval()
+    batches = 0
+    for start in range(0, len(train), options.batch):
+        batch = train[start:start + options.batch]
+        loss = -base.answer_logprob(model, [(prompt(i), i.options[i.answer])
+                                            for i in batch]).mean()
+        grads = torch.autograd.grad(loss, params)
+        for f, g in zip(fisher, grads, strict=True):
+            f += g.detach() ** 2
+        batches += 1
+    n = len(train)
+    std = [1.0 / torch.sqrt(n * f / max(batches, 1) + options.prior_precision) for f in fisher]
+    mean = [p.detach().clone() for p in params]
+    generator = torch.Generator(device=mean[0].device).manual_seed(seed)
+    draws = []
+    for _ in range(options.samples):
+        with torch.no_grad():
+            for p, m, s in zip(params, mean, std, strict=True):
+                p.copy_(m + s * torch.randn(m.shape, generator=generator, device=m.device,
+                                            dtype=m.dtype))
+        draws.append(base.option_probs(model, test))
+    with torch.no_grad():
+        for p, m in zip(params, mean, strict=True):
+            p.copy_(m)
+    return _mean(draws)
+
+
+def nan_to_none(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value
