@@ -94,6 +94,7 @@ def test_sigkill_of_a_replica_mid_load(live_run):
     r = client("kill", live_run)
     # every request answered or failed explicitly, with the lost replica named
     assert r["ok"] + r["failed"] == r["sent"] == 480, r
+    assert r["other_errors"] == [], r["other_errors"]
     assert all(r["victim"] in f for f in r["failures"]), r["failures"]
     survivor = (set(r["first"]) - {r["victim"]}).pop()
     assert r["after_kill_by"].get(survivor, 0) > 0
