@@ -66,9 +66,17 @@ def check_causal_lm(model_dir: str | Path) -> dict[str, Any]:
 
 
 def device_for_task() -> str:
+    """The accelerator Ray gave this task (CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES or
+    ZE_AFFINITY_MASK is set by Ray for it), else the CPU. ROCm builds of torch answer to
+    `cuda`; Intel GPUs (Aurora) to `xpu`."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return "xpu"
+    return "cpu"
 
 
 class _Model:
@@ -82,7 +90,7 @@ class _Model:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
         self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
         self.base.requires_grad_(False)
 
