@@ -8,17 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcray.metrics.plotting import pyplot  # noqa: F401 - the benchmarks' import
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display on compute nodes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save(name: str, rows: list[dict[str, Any]], console, draw: Callable[[Path], None]) -> None:

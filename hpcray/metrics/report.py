@@ -95,10 +95,9 @@ def report(ref: str | Path, run_root: str | Path | None = None, plot: bool = Tru
 
 
 def _plot(run: RunDir, attempts: list[dict[str, Any]], nodes: list[str], target: Path) -> Path:
-    import matplotlib
+    from hpcray.metrics.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t0 = min([a["started"] for a in attempts] or [run.read().get("times", {}).get(
         "all_joined", 0)])

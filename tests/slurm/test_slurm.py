@@ -304,12 +304,8 @@ def _bring_back(slurm_cluster, node: str) -> None:
     env = {**os.environ, **slurm_cluster.env}
     subprocess.run(["slurmd", "-N", node, "-f", str(slurm_cluster.conf)], check=True, env=env)
     slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-
-    def idle() -> bool:
-        out = slurm_cluster.run("sinfo", "-h", "-n", node, "-o", "%t", check=False)
-        return out.strip().startswith("idle")
-
-    assert wait_until(idle, 90), slurm_cluster.run("sinfo", "-N", check=False)
+    assert wait_until(lambda: slurm_cluster.idle([node]), 90), \
+        slurm_cluster.run("sinfo", "-N", check=False)
 
 
 @pytest.mark.faults

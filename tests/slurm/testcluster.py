@@ -61,6 +61,12 @@ class SlurmTestCluster:
                 return field.split("=", 1)[1]
         return "UNKNOWN"
 
+    def idle(self, nodes: list[str] | None = None) -> bool:
+        """Whether every node (or those named) is idle, as sinfo says."""
+        out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
+        states = dict(line.split() for line in out.splitlines() if line.strip())
+        return all(states.get(n, "").startswith("idle") for n in nodes or self.nodes)
+
     def wait_job(self, job_id: str, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -157,13 +163,7 @@ def start(root: str | Path, nodes: int = 2, cpus: int = 2, gpus: int = 1) -> Slu
     subprocess.run(["slurmctld", "-f", str(cluster.conf)], check=True, env=env)
     for name in names:
         subprocess.run(["slurmd", "-N", name, "-f", str(cluster.conf)], check=True, env=env)
-
-    def idle() -> bool:
-        out = cluster.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
-        states = dict(line.split() for line in out.splitlines() if line.strip())
-        return all(states.get(n, "").startswith("idle") for n in names)
-
-    _wait_for(idle, 30, "idle nodes")
+    _wait_for(cluster.idle, 30, "idle nodes")
     return cluster
 
 

@@ -29,10 +29,9 @@ def confusion(truth: list[str], predicted: list[str], classes: list[str]) -> np.
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
+    from hpcray.metrics.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.imshow(matrix, cmap="Blues")
@@ -51,10 +50,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
 
 def plot_history(trials: list[dict[str, Any]], path: Path, metric: str) -> None:
     """Each trial's metric per epoch (ASHA's early stops show as short lines)."""
-    import matplotlib
+    from hpcray.metrics.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in trials:

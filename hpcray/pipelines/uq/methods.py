@@ -17,16 +17,16 @@ get those probabilities:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hpcray.errors import SpecError
 from hpcray.pipelines.uq.data import QAItem
 
-METHODS = ("lora", "ensemble", "laplace", "mc_dropout")
+Method = Literal["lora", "ensemble", "laplace", "mc_dropout"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass
@@ -260,7 +260,3 @@ def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
         for p, m in zip(params, mean, strict=True):
             p.copy_(m)
     return _mean(draws)
-
-
-def nan_to_none(value: float) -> float | None:
-    return None if isinstance(value, float) and math.isnan(value) else value

@@ -14,7 +14,7 @@ GCD, 64 GB per Max 1550 tile); a mixed-GPU allocation would need one pool per mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import groupby, zip_longest
 
 from hpcray.errors import SpecError
@@ -41,7 +41,6 @@ class UQTask:
     method: str
     memory_gb: float  # GPU memory it needs (declared, or estimated)
     cost: float = 1.0  # relative duration, for longest-first ordering
-    options: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -25,7 +25,7 @@ from hpcray.bootstrap.teardown import MARKER
 from hpcray.errors import SpecError
 from hpcray.metrics import progress
 from hpcray.pipelines.uq.data import QAItem, read_qa, split
-from hpcray.pipelines.uq.methods import METHODS, MethodOptions, check_causal_lm
+from hpcray.pipelines.uq.methods import METHODS, Method, MethodOptions, check_causal_lm
 from hpcray.pipelines.uq.packing import (
     Inventory,
     ModelShape,
@@ -62,7 +62,7 @@ class DataOptions(StrictModel):
 class UQConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
-    methods: list[Literal["lora", "ensemble", "laplace", "mc_dropout"]] = Field(
+    methods: list[Method] = Field(
         default_factory=lambda: ["lora", "ensemble", "laplace"], min_length=1)
     data: DataOptions = Field(default_factory=DataOptions)
     training: MethodOptionsModel = Field(default_factory=lambda: MethodOptionsModel())

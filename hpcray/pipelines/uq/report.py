@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hpcray.metrics.plotting import pyplot
 from hpcray.pipelines.uq.metrics import METRICS, Evaluation, evaluate, mean_ci, reliability_bins
 
 
@@ -60,17 +61,8 @@ def write_report(results: list[dict[str, Any]], out: Path, methods: list[str]
                       "reliability.png"]}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     models = sorted({r["model"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
@@ -101,7 +93,7 @@ def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _plot_reliability(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
     """Accuracy against confidence per bin, each model and method pooled over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     models = sorted({r["model"] for r in results})
     fig, axes = plt.subplots(len(models), len(methods), squeeze=False,
                              figsize=(2.8 * len(methods), 2.8 * len(models)))
