@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 ## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,
-## remote endpoints, inference, UQ packing); writes benchmarks/results/
+## remote endpoints, inference, UQ packing, signature detection); writes benchmarks/results/
 bench: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(PY) benchmarks/bootstrap.py
@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/remote.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/uq.py
+	$(PY) benchmarks/signature.py
 
 clean:
 	rm -rf hpcray-runs .pytest_cache

@@ -17,7 +17,8 @@ def save(name: str, rows: list[dict[str, Any]], console, draw: Callable[[Path], 
     """<name>.csv (the rows), <name>.png (`draw(path)`), <name>.txt (what `console` printed)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for row in rows for k in row))  # rows may differ
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     draw(RESULTS / f"{name}.png")

@@ -77,6 +77,7 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
     cpus = alloc.cpus_per_node or have_cpus
     if site.scheduler == "local" and alloc.nodes > 1 and not alloc.cpus_per_node:
         cpus = max(1, have_cpus // alloc.nodes)  # emulated nodes share this machine
+    _check_service_totals(workflow, cpus, gpus, where)
     python = alloc.python or sys.executable
     return JobRequest(
         job_name=alloc.job_name or workflow.name, nodes=alloc.nodes, walltime=alloc.walltime,
@@ -88,6 +89,22 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
         setup=tuple(site.setup) + tuple(alloc.setup), env=tuple(sorted(alloc.env.items())),
         walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal,
         select_suffix=site.pbs_select)
+
+
+def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:
+    """Services hold their CPUs and GPUs for the whole run: more than the allocation has can
+    never start, so it fails here rather than after the readiness timeout."""
+    nodes = workflow.allocation.nodes
+    for kind, per_node, need in (
+            ("cpus", cpus, sum(s.replicas * s.resources.cpus for s in workflow.services)),
+            ("gpus", gpus, sum(s.replicas * s.resources.gpus for s in workflow.services))):
+        if need > nodes * per_node + 1e-9:
+            parts = ", ".join(f"{s.name}: {s.replicas} x {getattr(s.resources, kind):g}"
+                              for s in workflow.services if getattr(s.resources, kind))
+            raise ResourceError(
+                f"the services need {need:g} {kind[:-1].upper()}s in all ({parts}), but the "
+                f"allocation has {nodes} node(s) x {per_node} on {where}; lower replicas "
+                f"or resources.{kind} (fractions such as 0.5 are allowed)")
 
 
 def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:

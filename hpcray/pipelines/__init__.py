@@ -11,6 +11,7 @@ DRIVER_OPTIONS = {
     "hpcray.pipelines.cellpainting:run": "hpcray.pipelines.cellpainting.pipeline:"
                                          "CellPaintingConfig",
     "hpcray.pipelines.uq:run": "hpcray.pipelines.uq.pipeline:UQConfig",
+    "hpcray.pipelines.signature:run": "hpcray.pipelines.signature.pipeline:SignatureConfig",
 }
 
 

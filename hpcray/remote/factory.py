@@ -20,5 +20,8 @@ def endpoint_for(spec: RemoteEndpointSpec) -> RemoteEndpoint:
         if not key:
             raise SpecError(f"remote endpoint {spec.label!r} ({spec.url}): environment "
                             f"variable {spec.api_key_env} (its API key) is not set")
-    cls = OpenAIEndpoint if spec.kind == "openai" else OllamaEndpoint
+    from hpcray.remote.vep_rest import VepRestEndpoint
+
+    cls = {"openai": OpenAIEndpoint, "ollama": OllamaEndpoint,
+           "vep_rest": VepRestEndpoint}[spec.kind]
     return cls(spec.label, spec.url, spec.model, key, spec.max_concurrency, spec.timeout)

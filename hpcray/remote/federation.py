@@ -51,6 +51,7 @@ class Instance:
     call: Callable[[str, Any, float | None], RemoteResult]
     stream: Callable[[str, Any], Iterator[str]] | None = None
     probe: Callable[[float], float] | None = None  # its argument: a timeout in seconds
+    methods: tuple[str, ...] | None = None     # what it serves; None: every method
     outstanding: int = 0
     failures: int = 0
     cooling: bool = False
@@ -96,17 +97,30 @@ class Federation:
         self._prober.start()
 
     # -- choosing ------------------------------------------------------------------------------
+    def _serving(self, method: str | None) -> list[Instance]:
+        """The instances that serve `method` (a VEP-REST endpoint only annotates; a local
+        replica serves every method of its class)."""
+        serving = [i for i in self.instances
+                   if method is None or i.methods is None or method in i.methods]
+        if not serving:
+            from hpcray.services.replica import ServiceRequestError
+
+            raise ServiceRequestError(f"service {self.service!r}: no instance serves "
+                                      f"{method!r}")
+        return serving
+
     def _pick(self, exclude: set[str], deadline: float | None,
-              strict: bool = False) -> tuple[Instance, int]:
+              strict: bool = False, method: str | None = None) -> tuple[Instance, int]:
         """An instance not in `exclude`; unless `strict`, one of those when no other is left."""
+        serving = self._serving(method)
         with self._cv:
             while True:
-                free = [i for i in self.instances
+                free = [i for i in serving
                         if not i.cooling and i.outstanding < i.cap and i.name not in exclude]
-                if strict and not free and all(i.name in exclude for i in self.instances):
+                if strict and not free and all(i.name in exclude for i in serving):
                     raise NoInstance(f"service {self.service!r}: no instance left to try")
                 if not free and exclude and not strict:  # all else tried: try those again
-                    free = [i for i in self.instances
+                    free = [i for i in serving
                             if not i.cooling and i.outstanding < i.cap]
                 if free:
                     if len(free) == 1:
@@ -152,7 +166,7 @@ class Federation:
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: set[str] = set()
         for attempt in range(self.retries + 1):
-            inst, epoch = self._pick(tried, deadline)
+            inst, epoch = self._pick(tried, deadline, method=method)
             tried.add(inst.name)
             start = time.perf_counter()
             try:
@@ -190,7 +204,7 @@ class Federation:
 
         tried = {i.name for i in self.instances if method in i.cannot_stream or i.stream is None}
         for attempt in range(len(self.instances) + self.retries):
-            inst, _ = self._pick(tried, None, strict=True)
+            inst, _ = self._pick(tried, None, strict=True, method=method)
             tried.add(inst.name)
             started = False
             try:

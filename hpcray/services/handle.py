@@ -83,7 +83,7 @@ class ServiceHandle:
             endpoint = endpoint_for(RemoteEndpointSpec.model_validate(remote))
             instances.append(Instance(endpoint.name, endpoint.kind, endpoint.max_concurrency,
                                       remote["weight"], endpoint.call, endpoint.stream,
-                                      endpoint.probe))
+                                      endpoint.probe, methods=endpoint.methods))
         return Federation(self.name, instances)
 
     @property

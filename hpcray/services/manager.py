@@ -59,6 +59,18 @@ class ServiceRecord:
         return len(self.bt)
 
 
+def with_run_dir(value: Any, run_dir: str) -> Any:
+    """`{run_dir}` in string arguments (at any depth) becomes the run directory, so a
+    service can load what the job's setup lines wrote there."""
+    if isinstance(value, str):
+        return value.replace("{run_dir}", run_dir)
+    if isinstance(value, dict):
+        return {k: with_run_dir(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_run_dir(v, run_dir) for v in value]
+    return value
+
+
 def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
     """None if some alive node can hold one replica, else why not."""
     return unplaceable(spec.resources, nodes, "replica")
@@ -95,7 +107,8 @@ class ServiceManager:
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
         token = self.http.token_sha256 if self.http else None
-        return serve.deployment(ReplicaHost, **options).bind(target, spec.args, spec.name,
+        args = with_run_dir(spec.args, str(self.run.path)) if self.run else spec.args
+        return serve.deployment(ReplicaHost, **options).bind(target, args, spec.name,
                                                              spec.transport, token)
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -27,7 +27,9 @@ class RemoteEndpointSpec(StrictModel):
 
     url: str = Field(description="http(s) base URL: '.../v1' for OpenAI-compatible servers, "
                                  "the server root for Ollama.")
-    kind: Literal["openai", "ollama"]
+    kind: Literal["openai", "ollama", "vep_rest"] = Field(
+        description="openai: OpenAI-compatible API; ollama: Ollama's native API; vep_rest: "
+                    "a VEP-REST-compatible annotation server (model: the species)")
     model: str = Field(min_length=1, description="The model name the endpoint serves.")
     name: str | None = Field(None, description="Shown in responses and errors; default: host.")
     api_key_env: str | None = Field(

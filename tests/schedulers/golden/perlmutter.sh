@@ -18,9 +18,11 @@
 # tears down only this job's processes (on exit, cancel, or walltime warning).
 set -eo pipefail
 cd /scratch/proj/hpcray-runs/demo-20261126-120000-abcd
+# setup lines below may use these: the run directory and the job's Python
+export HPCRAY_RUN_DIR=/scratch/proj/hpcray-runs/demo-20261126-120000-abcd
+export HPCRAY_PYTHON=/opt/envs/lucid/bin/python
 # environment setup (site profile, then workflow)
 source /opt/envs/lucid/bin/activate
 export GREETING='it'"'"'s a "test" $HOME'
 export OMP_NUM_THREADS=4
-export HPCRAY_RUN_DIR=/scratch/proj/hpcray-runs/demo-20261126-120000-abcd
 exec /opt/envs/lucid/bin/python -m hpcray up --run-dir /scratch/proj/hpcray-runs/demo-20261126-120000-abcd
