@@ -95,6 +95,13 @@ def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) 
     """Services hold their CPUs and GPUs for the whole run: more than the allocation has can
     never start, so it fails here rather than after the readiness timeout."""
     nodes = workflow.allocation.nodes
+    for s in workflow.services:
+        for kind, per_node in (("cpus", cpus), ("gpus", gpus)):
+            one = getattr(s.resources, kind)
+            if s.replicas and one > per_node + 1e-9:
+                raise ResourceError(
+                    f"service '{s.name}': one replica needs {one:g} {kind[:-1].upper()}s, but "
+                    f"a node of the allocation has {per_node} on {where}")
     for kind, per_node, need in (
             ("cpus", cpus, sum(s.replicas * s.resources.cpus for s in workflow.services)),
             ("gpus", gpus, sum(s.replicas * s.resources.gpus for s in workflow.services))):

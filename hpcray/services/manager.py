@@ -123,12 +123,7 @@ class ServiceManager:
                         http_options={"host": self.http.bind, "port": self.http.port})
         else:
             serve.start(proxy_location=ProxyLocation.Disabled)
-        nodes = ray.nodes()
-        for level in self.levels:
-            for spec in level:
-                why = fits(spec, nodes) if spec.replicas else None
-                if why:
-                    raise ServiceError(f"service {spec.name!r} cannot be placed: {why}")
+        self._check_all(ray.nodes())
         from hpcray.services.direct.directory import directory
 
         self.directory = directory(create=True)
@@ -167,6 +162,24 @@ class ServiceManager:
         if self.http:
             self._start_openai()
         return self.records
+
+    def _check_all(self, nodes: list[dict[str, Any]]) -> None:
+        """Every service that cannot start (no node can hold a replica, arguments its class
+        does not take), all named in one error before any is deployed."""
+        problems = []
+        for level in self.levels:
+            for spec in level:
+                if not spec.replicas:
+                    continue
+                why = fits(spec, nodes)
+                if why:
+                    problems.append(f"service {spec.name!r} cannot be placed: {why}")
+                try:
+                    check_args(load_class(target_of(spec.deployment)), spec.args, spec.name)
+                except HpcrayError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ServiceError("; ".join(problems))
 
     def _start_openai(self) -> None:
         from ray import serve

@@ -59,24 +59,37 @@ def test_constructor_error_fails_fast_and_the_driver_never_starts(tmp_path, run_
     assert "driver_start" not in st.times
 
 
-def test_resources_no_node_has(tmp_path, run_root):
+def test_resources_no_node_has_and_bad_arguments_fail_before_deploying(tmp_path, run_root):
+    from hpcray.errors import ResourceError
+
+    # CPUs are known before submission: refused there, nothing submitted
     services = "  - {name: big, deployment: noop, resources: {cpus: 64}}\n"
-    sub, st = run_workflow(tmp_path, run_root, services, "big: 1")
+    with pytest.raises(ResourceError, match="service 'big': one replica needs 64 CPUs, but a "
+                                            "node of the allocation has"):
+        run_workflow(tmp_path, run_root, services, "big: 1")
+    # a custom resource only Ray knows, and arguments the class does not take: the run
+    # fails at start naming both, before anything is deployed or the driver starts
+    services = ("  - {name: big, deployment: noop, resources: {resources: {nvme: 1}}}\n"
+                "  - {name: c, deployment: 'userclasses:Counter', args: {begin: 1}}\n")
+    sub, st = run_workflow(tmp_path, run_root, services, "big: 1, c: 1")
     assert st.state == "failed"
-    assert "service 'big' cannot be placed: one replica needs {'CPU': 64" in st.error
+    assert "service 'big' cannot be placed: one replica needs {" in st.error
+    assert "'nvme': 1" in st.error
+    assert "its parameters: start" in st.error
+    assert "driver_start" not in st.times
 
 
-def test_bad_arguments_fail_before_deploying(tmp_path, run_root):
-    services = "  - {name: c, deployment: 'userclasses:Counter', args: {begin: 1}}\n"
-    sub, st = run_workflow(tmp_path, run_root, services, "c: 1")
-    assert st.state == "failed" and "its parameters: start" in st.error
-
-
-def test_http_endpoint_for_executables_and_bad_requests(tmp_path, run_root):
-    services = "  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
+def test_http_endpoint_for_executables_and_bad_requests_and_a_lifetime(tmp_path, run_root):
+    services = ("  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
+                "  - {name: short, deployment: noop, resources: {cpus: 0.05},\n"
+                "     lifetime: {seconds: 2}}\n")
+    # the driver outlives `short`'s 2 s lifetime
     sub, st = run_workflow(tmp_path, run_root, services, name="http",
-                           driver="driver: {command: [python3, http_client.py]}\n")
+                           driver="driver: {command: 'sh -c \"python3 http_client.py && "
+                                  "sleep 4\"'}\n")
     assert st.state == "completed", hpcray.logs(sub.run_dir)
+    assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
+    assert "service short: expired" in st.summary()
     results = json.loads((sub.run_dir / "http-results.json").read_text())
     head = read_json(sub.run_dir / "head.json")
     # bound to the head's address (loopback here), on the job's own port block
@@ -103,16 +116,6 @@ def test_unhealthy_replica_is_replaced(tmp_path, run_root):
     result = json.loads((sub.run_dir / "driver-result.json").read_text())
     assert result["new"] and result["new"] != result["first"]  # Serve replaced the replica
     assert result["ok"] + result["failed"] == result["calls"]  # every call accounted for
-
-
-def test_lifetime_ends_a_service(tmp_path, run_root):
-    services = ("  - {name: short, deployment: noop, resources: {cpus: 0.05},\n"
-                "     lifetime: {seconds: 2}}\n")
-    sub, st = run_workflow(tmp_path, run_root, services, name="life",
-                           driver="driver: {command: [sleep, '8']}\n")
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
-    assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
-    assert "service short: expired" in st.summary()
 
 
 @pytest.fixture(scope="session")

@@ -75,14 +75,6 @@ def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
     return a0 <= b1 and b0 <= a1
 
 
-def _touches(a0: int, a1: int, b0: int, b1: int) -> bool:
-    """Like _overlaps, but an insertion counts when either flank is inside (splice region,
-    CDS edges: the inserted bases shift what lies on that side)."""
-    if a1 < a0:
-        return b0 <= a0 <= b1 or b0 <= a1 <= b1
-    return a0 <= b1 and b0 <= a1
-
-
 def _splice_region(s: int, e: int, zone: tuple[int, int], parts: list[tuple[int, int]]) -> bool:
     """An allele in the splice region: any base of it in `parts`; an insertion, when one
     flank is in `parts` and the other still in `zone` (the region with its exon), as
@@ -116,9 +108,13 @@ def region_terms(t: Transcript, allele: Allele) -> set[str]:
             continue
         five_end = (i0, i0 + 1) if t.strand == "+" else (i1 - 1, i1)
         three_end = (i1 - 1, i1) if t.strand == "+" else (i0, i0 + 1)
-        if _overlaps(s, e, *five_end):
+        # an insertion between the left exon and the intron's first base moves that
+        # dinucleotide away from the exon (bcftools csq counts it; the mirror case at the
+        # intron's end it does not)
+        at_start = e < s and e == left[1] and s == i0
+        if _overlaps(s, e, *five_end) or (at_start and five_end[0] == i0):
             terms.add("splice_donor_variant")
-        if _overlaps(s, e, *three_end):
+        if _overlaps(s, e, *three_end) or (at_start and three_end[0] == i0):
             terms.add("splice_acceptor_variant")
         region = (_splice_region(s, e, (left[0], min(i0 + 7, i1)),
                                  [(max(left[1] - 2, left[0]), left[1]), (i0 + 2, min(i0 + 7, i1))])
@@ -129,7 +125,9 @@ def region_terms(t: Transcript, allele: Allele) -> set[str]:
             terms.add("splice_region_variant")
         if _overlaps(s, e, i0, i1) and not in_exon:
             terms.add("intron_variant")
-    touches_cds = t.coding and any(_touches(s, e, a, b) for a, b in t.cds)
+    # an insertion (before genomic base s) is coding when s is, as bcftools csq counts it
+    touches_cds = t.coding and any((a <= s <= b) if e < s else _overlaps(s, e, a, b)
+                                   for a, b in t.cds)
     if in_exon or touches_cds:
         if not t.coding:
             terms.add("non_coding_transcript_exon_variant")
@@ -179,15 +177,22 @@ class CodingSequence:
 
 def coding_terms(cds: CodingSequence, allele: Allele) -> set[str]:
     s, e = allele.start, allele.end
-    span = range(s, e + 1) if e >= s else range(e, s + 1)
-    hit = [cds.index[p] for p in span if p in cds.index]
-    if not hit:
-        return set()
-    first, last = min(hit), max(hit)
+    if e < s:  # an insertion before genomic base s: coding when s is
+        if s not in cds.index:
+            return set()
+        at = cds.index[s] if cds.strand == "+" else cds.index[s] + 1  # transcript index
+        first, last = at - 1, min(at, len(cds.seq) - 1)  # the bases either side of it
+    else:
+        hit = [cds.index[p] for p in range(s, e + 1) if p in cds.index]
+        if not hit:
+            return set()
+        first, last = min(hit), max(hit)
     last_codon = len(cds.seq) // 3 - 1
-    codon0, codon1 = first // 3, last // 3
+    codon0, codon1 = max(first, 0) // 3, last // 3
     has_stop = cds.seq[-3:] in ("TAA", "TAG", "TGA")
     delta = len(allele.alt) - len(allele.ref)
+    if delta < 0 and not allele.alt and e >= s:
+        delta = -(last - first + 1)  # a deletion across the CDS edge: the CDS bases it takes
     if delta:
         terms = {"frameshift_variant"} if delta % 3 else (
             {"inframe_insertion"} if delta > 0 else {"inframe_deletion"})
@@ -197,7 +202,7 @@ def coding_terms(cds: CodingSequence, allele: Allele) -> set[str]:
             if delta % 3 == 0 and e < s and first >= len(cds.seq) - 3:
                 return {"stop_lost", "inframe_insertion"}
             edited = _edited(cds, allele, first, last) if delta % 3 == 0 else None
-            kept = edited is not None and "*" in cds.protein(edited[first // 3 * 3:])
+            kept = edited is not None and "*" in cds.protein(edited[codon0 * 3:])
             terms.add("stop_retained_variant" if kept else "stop_lost")
         elif delta % 3 == 0 and _inframe_stop(cds, allele, first, last):
             terms.add("stop_gained")
@@ -241,7 +246,7 @@ def _inframe_stop(cds: CodingSequence, allele: Allele, first: int, last: int) ->
     if new is None:
         return False
     alt = allele.alt
-    c0 = first // 3 * 3
+    c0 = max(first, 0) // 3 * 3
     old_window = cds.seq[c0:(last // 3 + 1) * 3]
     new_window = new[c0:c0 + len(old_window) + len(alt) - len(allele.ref)]
     return "*" in cds.protein(new_window) and "*" not in cds.protein(old_window)

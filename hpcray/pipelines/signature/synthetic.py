@@ -282,12 +282,12 @@ def generate(root: str | Path, *, seed: int = 7, background: float = 60.0,
             sample = f"S{index:02d}"
             time_factor = 1.0 + 0.15 * TIMES.index(time_h)
             variants: dict[tuple[str, int], tuple[str, int, str, str]] = {}
-            for _ in range(_poisson(rng, background * time_factor)):
+            for _ in range(poisson(rng, background * time_factor)):
                 contig = rng.choice(contigs)
                 pos = rng.randint(1, lengths[contig])
                 _snv(rng, seqs, contig, pos, variants)
             for members in PLANTED.values():
-                for _ in range(_poisson(rng, planted_rate * dose * time_factor)):
+                for _ in range(poisson(rng, planted_rate * dose * time_factor)):
                     gene = by_name[rng.choice(members)]
                     a, b = rng.choice(gene.cds)
                     _snv(rng, seqs, gene.contig, rng.randint(a, b), variants)
@@ -320,7 +320,8 @@ def _snv(rng: random.Random, seqs: dict[str, str], contig: str, pos: int, varian
         variants[(contig, pos)] = (contig, pos, ref, rng.choice([b for b in "ACGT" if b != ref]))
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson draw from `rng` (seeded, so the study is the same every time)."""
     import math
 
     if lam <= 0:

@@ -39,7 +39,10 @@ class MethodOptions:
     lora_dropout: float = 0.0
     ensemble: int = 3  # adapters of an ensemble
     samples: int = 8  # posterior samples (laplace) or passes (mc_dropout)
-    prior_precision: float = 100.0  # the Gaussian prior on LoRA parameters (1/variance)
+    # the Gaussian prior on LoRA parameters (1/variance), or "marglik": chosen per task by
+    # the Laplace approximation's marginal likelihood (with the empirical Fisher it picks too
+    # weak a prior: docs/pipelines/uq.md)
+    prior_precision: float | str = 100.0
     max_length: int = 256
     target_modules: str | list[str] | None = "all-linear"  # None: PEFT's per-model default
 
@@ -198,6 +201,7 @@ def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
     base = _Model(model_dir, options, device)
     loaded = time.perf_counter()
     losses: list[float] = []
+    prior = None
     if method == "ensemble":
         members = []
         for k in range(options.ensemble):
@@ -217,20 +221,37 @@ def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
             probs = _mean([base.option_probs(model, test, dropout=True)
                            for _ in range(options.samples)])
         else:
-            probs = _laplace(base, model, train, test, options, seed)
+            probs, prior = _laplace(base, model, train, test, options, seed)
     done = time.perf_counter()
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return {"method": method, "seed": seed, "model": model_dir, "device": device,
+            "prior_precision": prior if method == "laplace" else None,
             "probs": probs, "answers": [i.answer for i in test], "ids": [i.id for i in test],
             "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])),
             "load_s": loaded - start, "train_predict_s": done - loaded,
             "peak_gpu_memory_gb": peak}
 
 
+def marglik_prior_precision(curvature, mode) -> float:
+    """The prior precision that maximises the Laplace approximation's log marginal
+    likelihood, as a function of the prior alone (the data fit at the mode is fixed):
+    -(lam/2)|theta|^2 + (P/2) log lam - (1/2) sum log(H_i + lam), on a log grid from 1e-4
+    to 1e6. `curvature` and `mode`: per-tensor diagonals and values."""
+    import torch
+
+    h = torch.cat([c.flatten().double() for c in curvature])
+    norm2 = float(sum((m.double() ** 2).sum() for m in mode))
+    grid = torch.logspace(-4, 6, 201, dtype=torch.float64)
+    scores = [-(lam / 2) * norm2 + h.numel() / 2 * torch.log(lam)
+              - 0.5 * torch.log(h + lam).sum() for lam in grid]
+    return float(grid[int(torch.stack(scores).argmax())])
+
+
 def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
-             options: MethodOptions, seed: int) -> list[list[float]]:
+             options: MethodOptions, seed: int) -> tuple[list[list[float]], float]:
     """Diagonal Laplace over the LoRA parameters around the trained adapter: precision =
-    N x (mean squared per-batch gradient) + prior; predictions averaged over samples."""
+    N x (mean squared per-batch gradient) + prior; predictions averaged over samples.
+    Returns them and the prior precision used."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,8 +267,11 @@ def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
             f += g.detach() ** 2
         batches += 1
     n = len(train)
-    std = [1.0 / torch.sqrt(n * f / max(batches, 1) + options.prior_precision) for f in fisher]
+    curvature = [n * f / max(batches, 1) for f in fisher]
     mean = [p.detach().clone() for p in params]
+    prior = (marglik_prior_precision(curvature, mean) if options.prior_precision == "marglik"
+             else float(options.prior_precision))
+    std = [1.0 / torch.sqrt(c + prior) for c in curvature]
     generator = torch.Generator(device=mean[0].device).manual_seed(seed)
     draws = []
     for _ in range(options.samples):
@@ -259,4 +283,4 @@ def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
     with torch.no_grad():
         for p, m in zip(params, mean, strict=True):
             p.copy_(m)
-    return _mean(draws)
+    return _mean(draws), prior

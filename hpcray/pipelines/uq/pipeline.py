@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -81,7 +81,9 @@ class MethodOptionsModel(StrictModel):
     lora_alpha: int = Field(16, ge=1)
     ensemble: int = Field(3, ge=2)
     samples: int = Field(8, ge=1)
-    prior_precision: float = Field(100.0, gt=0)
+    prior_precision: Annotated[float, Field(gt=0)] | Literal["marglik"] = Field(
+        100.0, description="Laplace's prior precision, or 'marglik': chosen per task by the "
+                           "marginal likelihood.")
 
 
 UQConfig.model_rebuild()

@@ -13,6 +13,7 @@ from hpcray.pipelines.signature.enrichment import enrich
 from hpcray.pipelines.signature.gmt import GeneSet
 from hpcray.pipelines.signature.samples import Sample
 from hpcray.pipelines.signature.stats import bh_fdr, hypergeom_sf, poisson_dose_fit
+from hpcray.pipelines.signature.synthetic import poisson
 
 
 def test_hypergeometric_tail_matches_the_sum_of_binomials():
@@ -49,13 +50,13 @@ def test_the_dose_fit_recovers_a_known_rate_ratio():
     times = [24] * 15 + [72] * 15
     exposure = [rng.randint(800, 1200) for _ in doses]
     true_slope = math.log(3.0)
-    counts = [_poisson(rng, e / 100 * math.exp(true_slope * d))
+    counts = [poisson(rng, e / 100 * math.exp(true_slope * d))
               for e, d in zip(exposure, doses, strict=True)]
     fit = poisson_dose_fit(counts, doses, times, exposure)
     assert fit is not None and fit.converged
     assert fit.slope - 2 * fit.se < true_slope < fit.slope + 2 * fit.se
     assert fit.p < 1e-6
-    flat = poisson_dose_fit([_poisson(rng, e / 100) for e in exposure], doses, times, exposure)
+    flat = poisson_dose_fit([poisson(rng, e / 100) for e in exposure], doses, times, exposure)
     assert flat.p > 0.001
 
 
@@ -77,11 +78,3 @@ def test_dose_response_rows_per_gene_and_gene_set_with_fdr():
     assert by[("gene_set", "SET")].variants == 30
     assert by[("gene_set", "SET")].burden_by_dose == "0:10.00 0.5:45.00 1:95.00"
 
-
-def _poisson(rng, lam):
-    limit, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1
