@@ -187,7 +187,12 @@ def run(**kwargs: Any) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     neutral: dict[str, int] = {}
     for ref, name in enrich_refs.items():
-        got = ray.get(ref)
+        try:
+            got = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - one sample's enrichment loses only itself
+            failures[name] = f"enrichment: {str(exc).splitlines()[0][:600]}"
+            log.error("sample %s failed: %s", name, failures[name])
+            continue
         counts[name] = got["counts"]
         neutral[name] = got["neutral"]
         per_sample_rows += got["rows"]
@@ -226,12 +231,16 @@ def run(**kwargs: Any) -> dict[str, Any]:
     heatmap(out / "heatmap.png", set_rows, features["gene_set"], ok, totals)
 
     significant = [r for r in set_rows if r.fdr < config.fdr and r.rate_ratio > 1]
+    falling = [r for r in set_rows if r.fdr < config.fdr and r.rate_ratio < 1]
     summary: dict[str, Any] = {
         "samples": len(samples), "annotated": len(counts), "failed": failures,
         "universe": len(universe), "gene_sets_tested": len(set_rows),
         "dose_responsive_gene_sets": [
             {"gene_set": r.feature, "rate_ratio": round(r.rate_ratio, 3),
              "fdr": float(f"{r.fdr:.3g}")} for r in significant],
+        "falling_gene_sets": [
+            {"gene_set": r.feature, "rate_ratio": round(r.rate_ratio, 4),
+             "fdr": float(f"{r.fdr:.3g}")} for r in falling],
         "variants_annotated": sum(int(a["variants"]) for a in annotations.values()),
         "annotation_seconds": round(sum(a["seconds"] for a in annotations.values()), 2),
         "wall_seconds": None,
@@ -239,7 +248,9 @@ def run(**kwargs: Any) -> dict[str, Any]:
     if planted:
         found = {r.feature for r in significant}
         summary["planted"] = {"planted": planted, "recovered": sorted(found & set(planted)),
-                              "other": sorted(found - set(planted))}
+                              # any other set below the FDR threshold, in either direction
+                              "other": sorted((found | {r.feature for r in falling})
+                                              - set(planted))}
     if config.hypotheses and corpus is not None and significant:
         from hpcray.pipelines.signature.hypotheses import generate_hypotheses, write_hypotheses
 
@@ -259,6 +270,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     _write_json(out / "timeline.json", timeline)
     _write_json(out / "summary.json", summary)
     _write_summary_md(out, summary, set_rows[:10], config.fdr)
+    print((out / "summary.md").read_text() + f"\nResults: {out}", flush=True)
     return summary
 
 
@@ -306,6 +318,15 @@ def _write_summary_md(out: Path, summary: dict[str, Any], top, fdr: float) -> No
     lines += [f"Dose-responsive gene sets (FDR < {fdr:g}, burden rising with dose):", ""]
     lines += [f"- {g['gene_set']}: x{g['rate_ratio']} per Gy, FDR {g['fdr']}"
               for g in summary["dose_responsive_gene_sets"]] or ["- none"]
+    if summary["falling_gene_sets"]:
+        lines += ["", f"Gene sets whose burden falls with dose (FDR < {fdr:g}):", ""]
+        lines += [f"- {g['gene_set']}: x{g['rate_ratio']} per Gy, FDR {g['fdr']}"
+                  for g in summary["falling_gene_sets"]]
+    if "planted" in summary:
+        p = summary["planted"]
+        lines += ["", f"Planted gene sets recovered: {len(p['recovered'])} of "
+                      f"{len(p['planted'])}; other gene sets below the threshold: "
+                      f"{', '.join(p['other']) or 'none'}."]
     lines += ["", "| gene set | variants | rate ratio / Gy | 95% CI | FDR |",
               "|---|---|---|---|---|"]
     lines += [f"| {r.feature} | {r.variants} | {r.rate_ratio:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
