@@ -55,8 +55,10 @@ def test_queue_time_counts_as_service_not_communication(serve_model, client_for)
     # measured on the replica (service time), not left in communication
     assert waits[-1] >= 3 * 0.02
     assert all(r.timing.inference_s >= 0.02 for r in replies)
-    assert all(r.timing.communication_s < 0.01 for r in replies), \
-        [r.timing.communication_s for r in replies]
+    # had the queue wait been left in communication, the last reply's would be at least
+    # that wait; compared with it, not with a fixed time, so a loaded machine does not fail it
+    assert all(r.timing.communication_s < waits[-1] for r in replies), \
+        ([r.timing.communication_s for r in replies], waits)
 
 
 def test_a_slow_handler_does_not_delay_pings(serve_model, client_for):
