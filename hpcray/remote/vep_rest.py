@@ -91,7 +91,7 @@ class RestAnnotator:
     def annotate(self, vcf: str | Path, sample: str, column: str | None = None):
         from hpcray.pipelines.signature.builtin import Summary
         from hpcray.pipelines.signature.consequences import IMPACT, most_severe
-        from hpcray.pipelines.signature.table import Row
+        from hpcray.pipelines.signature.table import Row, inside_gene
         from hpcray.pipelines.signature.vcf import calls
 
         summary = Summary(genes=set())
@@ -114,8 +114,7 @@ class RestAnnotator:
                             terms = [t for t in tc.get("consequence_terms", []) if t]
                             top = most_severe({t for t in terms if t in IMPACT})
                             gene = tc.get("gene_symbol") or ""
-                            if gene and top not in ("upstream_gene_variant",
-                                                    "downstream_gene_variant"):
+                            if inside_gene(gene, top):
                                 summary.genes.add(gene)
                             summary.rows += 1
                             yield Row(sample, call.contig, call.pos, call.ref, alt, gene,

@@ -19,7 +19,7 @@ from hpcray.pipelines.signature.consequences import (
 )
 from hpcray.pipelines.signature.errors import InputError
 from hpcray.pipelines.signature.genemodel import GeneModel, Transcript, load_gene_model
-from hpcray.pipelines.signature.table import Row
+from hpcray.pipelines.signature.table import Row, inside_gene
 from hpcray.pipelines.signature.vcf import Call, calls, header_contigs
 
 
@@ -139,8 +139,7 @@ class BuiltinAnnotator:
             for alt in call.alts:
                 for t, terms in self.consequences(contig, call.pos, call.ref, alt):
                     top = most_severe(terms)
-                    if t is not None and top not in ("upstream_gene_variant",
-                                                     "downstream_gene_variant"):
+                    if t is not None and inside_gene(t.gene, top):
                         summary.genes.add(t.gene)
                     summary.rows += 1
                     yield Row(sample, call.contig, call.pos, call.ref, alt,

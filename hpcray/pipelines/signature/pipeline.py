@@ -26,6 +26,7 @@ from pydantic import Field
 from hpcray.errors import HpcrayError
 from hpcray.metrics import progress
 from hpcray.pipelines.signature.errors import InputError
+from hpcray.pipelines.signature.service import run_path
 from hpcray.spec.models import StrictModel
 
 log = logging.getLogger("hpcray.signature")
@@ -67,11 +68,6 @@ class SignatureConfig(StrictModel):
     output: str | None = Field(None, description="Default <run>/signature.")
 
 
-def _path(value: str, run_dir: Path) -> Path:
-    value = value.replace("{run_dir}", str(run_dir))
-    return Path(value) if os.path.isabs(value) else run_dir / value
-
-
 def _enrich_task(scope: str, table: str, gmt: list, universe: list[str], impacts: list[str] | None,
                  min_size: int, max_size: int) -> dict[str, Any]:
     from hpcray.pipelines.signature.enrichment import enrich
@@ -111,12 +107,12 @@ def run(**kwargs: Any) -> dict[str, Any]:
 
     config = SignatureConfig.model_validate(kwargs)
     run_dir = Path(os.environ.get("HPCRAY_RUN_DIR", "."))
-    out = _path(config.output, run_dir) if config.output else run_dir / "signature"
+    out = run_path(config.output, run_dir) if config.output else run_dir / "signature"
     out.mkdir(parents=True, exist_ok=True)
-    sheet, gmt_path = _path(config.samples, run_dir), _path(config.gene_sets, run_dir)
+    sheet, gmt_path = run_path(config.samples, run_dir), run_path(config.gene_sets, run_dir)
     planted: list[str] = []
     if config.planted:
-        planted = [ln.strip() for ln in _path(config.planted, run_dir).read_text().splitlines()
+        planted = [ln.strip() for ln in run_path(config.planted, run_dir).read_text().splitlines()
                    if ln.strip()]
     samples = read_samples(sheet)
     sets = read_gmt(gmt_path)
@@ -124,7 +120,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     if config.hypotheses:
         from hpcray.pipelines.signature.hypotheses import read_corpus
 
-        corpus = read_corpus(_path(config.hypotheses.literature, run_dir))
+        corpus = read_corpus(run_path(config.hypotheses.literature, run_dir))
     if not ray.is_initialized():
         ray.init()
 

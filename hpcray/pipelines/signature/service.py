@@ -27,11 +27,16 @@ class SampleAnnotator(Protocol):
     def annotate(self, vcf: str | Path, sample: str, column: str | None = None): ...
 
 
+def run_path(value: str, run_dir: Path | None = None) -> Path:
+    """A path of the pipeline's files: `{run_dir}` filled in, and a relative one taken from
+    the run directory (where the job starts and the setup lines write)."""
+    run_dir = run_dir or Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+    value = value.replace("{run_dir}", str(run_dir))
+    return Path(value) if os.path.isabs(value) else run_dir / value
+
+
 def _resolve(path: str | None) -> str | None:
-    """Relative paths are relative to the run directory (where the job starts)."""
-    if path is None or os.path.isabs(path):
-        return path
-    return str(Path(os.environ.get("HPCRAY_RUN_DIR", ".")) / path)
+    return None if path is None else str(run_path(path))
 
 
 def annotate_with(annotator: SampleAnnotator, payload: dict[str, Any]) -> dict[str, Any]:

@@ -57,12 +57,18 @@ def read_rows(path: Path) -> Iterator[Row]:
 GENE_LEVEL = ("upstream_gene_variant", "downstream_gene_variant", "intergenic_variant")
 
 
+def inside_gene(gene: str, top: str) -> bool:
+    """Does a consequence (its most severe term `top`) hit the gene itself, not only its
+    neighbourhood? The one rule for genes hit, in every backend and in the counts."""
+    return bool(gene) and top not in GENE_LEVEL
+
+
 def genes_hit(rows: Iterable[Row], impacts: set[str] | None = None) -> dict[str, int]:
     """Variants per gene (each variant counted once per gene), from rows inside genes;
     with `impacts`, only rows of those impact classes."""
     seen: dict[str, set[tuple[str, int, str, str]]] = {}
     for r in rows:
-        if not r.gene or r.consequence.split("&")[0] in GENE_LEVEL:
+        if not inside_gene(r.gene, r.consequence.split("&")[0]):
             continue
         if impacts and r.impact not in impacts:
             continue
@@ -76,6 +82,6 @@ def neutral_variants(rows: Iterable[Row]) -> int:
     where: dict[tuple[str, int, str, str], bool] = {}
     for r in rows:
         key = (r.contig, r.pos, r.ref, r.alt)
-        genic = bool(r.gene) and r.consequence.split("&")[0] not in GENE_LEVEL
+        genic = inside_gene(r.gene, r.consequence.split("&")[0])
         where[key] = where.get(key, False) or genic
     return sum(1 for genic in where.values() if not genic)

@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcray.pipelines.signature.builtin import Summary
 from hpcray.pipelines.signature.consequences import IMPACT, most_severe
 from hpcray.pipelines.signature.errors import InputError
-from hpcray.pipelines.signature.table import Row
+from hpcray.pipelines.signature.table import Row, inside_gene
 from hpcray.pipelines.signature.vcf import calls, open_vcf
 
 log = logging.getLogger("hpcray.signature")
@@ -77,8 +77,7 @@ class VepTable:
                     top = most_severe({t for t in terms if t in IMPACT}) if terms else ""
                     gene = cols[want["SYMBOL"]] if "SYMBOL" in want else ""
                     impact = cols[want["IMPACT"]] if "IMPACT" in want else IMPACT.get(top, "")
-                    if gene and top not in ("upstream_gene_variant", "downstream_gene_variant",
-                                            "intergenic_variant"):
+                    if inside_gene(gene, top):
                         genes.add(gene)
                     self.summary.rows += 1
                     yield Row(sample, call.contig, call.pos, call.ref, alt, gene,
