@@ -3,10 +3,12 @@ locally (a replica in the allocation, direct path) and remotely (another hpcray 
 OpenAI-compatible HTTP API behind a proxy adding the cloud-node latency).
 
     python benchmarks/inference.py [--requests 100] [--max-tokens 16] [--one-way-ms 0.47]
+                                   [--model DIR] [--gpus 0.5] [--dtype bfloat16] [--name N]
 
-The model is the tiny GPT-2 (real architecture, random weights, built locally) on CPUs; on a
-GPU machine, point --model at a real checkpoint with the vllm_llm deployment instead. Writes
-benchmarks/results/inference.{csv,png,txt}.
+The model is the tiny GPT-2 (real architecture, random weights, built locally) on CPUs; with
+--gpus each replica gets that share of a GPU (benchmarks/gpu_check.sh runs it so on the lent
+GPU with a larger Llama-shape model). Writes benchmarks/results/<name>.{csv,png,txt}
+(name: inference).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--one-way-ms", type=float, default=0.47)
     parser.add_argument("--model", help="a causal LM directory (default: the tiny GPT-2)")
+    parser.add_argument("--gpus", type=float, default=0.0, help="GPU share of each replica")
+    parser.add_argument("--dtype", default="auto", help="weights' dtype in the replicas")
+    parser.add_argument("--name", default="inference", help="results' file name")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -51,8 +56,9 @@ def main() -> int:
             from hpcray.models.tiny import build_tiny_causal_lm
 
             model = str(build_tiny_causal_lm(work / "tiny-gpt2"))
-        llm = (f"deployment: transformers_llm, resources: {{cpus: 0.5}}, "
-               f"args: {{model_path: '{model}', max_new_tokens: {args.max_tokens}}}")
+        llm = (f"deployment: transformers_llm, resources: {{cpus: 0.5, gpus: {args.gpus}}}, "
+               f"args: {{model_path: '{model}', max_new_tokens: {args.max_tokens}, "
+               f"dtype: {args.dtype}}}")
         site_a = work / "sitea.yaml"
         site_a.write_text(f"name: sitea\n{HEAD}services:\n  - {{name: llm, {llm}}}\n"
                           "driver: {command: [sleep, '3600']}\n")
@@ -93,8 +99,10 @@ def main() -> int:
                 proxy.kill()
             hpcray.cancel(a.run_dir)
 
-    table = Table(title=f"Experiment 3: generate ({args.max_tokens} tokens), tiny GPT-2 on CPU, "
-                        f"{args.requests} requests")
+    where = f"{args.gpus:g} GPU per replica" if args.gpus else "CPU"
+    model_name = Path(args.model).name if args.model else "tiny GPT-2"
+    table = Table(title=f"Experiment 3: generate ({args.max_tokens} tokens), {model_name} on "
+                        f"{where}, {args.requests} requests")
     for col in ("served", "p50 ms", "inference ms", "service ms", "communication ms",
                 "inference share"):
         table.add_column(col, justify="right")
@@ -109,11 +117,11 @@ def main() -> int:
     console.print("local: a replica over the direct path (server-reported split); remote: site "
                   f"A's /v1 behind {args.one_way_ms} ms each way (split estimated from the "
                   "probe round trip; an OpenAI-compatible server reports no timing)")
-    save("inference", rows, console, lambda path: plot(rows, path))
+    save(args.name, rows, console, lambda path: plot(rows, path, f"{model_name} on {where}"))
     return 0
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, where: str) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -124,7 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.bar(names, values, bottom=bottom, label=part.replace("_ms", ""))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("ms per request (mean)")
-    ax.set_title("Experiment 3: RT components, local vs remote")
+    ax.set_title(f"Experiment 3: RT components, local vs remote\n{where}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

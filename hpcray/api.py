@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -27,10 +28,20 @@ TERMINAL = ("completed", "failed", "cancelled", "walltime", "lost")
 
 
 def _detected_gpus() -> int:
+    """NVIDIA GPUs this machine shows: CUDA_VISIBLE_DEVICES, else the device files, else
+    `nvidia-smi -L` (some virtual machines expose the GPU without /dev/nvidiaN)."""
     visible = visible_count(os.environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is not None:
         return visible
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+    devices = len(list(Path("/dev").glob("nvidia[0-9]*")))
+    if devices or shutil.which("nvidia-smi") is None:
+        return devices
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.splitlines())
 
 
 def site_cpus(site: SiteProfile) -> int:
@@ -232,8 +243,11 @@ def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
         replicas = metrics.get(name, {}).get("bt", [])
         bt = {part: max(r[part] for r in replicas) for part in ("launch", "init", "publish")
               } if replicas else {}
-        rates = replica_rates(run.path, name)
-        out.append(ServiceStatus(name, states.get(name, {}).get("state", "pending"),
+        state = states.get(name, {}).get("state", "pending")
+        # a replica killed at teardown leaves its last sample: only a live service has rates
+        rates = replica_rates(run.path, name) if state in ("pending", "starting", "ready") else \
+            {"rate": 0.0, "served": 0}
+        out.append(ServiceStatus(name, state,
                                  len(replicas), int(spec.get("replicas", 1)), bt,
                                  rates["rate"], rates["served"]))
     return out

@@ -19,6 +19,21 @@ SHARED_DATA = Path(os.environ.get("HPCRAY_SHARED_DATA", REPO.parent / "shared" /
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
 
 
+def has_nvidia_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+needs_gpu = pytest.mark.skipif(not has_nvidia_gpu(), reason="no NVIDIA GPU on this machine "
+                               "(checked on the lent GPU by benchmarks/gpu_check.sh)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_sites(monkeypatch):
     """Test site profiles (testslurm, an LSF and a Flux site) next to the built-in ones."""

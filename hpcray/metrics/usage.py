@@ -62,10 +62,12 @@ class RequestCounter:
             if run_dir else None
         self.node = node
         self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            threading.Thread(target=self._write_forever, name="hpcray-rate",
-                             daemon=True).start()
+            self._writer = threading.Thread(target=self._write_forever, name="hpcray-rate",
+                                            daemon=True)
+            self._writer.start()
 
     def _write_forever(self) -> None:
         last, since = self._served(), time.monotonic()
@@ -81,6 +83,8 @@ class RequestCounter:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=5)  # a write in flight would bring the file back
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 

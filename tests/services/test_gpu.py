@@ -1,26 +1,51 @@
-"""vLLM on a GPU: checked on a GPU machine only; skipped here with the reason."""
+"""Services on a GPU: checked on a GPU machine only (benchmarks/gpu_check.sh); skipped here
+with the reason."""
 
 from __future__ import annotations
 
-import shutil
+import json
 
 import pytest
+
+import hpcray
+from tests.conftest import ONE_NODE, needs_gpu, run_beside
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 
 
-def _has_gpu() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        import torch
+@needs_gpu
+def test_llm_replicas_an_encoder_and_a_stage_share_one_gpu(tmp_path, run_root):
+    """Two LLM replicas (bf16), an encoder and a stage task, each with a share of one GPU:
+    the run's node offers the GPU to Ray, and nvidia-smi shows every replica holding memory."""
+    from hpcray.models.tiny import build_tiny_decoder, build_tiny_encoder
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    llama = build_tiny_decoder(tmp_path / "llama", "llama", layers=8, dim=512)
+    bert = build_tiny_encoder(tmp_path / "bert")
+    probe = tmp_path / "probe.json"
+    text = (f"name: gpu\n{ONE_NODE}services:\n"
+            f"  - {{name: llm, deployment: transformers_llm, replicas: 2,\n"
+            f"     resources: {{cpus: 1, gpus: 0.25}},\n"
+            f"     args: {{model_path: '{llama}', dtype: bfloat16, max_new_tokens: 8}}}}\n"
+            f"  - {{name: emb, deployment: embedding, resources: {{cpus: 1, gpus: 0.25}},\n"
+            f"     args: {{model_path: '{bert}'}}}}\n"
+            "stages:\n  - name: probe\n    function: gpu_checks:probe\n"
+            f"    args: {{out: '{probe}'}}\n    resources: {{cpus: 1, gpus: 0.25}}\n"
+            "driver: {function: 'gpu_checks:main'}\n")
+    sub, st = run_beside("services", tmp_path.name, text, run_root, timeout=400)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    out = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert out["cluster_gpus"] >= 1
+    assert len(out["replicas"]) == 2 and out["completion_tokens"] == [6]
+    assert out["embed_dim"] == 32 and out["embed_rows"] == 3
+    held = {int(pid): mib for pid, mib in out["gpu_processes"].items()}
+    assert len(out["llm_pids"]) == 2 and len(out["emb_pids"]) == 1
+    for pid in out["llm_pids"] + out["emb_pids"]:
+        assert pid in held, (pid, held)  # the replica's own process holds GPU memory
+    used = json.loads(probe.read_text())
+    assert used["cuda"] and used["gpu_ids"] and used["device"] == "cuda:0", used
 
 
-@pytest.mark.skipif(not _has_gpu(), reason="no NVIDIA GPU on this machine (vLLM is a CUDA build)")
+@needs_gpu
 def test_vllm_dummy_llama3_8b_shape_answers_through_the_handle(tmp_path):
     pytest.importorskip("vllm", reason="vLLM not installed (pip install 'hpcray[vllm]')")
     import ray

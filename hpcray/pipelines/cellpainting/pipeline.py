@@ -250,7 +250,10 @@ def _trials(grid) -> list[dict[str, Any]]:
                     METRIC: history[METRIC].tolist() if has else [],
                     "images_per_s": history["images_per_s"].tolist() if has else [],
                     "data_wait_fraction": history["data_wait_fraction"].tolist() if has
-                    else [], "error": str(result.error) if result.error else None})
+                    else [],
+                    "device": history["device"].iloc[-1] if has and "device" in history
+                    else None,
+                    "error": str(result.error) if result.error else None})
     return out
 
 

@@ -86,7 +86,8 @@ def train_trial(config: dict[str, Any], data: DataSpec) -> None:
         metrics = {"epoch": epoch, "train_loss": sum(losses) / len(losses),
                    "val_loss": val_loss, "val_accuracy": val_acc,
                    "images_per_s": stream.images / wall,
-                   "data_wait_fraction": stream.wait_s / wall, "resumed": resumed is not None}
+                   "data_wait_fraction": stream.wait_s / wall, "resumed": resumed is not None,
+                   "device": device.type}
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "epoch": epoch}, Path(d) / CHECKPOINT_STATE)
