@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,27 @@ def test_unknown_site_before_submission(tmp_path):
 def test_run_root_with_space_is_refused(tmp_path):
     with pytest.raises(SpecError, match="run directory"):
         api.script(wf("  nodes: 1\n"), "local", run_root=Path(tmp_path) / "my runs")
+
+
+@pytest.mark.skipif(any(Path("/dev").glob("nvidia[0-9]*")), reason="this machine has GPU "
+                    "device files: they are counted first")
+def test_local_gpus_from_nvidia_smi_where_dev_lists_none(tmp_path, monkeypatch):
+    """Some virtual machines show the GPU to nvidia-smi but have no /dev/nvidiaN. No GPU
+    driver can run here: a stand-in prints what `nvidia-smi -L` printed on an H100 machine."""
+    from hpcray.sites import load_site
+
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text('#!/bin/sh\n[ "$1" = -L ] || exit 2\n'
+                   'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-4f1fe879-9730)"\n'
+                   'echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-5a2be879-9731)"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    local = load_site("local")
+    assert api.site_gpus(local) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # what the process may use wins
+    assert api.site_gpus(local) == 1
+    smi.write_text("#!/bin/sh\nexit 9\n")  # a broken driver: no GPU, no error
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert api.site_gpus(local) == 0
