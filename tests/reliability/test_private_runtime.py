@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,11 +50,11 @@ def test_run_files_are_private_and_ray_refuses_clients_without_the_token(tmp_pat
 
         wrong = tmp_path / "wrong-token"
         wrong.write_text("0" * 64)
-        refused_wrong = _connect(address, {**base, "RAY_AUTH_MODE": "token",
-                                           "RAY_AUTH_TOKEN_PATH": str(wrong)})
-        refused_none = _connect(address, base)
-        allowed = _connect(address, {**base, "RAY_AUTH_MODE": "token",
-                                     "RAY_AUTH_TOKEN_PATH": str(token)})
+        # a refused client gives up only after its connection retries: the three at once
+        with ThreadPoolExecutor(3) as pool:
+            refused_wrong, refused_none, allowed = pool.map(lambda env: _connect(address, env), [
+                {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}, base,
+                {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}])
         assert allowed.returncode == 0 and "connected 1" in allowed.stdout, allowed.stderr
         for refused in (refused_wrong, refused_none):
             assert refused.returncode != 0 and "connected" not in refused.stdout

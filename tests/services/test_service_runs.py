@@ -26,12 +26,20 @@ def run_workflow(tmp_path, run_root, services: str, driver_services: str | None 
     return run_beside("services", tmp_path.name, text, run_root, timeout)
 
 
-def test_noop_replicas_start_in_parallel_and_are_all_used(tmp_path, run_root):
+def test_noop_replicas_start_in_parallel_and_are_all_used_and_unhealthy_ones_replaced(
+        tmp_path, run_root):
     services = "".join(f"  - {{name: noop{n}, deployment: noop, replicas: {n}, "
                        "resources: {cpus: 0.05}}\n" for n in (1, 2, 4))
-    sub, st = run_workflow(tmp_path, run_root, services, "noop1: 1, noop2: 2, noop4: 4")
+    services += ("  - {name: flaky, deployment: 'userclasses:Flaky', resources: {cpus: 0.05},\n"
+                 "     health_check_period: 1, health_check_timeout: 2}\n")
+    sub, st = run_workflow(tmp_path, run_root, services, driver=(
+        "driver:\n  function: drive_services:main_and_flaky\n"
+        "  args:\n    services: {noop1: 1, noop2: 2, noop4: 4}\n"))
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    flaky = result["flaky"]
+    assert flaky["new"] and flaky["new"] != flaky["first"]  # Serve replaced the replica
+    assert flaky["ok"] + flaky["failed"] == flaky["calls"]  # every call accounted for
     metrics = json.loads((sub.run_dir / "metrics" / "services.json").read_text())
     for n in (1, 2, 4):
         name = f"noop{n}"
@@ -79,15 +87,55 @@ def test_resources_no_node_has_and_bad_arguments_fail_before_deploying(tmp_path,
     assert "driver_start" not in st.times
 
 
-def test_http_endpoint_for_executables_and_bad_requests_and_a_lifetime(tmp_path, run_root):
-    services = ("  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    pytest.importorskip("transformers", reason="transformers is installed by the test extra")
+    from hpcray.models.tiny import build_tiny_causal_lm, build_tiny_encoder
+
+    root = tmp_path_factory.mktemp("models")
+    return build_tiny_causal_lm(root / "tiny-gpt2"), build_tiny_encoder(root / "tiny-bert")
+
+
+def test_tiny_llm_and_encoder_and_an_executable_over_http(tmp_path, run_root, tiny_models,
+                                                         monkeypatch):
+    """One run: a tiny GPT-2 and BERT through the handle and the official `openai` client
+    (the driver); an executable stage calling a NOOP service over plain HTTP with bad
+    requests; a service whose 2 s lifetime ends during the run."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpt2, bert = tiny_models
+    services = (f"  - {{name: llm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
+                f"     args: {{model_path: '{gpt2}', max_new_tokens: 8}}}}\n"
+                f"  - {{name: emb, deployment: embedding, resources: {{cpus: 0.5}},\n"
+                f"     args: {{model_path: '{bert}'}}}}\n"
+                "  - {name: noop, deployment: noop, replicas: 1, resources: {cpus: 0.05}}\n"
                 "  - {name: short, deployment: noop, resources: {cpus: 0.05},\n"
                 "     lifetime: {seconds: 2}}\n")
-    # the driver outlives `short`'s 2 s lifetime
-    sub, st = run_workflow(tmp_path, run_root, services, name="http",
-                           driver="driver: {command: 'sh -c \"python3 http_client.py && "
-                                  "sleep 4\"'}\n")
+    # the stage outlives `short`'s 2 s lifetime
+    sub, st = run_workflow(tmp_path, run_root, services, name="llm", timeout=280, driver=(
+        "stages:\n  - {name: http, command: [sh, -c, 'python3 http_client.py && sleep 4'],\n"
+        "     resources: {cpus: 0.05}}\n"
+        "driver: {function: 'llm_checks:main'}\n"))
     assert st.state == "completed", hpcray.logs(sub.run_dir)
+    out = json.loads((sub.run_dir / "driver-result.json").read_text())
+    assert out["handle_generate"]["tokens"] == 5 and out["handle_generate"]["replica"]
+    assert out["handle_chat"] == 4
+    assert 1 <= len(out["handle_stream"]) <= 4 and all(isinstance(p, str)
+                                                       for p in out["handle_stream"])
+    assert out["handle_embed_dim"] == 32
+    assert out["models"] == ["emb", "llm", "noop", "short"]  # every service of the run
+    assert out["chat"]["role"] == "assistant" and out["chat"]["usage"] == 5
+    assert out["chat_stream_pieces"] >= 1
+    assert out["completion_tokens"] == 3
+    assert out["embeddings"] == [32, 32]
+    status, body = out["missing_messages"]
+    assert status == 422 and "messages" in json.dumps(body)
+    assert out["wrong_type"][0] == 422 and "content" in json.dumps(out["wrong_type"][1])
+    status, body = out["too_long"]
+    assert status == 400 and "context of 128 tokens" in body["error"]["message"]
+    assert out["unknown_model"][0] == 404 and out["unknown_model"][1]["error"]["param"] == "model"
+    bt = json.loads((sub.run_dir / "metrics" / "services.json").read_text())["llm"]["bt"]
+    assert bt[0]["init"] > 0  # loading the checkpoint is the init part of BT
+
     assert read_json(sub.run_dir / "run.json")["services"]["short"]["state"] == "expired"
     assert "service short: expired" in st.summary()
     results = json.loads((sub.run_dir / "http-results.json").read_text())
@@ -105,58 +153,6 @@ def test_http_endpoint_for_executables_and_bad_requests_and_a_lifetime(tmp_path,
     assert (sub.run_dir / "endpoints.json").exists()
     # not reachable on the machine's other addresses: connect() there fails
     assert results["other_addresses"] and all(results["other_addresses"].values())
-
-
-def test_unhealthy_replica_is_replaced(tmp_path, run_root):
-    services = ("  - {name: flaky, deployment: 'userclasses:Flaky', resources: {cpus: 0.05},\n"
-                "     health_check_period: 1, health_check_timeout: 2}\n")
-    sub, st = run_workflow(tmp_path, run_root, services, name="flaky",
-                           driver="driver: {function: 'drive_flaky:main'}\n")
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
-    result = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert result["new"] and result["new"] != result["first"]  # Serve replaced the replica
-    assert result["ok"] + result["failed"] == result["calls"]  # every call accounted for
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    pytest.importorskip("transformers", reason="transformers is installed by the test extra")
-    from hpcray.models.tiny import build_tiny_causal_lm, build_tiny_encoder
-
-    root = tmp_path_factory.mktemp("models")
-    return build_tiny_causal_lm(root / "tiny-gpt2"), build_tiny_encoder(root / "tiny-bert")
-
-
-def test_tiny_llm_and_encoder_through_handle_and_openai_client(tmp_path, run_root, tiny_models,
-                                                                monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    gpt2, bert = tiny_models
-    services = (f"  - {{name: llm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
-                f"     args: {{model_path: '{gpt2}', max_new_tokens: 8}}}}\n"
-                f"  - {{name: emb, deployment: embedding, resources: {{cpus: 0.5}},\n"
-                f"     args: {{model_path: '{bert}'}}}}\n")
-    sub, st = run_workflow(tmp_path, run_root, services, name="llm", timeout=280,
-                           driver="driver: {function: 'llm_checks:main'}\n")
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
-    out = json.loads((sub.run_dir / "driver-result.json").read_text())
-    assert out["handle_generate"]["tokens"] == 5 and out["handle_generate"]["replica"]
-    assert out["handle_chat"] == 4
-    assert 1 <= len(out["handle_stream"]) <= 4 and all(isinstance(p, str)
-                                                       for p in out["handle_stream"])
-    assert out["handle_embed_dim"] == 32
-    assert out["models"] == ["emb", "llm"]
-    assert out["chat"]["role"] == "assistant" and out["chat"]["usage"] == 5
-    assert out["chat_stream_pieces"] >= 1
-    assert out["completion_tokens"] == 3
-    assert out["embeddings"] == [32, 32]
-    status, body = out["missing_messages"]
-    assert status == 422 and "messages" in json.dumps(body)
-    assert out["wrong_type"][0] == 422 and "content" in json.dumps(out["wrong_type"][1])
-    status, body = out["too_long"]
-    assert status == 400 and "context of 128 tokens" in body["error"]["message"]
-    assert out["unknown_model"][0] == 404 and out["unknown_model"][1]["error"]["param"] == "model"
-    bt = json.loads((sub.run_dir / "metrics" / "services.json").read_text())["llm"]["bt"]
-    assert bt[0]["init"] > 0  # loading the checkpoint is the init part of BT
 
 
 def test_cancel_with_services_leaves_no_serve_process(tmp_path, run_root):

@@ -177,16 +177,16 @@ def test_worker_that_cannot_join_fails_the_job_naming_it(how, slurm_cluster, tmp
         'exec "$PY" "$@"\n')
     wrapper.chmod(0o755)
     path = workflow(tmp_path, "unreachable", "  gpus_per_node: 0\n", HELLO,
-                    ray="  join_timeout: 25\n  head_timeout: 40\n", python=str(wrapper))
+                    ray="  join_timeout: 12\n  head_timeout: 40\n", python=str(wrapper))
     sub = submit(path, run_root, runs)
     st = hpcray.wait(sub.run_dir, timeout=200)
     assert st.state == "failed"
     assert "node2" in st.error and "node1" not in st.error.splitlines()[0]
     assert "last lines of" in st.error  # the tail of node2's log comes with the error
     if how == "head-unreachable":
-        assert "did not join within 25s" in st.error
+        assert "did not join within 12s" in st.error
     started = read_json(sub.run_dir / "run.json")["times"]
-    assert started["finished"] - started["launched"] < 25 + 60  # within the join timeout
+    assert started["finished"] - started["launched"] < 12 + 60  # within the join timeout
     assert slurm_cluster.wait_job(sub.job_id) == "FAILED"
     assert_nothing_left(sub.run_dir)
 

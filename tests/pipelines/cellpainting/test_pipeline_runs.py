@@ -73,7 +73,7 @@ def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_outpu
     same file submitted again restores the search from its storage, finishes it, and writes
     what a search run end to end writes (one test for both: each costs a minute of CI)."""
     storage = tmp_path / "tune-store"
-    wf = _pipeline(tmp_path, storage, epochs=4, samples=2048)
+    wf = _pipeline(tmp_path, storage, epochs=3, samples=1024)
     first = hpcray.submit(wf, run_root=run_root)
 
     def saved_after_a_checkpoint() -> bool:
@@ -85,7 +85,7 @@ def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_outpu
 
     assert wait_until(lambda: saved_after_a_checkpoint() or
                       hpcray.status(first.run_dir).finished, 300, interval=0.2)
-    assert not list(storage.glob("dose-vit/*/checkpoint_000003")), \
+    assert not list(storage.glob("dose-vit/*/checkpoint_000002")), \
         "a trial finished before the interruption"
     hpcray.cancel(first.run_dir)
     second = hpcray.submit(wf, run_root=run_root)
@@ -96,7 +96,7 @@ def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_outpu
     results = [json.loads(line) for f in storage.glob("dose-vit/*/result.json")
                for line in f.read_text().splitlines() if line]
     assert any(r["resumed"] for r in results), "no trial continued from its checkpoint"
-    assert {r["epoch"] for r in results if r["resumed"]} <= {2, 3, 4}
+    assert {r["epoch"] for r in results if r["resumed"]} <= {2, 3}
     assert "resuming the search" in (second.run_dir / "logs" / "driver.log").read_text()
     out = second.run_dir / "cellpainting"
     assert summary["failed_trials"] == 0
