@@ -8,8 +8,8 @@ get those probabilities:
 - `lora`: one adapter; its softmax is the confidence (the baseline).
 - `ensemble`: K adapters from K seeds; their probabilities averaged.
 - `laplace`: one adapter, then a diagonal Laplace approximation over the LoRA parameters
-  (empirical Fisher from the training loss' gradients plus a prior precision); predictions
-  averaged over samples from that posterior.
+  (a GGN curvature of the training loss plus a prior precision); the predictive of the
+  network linearised at the adapter (Laplace-LoRA's).
 - `mc_dropout`: one adapter trained with LoRA dropout, kept on at prediction time; the
   average over passes (a cheaper Bayesian alternative).
 """
@@ -20,10 +20,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from hpcray.errors import SpecError
 from hpcray.pipelines.uq.data import QAItem
+
+if TYPE_CHECKING:
+    import torch
 
 Method = Literal["lora", "ensemble", "laplace", "mc_dropout"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -40,9 +43,12 @@ class MethodOptions:
     ensemble: int = 3  # adapters of an ensemble
     samples: int = 8  # posterior samples (laplace) or passes (mc_dropout)
     # the Gaussian prior on LoRA parameters (1/variance), or "marglik": chosen per task by
-    # the Laplace approximation's marginal likelihood (with the empirical Fisher it picks too
-    # weak a prior: docs/pipelines/uq.md)
+    # the Laplace approximation's marginal likelihood (docs/pipelines/uq.md)
     prior_precision: float | str = 100.0
+    curvature: str = "ggn"  # Laplace's: "ggn" (sampled Fisher) or "empirical" (true labels)
+    # Laplace's predictive: "glm" (the network linearised at the adapter, the posterior
+    # pushed to the option scores) or "sample" (adapters drawn from the posterior)
+    predictive: str = "glm"
     max_length: int = 256
     target_modules: str | list[str] | None = "all-linear"  # None: PEFT's per-model default
 
@@ -129,16 +135,24 @@ class _Model:
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
         return input_ids.to(self.device), label_ids.to(self.device), mask.to(self.device)
 
-    def answer_logprob(self, model, pairs: list[tuple[str, str]]):
-        """Summed log-probability of each answer given its prompt."""
+    def answer_logprob(self, model, pairs: list[tuple[str, str]], *,
+                       sampled: torch.Generator | None = None):
+        """Summed log-probability of each answer given its prompt. With `sampled`, of
+        tokens drawn from the model at the answer's positions instead (the Fisher's
+        Monte-Carlo targets)."""
         import torch
 
         input_ids, labels, mask = self.encode(pairs)
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, dim=-1)
+        keep = target != -100
+        if sampled is not None:
+            drawn = torch.multinomial(logp.detach().exp().flatten(0, 1), 1,
+                                      generator=sampled).view(target.shape)
+            target = torch.where(keep, drawn, target)
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * (target != -100)).sum(dim=1)
+        return (picked * keep).sum(dim=1)
 
     def train(self, model, items: list[QAItem], seed: int) -> list[float]:
         import random
@@ -247,40 +261,96 @@ def marglik_prior_precision(curvature, mode) -> float:
     return float(grid[int(torch.stack(scores).argmax())])
 
 
-def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
-             options: MethodOptions, seed: int) -> tuple[list[list[float]], float]:
-    """Diagonal Laplace over the LoRA parameters around the trained adapter: precision =
-    N x (mean squared per-batch gradient) + prior; predictions averaged over samples.
-    Returns them and the prior precision used."""
+def laplace_curvature(base: _Model, model, train: list[QAItem], kind: str, seed: int):
+    """Diagonal curvature of the training loss at the adapter, one backward pass per
+    question: the sum over questions of their squared gradients. `ggn`: the gradients of
+    answer tokens drawn from the model (a Monte-Carlo estimate of the generalised
+    Gauss-Newton diagonal, which is the Fisher for this softmax likelihood); `empirical`: of
+    the true answers (the empirical Fisher, small where the model already fits)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    fisher = [torch.zeros_like(p) for p in params]
+    curvature = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    generator = torch.Generator(device=params[0].device).manual_seed(seed) \
+        if kind == "ggn" else None
     model.eval()
-    batches = 0
-    for start in range(0, len(train), options.batch):
-        batch = train[start:start + options.batch]
-        loss = -base.answer_logprob(model, [(prompt(i), i.options[i.answer])
-                                            for i in batch]).mean()
-        grads = torch.autograd.grad(loss, params)
-        for f, g in zip(fisher, grads, strict=True):
-            f += g.detach() ** 2
-        batches += 1
-    n = len(train)
-    curvature = [n * f / max(batches, 1) for f in fisher]
+    for item in train:
+        logp = base.answer_logprob(model, [(prompt(item), item.options[item.answer])],
+                                   sampled=generator)
+        grads = torch.autograd.grad(-logp.sum(), params)
+        for c, g in zip(curvature, grads, strict=True):
+            c += g.detach().float() ** 2
+    return curvature
+
+
+def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
+             options: MethodOptions, seed: int) -> tuple[list[list[float]], float]:
+    """Diagonal Laplace over the LoRA parameters around the trained adapter. Returns the
+    predictions and the prior precision used."""
+    curvature = laplace_curvature(base, model, train, options.curvature, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    prior = (marglik_prior_precision(curvature, [p.detach() for p in params])
+             if options.prior_precision == "marglik" else float(options.prior_precision))
+    predict = laplace_glm_predict if options.predictive == "glm" else laplace_predict
+    return predict(base, model, curvature, prior, test, options.samples, seed), prior
+
+
+GLM_DRAWS = 2000  # draws of the option scores per question (cheap: C numbers each)
+
+
+def laplace_glm_predict(base: _Model, model, curvature, prior: float, test: list[QAItem],
+                        samples: int, seed: int) -> list[list[float]]:
+    """The linearised (GLM) predictive: each question's option scores s are Gaussian with
+    mean s(mode) and covariance J diag(1 / (curvature + prior)) J^T, J the Jacobian of s
+    over the LoRA parameters (one backward pass per option); the probabilities are the
+    softmax averaged over draws of s. Sampling the network's weights instead
+    (`laplace_predict`) moves it where the linearisation behind the curvature does not
+    hold, and underfits (docs/pipelines/uq.md). `samples` is unused: draws of s are cheap."""
+    import torch
+
+    del samples
+    params = [p for p in model.parameters() if p.requires_grad]
+    variance = torch.cat([(1.0 / (c + prior)).flatten() for c in curvature])
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    model.eval()
+    out = []
+    for item in test:
+        scores = base.answer_logprob(model, [(prompt(item), o) for o in item.options])
+        rows = []
+        for k in range(len(item.options)):
+            grads = torch.autograd.grad(scores[k], params, retain_graph=k + 1 < len(scores))
+            rows.append(torch.cat([g.flatten().float() for g in grads]))
+        jacobian = torch.stack(rows)
+        cov = ((jacobian * variance) @ jacobian.T).double().cpu()
+        cov += 1e-9 * torch.eye(len(rows), dtype=cov.dtype)
+        mean = scores.detach().double().cpu()
+        draws = mean + torch.randn(GLM_DRAWS, len(rows), generator=generator,
+                                   dtype=cov.dtype) @ torch.linalg.cholesky(cov).T
+        out.append(torch.softmax(draws, dim=-1).mean(dim=0).tolist())
+    return out
+
+
+def laplace_predict(base: _Model, model, curvature, prior: float, test: list[QAItem],
+                    samples: int, seed: int) -> list[list[float]]:
+    """Option probabilities averaged over `samples` adapters drawn from the posterior
+    N(mode, 1 / (curvature + prior)); the adapter is back at its mode afterwards."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
     mean = [p.detach().clone() for p in params]
-    prior = (marglik_prior_precision(curvature, mean) if options.prior_precision == "marglik"
-             else float(options.prior_precision))
-    std = [1.0 / torch.sqrt(c + prior) for c in curvature]
+    std = [(1.0 / torch.sqrt(c + prior)).to(p.dtype) for c, p in zip(curvature, params,
+                                                                      strict=True)]
     generator = torch.Generator(device=mean[0].device).manual_seed(seed)
     draws = []
-    for _ in range(options.samples):
+    try:
+        for _ in range(samples):
+            with torch.no_grad():
+                for p, m, s in zip(params, mean, std, strict=True):
+                    p.copy_(m + s * torch.randn(m.shape, generator=generator, device=m.device,
+                                                dtype=m.dtype))
+            draws.append(base.option_probs(model, test))
+    finally:
         with torch.no_grad():
-            for p, m, s in zip(params, mean, std, strict=True):
-                p.copy_(m + s * torch.randn(m.shape, generator=generator, device=m.device,
-                                            dtype=m.dtype))
-        draws.append(base.option_probs(model, test))
-    with torch.no_grad():
-        for p, m in zip(params, mean, strict=True):
-            p.copy_(m)
-    return _mean(draws), prior
+            for p, m in zip(params, mean, strict=True):
+                p.copy_(m)
+    return _mean(draws)

@@ -84,6 +84,12 @@ class MethodOptionsModel(StrictModel):
     prior_precision: Annotated[float, Field(gt=0)] | Literal["marglik"] = Field(
         100.0, description="Laplace's prior precision, or 'marglik': chosen per task by the "
                            "marginal likelihood.")
+    curvature: Literal["ggn", "empirical"] = Field(
+        "ggn", description="Laplace's curvature: 'ggn' (the Fisher from answers drawn from the "
+                           "model, per question) or 'empirical' (from the true answers).")
+    predictive: Literal["glm", "sample"] = Field(
+        "glm", description="Laplace's predictive: 'glm' (the network linearised at the "
+                           "adapter) or 'sample' (adapters drawn from the posterior).")
 
 
 UQConfig.model_rebuild()

@@ -19,3 +19,49 @@ def test_laplace_prior_precision_by_marginal_likelihood_matches_the_closed_form(
     assert abs(marglik_prior_precision(curvature, mode) / expected - 1) < 0.07
     # a larger adapter norm asks for a weaker prior
     assert marglik_prior_precision(curvature, [m * 3 for m in mode]) < expected
+
+
+def test_laplace_curvature_and_the_linearised_predictive_on_a_tiny_llama(tmp_path):
+    """The GLM predictive is the mode's softmax when the posterior is a point (a huge
+    prior) and less confident than it when the posterior is wide; the GGN's draws are
+    reproducible by seed and differ from the empirical Fisher's true-answer gradients."""
+    import torch
+
+    from hpcray.models.tiny import build_tiny_decoder
+    from hpcray.pipelines.uq.data import read_qa, split
+    from hpcray.pipelines.uq.methods import (
+        MethodOptions,
+        _Model,
+        laplace_curvature,
+        laplace_glm_predict,
+    )
+    from hpcray.pipelines.uq.synthetic import write_qa
+
+    items = read_qa(write_qa(tmp_path / "qa.jsonl", n=40))
+    train, test = split(items, 0.25, 0)
+    model_dir = build_tiny_decoder(tmp_path / "llama", "llama")
+    base = _Model(str(model_dir), MethodOptions(epochs=1), "cpu")
+    model = base.adapter(0, 0.0)
+    base.train(model, train, 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    ggn = laplace_curvature(base, model, train, "ggn", seed=3)
+    assert [c.shape for c in ggn] == [p.shape for p in params]
+    assert all(bool((c >= 0).all()) for c in ggn) and sum(float(c.sum()) for c in ggn) > 0
+    again = laplace_curvature(base, model, train, "ggn", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(ggn, again, strict=True))
+    empirical = laplace_curvature(base, model, train, "empirical", seed=3)
+    assert not all(torch.allclose(a, b) for a, b in zip(ggn, empirical, strict=True))
+
+    before = [p.detach().clone() for p in params]
+    at_mode = base.option_probs(model, test)
+    point = laplace_glm_predict(base, model, ggn, 1e12, test, 0, seed=0)
+    wide = laplace_glm_predict(base, model, ggn, 1.0, test, 0, seed=0)
+    for mode_row, point_row, wide_row in zip(at_mode, point, wide, strict=True):
+        assert max(abs(a - b) for a, b in zip(mode_row, point_row, strict=True)) < 2e-3
+        assert abs(sum(wide_row) - 1) < 1e-6
+    # a wide posterior spreads the probability: the mean top probability falls
+    top = [max(r) for r in at_mode]
+    assert sum(max(r) for r in wide) / len(wide) < sum(top) / len(top) - 0.02
+    # the adapter is left at its mode
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
