@@ -82,6 +82,18 @@ def run_beside(fixture_dir: str, stem: str, text: str, run_root, timeout: float 
     return sub, st
 
 
+def run_to_completion(path: Path, run_root: Path, timeout: float = 540):
+    """Submit a workflow file and wait for its end, which must be `completed` with no process
+    of it left; returns the submission and the final status."""
+    import hpcray
+
+    sub = hpcray.submit(path, run_root=run_root)
+    st = hpcray.wait(sub.run_dir, timeout=timeout)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    assert_nothing_left_of(sub.run_dir)
+    return sub, st
+
+
 def finish_told(run_dir: Path, marker: str, timeout: float = 120):
     """Tell a driver that waits for <run>/<marker> to end (tests/fixtures drivers), then wait
     for the run's end; returns its final status."""

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import hpcray
-from tests.conftest import assert_nothing_left_of, needs_gpu
+from tests.conftest import needs_gpu, run_to_completion
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -26,12 +26,9 @@ def test_two_concurrent_trials_share_the_gpu(tmp_path):
         "             trial: {cpus: 1, gpus: auto}}\n"
         "    preprocess: {workers: 2, cpus: 0.5}\n"
         "    service: {cpus: 0.5, gpus: 0.25}\n")
-    sub = hpcray.submit(wf, run_root=tmp_path / "runs")
-    st = hpcray.wait(sub.run_dir, timeout=540)
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    sub, _ = run_to_completion(wf, tmp_path / "runs", timeout=540)
     summary = json.loads((sub.run_dir / "cellpainting" / "summary.json").read_text())
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
     assert {t["device"] for t in summary["trials"]} == {"cuda"}, summary["trials"]
     assert 0 <= summary["test_accuracy"] <= 1
     assert "trials: 1 CPU and 0.5 GPU each, 2 at a time" in hpcray.logs(sub.run_dir)
-    assert_nothing_left_of(sub.run_dir)

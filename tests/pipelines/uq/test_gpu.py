@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-import hpcray
-from tests.conftest import assert_nothing_left_of, needs_gpu
+from tests.conftest import needs_gpu, run_to_completion
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -26,9 +25,7 @@ def test_three_methods_two_seeds_packed_onto_one_gpu(tmp_path):
         "    gpu_memory_gb: 40\n"
         "    data: {synthetic_questions: 160}\n"
         "    training: {epochs: 3, ensemble: 2, samples: 4}\n")
-    sub = hpcray.submit(wf, run_root=tmp_path / "runs")
-    st = hpcray.wait(sub.run_dir, timeout=540)
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    sub, _ = run_to_completion(wf, tmp_path / "runs", timeout=540)
     out = sub.run_dir / "uq"
     tasks = [json.loads(p.read_text()) for p in sorted((out / "tasks").glob("*.json"))]
     assert len(tasks) == 6
@@ -43,4 +40,3 @@ def test_three_methods_two_seeds_packed_onto_one_gpu(tmp_path):
         rows = list(csv.DictReader(f))
     for row in rows:
         assert float(row["accuracy"]) > 0.4, row
-    assert_nothing_left_of(sub.run_dir)

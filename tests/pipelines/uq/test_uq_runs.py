@@ -11,7 +11,7 @@ import pytest
 import hpcray
 from hpcray.errors import SpecError
 from hpcray.spec import loads_workflow
-from tests.conftest import REPO, assert_nothing_left_of
+from tests.conftest import REPO, run_to_completion
 
 EXAMPLE = REPO / "examples" / "uq.yaml"
 
@@ -73,9 +73,7 @@ def test_two_tiny_models_three_methods_end_to_end(tmp_path):
         "    seeds: [0]\n    methods: [lora, ensemble, laplace]\n"
         "    data: {synthetic_questions: 160}\n"
         "    training: {epochs: 3, ensemble: 2, samples: 4}\n")
-    sub = hpcray.submit(wf, run_root=tmp_path / "runs")
-    st = hpcray.wait(sub.run_dir, timeout=540)
-    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    sub, _ = run_to_completion(wf, tmp_path / "runs", timeout=540)
     out = sub.run_dir / "uq"
     with (out / "uq_metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -93,4 +91,3 @@ def test_two_tiny_models_three_methods_end_to_end(tmp_path):
         assert 0 <= float(row["ece"]) <= 1 and float(row["nll"]) > 0
     for name in ("uq_metrics.md", "metrics_by_method.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
-    assert_nothing_left_of(sub.run_dir)
