@@ -41,7 +41,7 @@ class MethodOptions:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     ensemble: int = 3  # adapters of an ensemble
-    samples: int = 8  # posterior samples (laplace) or passes (mc_dropout)
+    samples: int = 8  # passes (mc_dropout) or adapters drawn (laplace with predictive "sample")
     # the Gaussian prior on LoRA parameters (1/variance), or "marglik": chosen per task by
     # the Laplace approximation's marginal likelihood (docs/pipelines/uq.md)
     prior_precision: float | str = 100.0
