@@ -7,6 +7,8 @@
 #   benchmarks/gpu_wheels.sh builds that folder here. Output: $OUT (default ./gpu-out):
 #   gpu_check.log, gpu_tests.xml, inference_gpu.{csv,png,txt}.
 # GPU_TESTS="tests/..." runs only those test files; GPU_BENCH=0 leaves the benchmark out.
+# With arguments, they are the command to run instead (e.g. python3 benchmarks/uq_memory.py);
+# what it writes in benchmarks/results/ is copied to $OUT.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -30,6 +32,14 @@ print("python", __import__("sys").version.split()[0], "torch", torch.__version__
       torch.version.cuda, "ray", ray.__version__, "transformers", transformers.__version__,
       "hpcray", hpcray.__file__, "gpu", torch.cuda.get_device_name(0))
 EOF
+
+if [ $# -gt 0 ]; then
+    touch /tmp/gpu-check-started
+    status=0
+    "$@" || status=$?
+    find benchmarks/results -type f -newer /tmp/gpu-check-started -exec cp {} "$OUT"/ \;
+    exit $status
+fi
 
 status=0
 start=$(date +%s)
