@@ -47,12 +47,11 @@ def main() -> int:
 
     from hpcray.pipelines.uq.data import read_qa, split
     from hpcray.pipelines.uq.methods import (
+        PREDICTIVES,
         MethodOptions,
         _Model,
         laplace_curvature,
-        laplace_glm_predict,
-        laplace_predict,
-        marglik_prior_precision,
+        laplace_prior,
     )
     from hpcray.pipelines.uq.metrics import Evaluation, evaluate
     from hpcray.pipelines.uq.pipeline import UQConfig, _model_dirs
@@ -81,17 +80,15 @@ def main() -> int:
                 row = {"model": name, "seed": seed}
                 rows.append({**row, "method": "lora", "prior": None, "seconds": 0.0,
                              **evaluate(Evaluation(base.option_probs(model, test), answers))})
-                params = [p for p in model.parameters() if p.requires_grad]
                 curvatures = {}
                 for kind, prior, predictive in VARIANTS:
                     start = time.perf_counter()
                     if kind not in curvatures:
                         curvatures[kind] = laplace_curvature(base, model, train, kind, seed)
                     curvature = curvatures[kind]
-                    chosen = marglik_prior_precision(curvature, [p.detach() for p in params]) \
-                        if prior == "marglik" else prior
-                    predict = laplace_glm_predict if predictive == "glm" else laplace_predict
-                    probs = predict(base, model, curvature, chosen, test, args.samples, seed)
+                    chosen = laplace_prior(prior, curvature, model)
+                    probs = PREDICTIVES[predictive](base, model, curvature, chosen, test,
+                                                    args.samples, seed)
                     mean_h = float(torch.cat([c.flatten() for c in curvature]).mean())
                     rows.append({**row, "method": f"laplace {predictive} {kind} prior={prior}",
                                  "prior": chosen, "mean_curvature": mean_h,

@@ -159,8 +159,7 @@ class _Model:
 
         import torch
 
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                lr=self.options.lr)
+        opt = torch.optim.AdamW(adapter_params(model), lr=self.options.lr)
         rng = random.Random(seed)
         losses = []
         model.train()
@@ -193,6 +192,11 @@ class _Model:
                     scores = scores[len(item.options):]
                     out.append(torch.softmax(mine, dim=0).tolist())
         return out
+
+
+def adapter_params(model) -> list:
+    """The LoRA parameters: the only trainable ones (the base model is frozen)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _mean(rows: list[list[list[float]]]) -> list[list[float]]:
@@ -269,7 +273,7 @@ def laplace_curvature(base: _Model, model, train: list[QAItem], kind: str, seed:
     the true answers (the empirical Fisher, small where the model already fits)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = adapter_params(model)
     curvature = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     generator = torch.Generator(device=params[0].device).manual_seed(seed) \
         if kind == "ggn" else None
@@ -288,11 +292,16 @@ def _laplace(base: _Model, model, train: list[QAItem], test: list[QAItem],
     """Diagonal Laplace over the LoRA parameters around the trained adapter. Returns the
     predictions and the prior precision used."""
     curvature = laplace_curvature(base, model, train, options.curvature, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    prior = (marglik_prior_precision(curvature, [p.detach() for p in params])
-             if options.prior_precision == "marglik" else float(options.prior_precision))
-    predict = laplace_glm_predict if options.predictive == "glm" else laplace_predict
+    prior = laplace_prior(options.prior_precision, curvature, model)
+    predict = PREDICTIVES[options.predictive]
     return predict(base, model, curvature, prior, test, options.samples, seed), prior
+
+
+def laplace_prior(prior_precision: float | str, curvature, model) -> float:
+    """The fixed prior precision, or the marginal likelihood's choice for this adapter."""
+    if prior_precision == "marglik":
+        return marglik_prior_precision(curvature, [p.detach() for p in adapter_params(model)])
+    return float(prior_precision)
 
 
 GLM_DRAWS = 2000  # draws of the option scores per question (cheap: C numbers each)
@@ -309,7 +318,7 @@ def laplace_glm_predict(base: _Model, model, curvature, prior: float, test: list
     import torch
 
     del samples
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = adapter_params(model)
     variance = torch.cat([(1.0 / (c + prior)).flatten() for c in curvature])
     generator = torch.Generator(device="cpu").manual_seed(seed)
     model.eval()
@@ -336,7 +345,7 @@ def laplace_predict(base: _Model, model, curvature, prior: float, test: list[QAI
     N(mode, 1 / (curvature + prior)); the adapter is back at its mode afterwards."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = adapter_params(model)
     mean = [p.detach().clone() for p in params]
     std = [(1.0 / torch.sqrt(c + prior)).to(p.dtype) for c, p in zip(curvature, params,
                                                                       strict=True)]
@@ -354,3 +363,6 @@ def laplace_predict(base: _Model, model, curvature, prior: float, test: list[QAI
             for p, m in zip(params, mean, strict=True):
                 p.copy_(m)
     return _mean(draws)
+
+
+PREDICTIVES = {"glm": laplace_glm_predict, "sample": laplace_predict}

@@ -32,6 +32,7 @@ def test_laplace_curvature_and_the_linearised_predictive_on_a_tiny_llama(tmp_pat
     from hpcray.pipelines.uq.methods import (
         MethodOptions,
         _Model,
+        adapter_params,
         laplace_curvature,
         laplace_glm_predict,
     )
@@ -43,7 +44,7 @@ def test_laplace_curvature_and_the_linearised_predictive_on_a_tiny_llama(tmp_pat
     base = _Model(str(model_dir), MethodOptions(epochs=1), "cpu")
     model = base.adapter(0, 0.0)
     base.train(model, train, 0)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = adapter_params(model)
 
     ggn = laplace_curvature(base, model, train, "ggn", seed=3)
     assert [c.shape for c in ggn] == [p.shape for p in params]
