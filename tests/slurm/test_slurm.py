@@ -318,6 +318,7 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
     from tests.conftest import FIXTURES
 
     items = ", ".join(f"{0.6 + i / 1000:.3f}" for i in range(40))
+    gate = tmp_path / "gate"
     path = FIXTURES / "stages" / f"slurm-lose-{tmp_path.name}.yaml"
     # Ray declares a node dead after missed health checks (by default about 30 s); the
     # test asks for 1 s x 3, through the job's environment as a user could
@@ -326,7 +327,8 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
         "RAY_health_check_failure_threshold: '3'}}")
     path.write_text(
         "name: losenode\n" + header
-        + f"  - name: work\n    function: stagefns:sleeps\n    each: {{items: [{items}]}}\n"
+        + f"  - name: work\n    function: stagefns:sleeps_held\n    args: {{gate: '{gate}'}}\n"
+        f"    each: {{items: [{items}]}}\n"
         "    resources: {cpus: 0.9}\n    retries: 2\n"
         "  - name: probe\n    function: stagefns:call_service\n"
         "    each: {items: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n    after: [work]\n"
@@ -337,16 +339,17 @@ def test_losing_a_worker_node_during_stages(slurm_cluster, tmp_path, run_root, r
         sub = submit(path, run_root, runs)
         cluster = None
 
-        def node2_finished_a_task() -> bool:
-            return any(a["node"] == "node2" and a["state"] == "done"
-                       for a in read_attempts(sub.run_dir) if a["stage"] == "work")
+        def node2_runs_a_task() -> bool:  # held there until the gate opens
+            return any(gate.parent.glob(f"{gate.name}.running-node2-*"))
 
-        assert wait_until(node2_finished_a_task, 180), hpcray.logs(sub.run_dir)
+        assert wait_until(node2_runs_a_task, 180), hpcray.logs(sub.run_dir)
         cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
         killed = _lose_node(slurm_cluster, sub.run_dir, cluster, "node2")
         killed_at = time.time()
+        gate.write_text("")  # node1's tasks finish; node2's were in flight when it died
         st = hpcray.wait(sub.run_dir, timeout=240)
     finally:
+        gate.write_text("")
         path.unlink(missing_ok=True)
         _bring_back(slurm_cluster, "node2")
     assert any("slurmd" in k for k in killed) and any("raylet" in k for k in killed), killed
