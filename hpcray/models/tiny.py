@@ -19,6 +19,11 @@ _WORDS = (
 )
 
 
+# "role: content" lines, then "assistant:" when a reply is wanted
+_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
 def corpus(lines: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) + "."
@@ -41,9 +46,7 @@ def build_tiny_causal_lm(path: str | Path, *, layers: int = 2, dim: int = 64,
                                         bos_token="<|endoftext|>", unk_token="<|endoftext|>",
                                         model_max_length=context)
     tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}")
+    tokenizer.chat_template = _CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=context, n_embd=dim,
                         n_layer=layers, n_head=2, bos_token_id=tokenizer.eos_token_id,
@@ -84,6 +87,7 @@ def build_tiny_decoder(path: str | Path, architecture: str = "llama", *, layers:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
                                         unk_token="<unk>", model_max_length=context)
     tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = _CHAT_TEMPLATE
     torch.manual_seed(seed)
     options = {"sliding_window": None} if architecture == "mistral" else {}
     config = config_cls(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=2 * dim,
@@ -93,6 +97,30 @@ def build_tiny_decoder(path: str | Path, architecture: str = "llama", *, layers:
                         initializer_range=initializer_range, **options)
     model_cls(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_lora(base: str | Path, path: str | Path, *, rank: int = 8, seed: int = 1,
+                    scale: float = 1.0) -> Path:
+    """A LoRA adapter (peft) for a tiny decoder from `build_tiny_decoder`, on the attention
+    and MLP projections, with random weights in both factors (a fresh adapter's B is zero,
+    which would leave the model unchanged), so that each adapter answers differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                        "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_" in name:
+                weight.copy_(torch.randn_like(weight) * scale / weight.shape[-1] ** 0.5)
+    peft_model.save_pretrained(path)
     return path
 
 

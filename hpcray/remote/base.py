@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from hpcray.errors import HpcrayError
+from hpcray.errors import HpcrayError, ServiceRequestError
 
 
 class RemoteError(HpcrayError):
@@ -187,8 +187,6 @@ class RemoteEndpoint(ABC):
             err = RemoteServerError(f"{self.where}: HTTP {reply.status_code}: {text}")
             err.reached = reply.status_code != 503
             raise err
-        from hpcray.services.replica import ServiceRequestError
-
         raise ServiceRequestError(f"{self.where}: HTTP {reply.status_code}: {text}")
 
     def field(self, data: dict[str, Any], *path: Any) -> Any:
@@ -204,8 +202,6 @@ class RemoteEndpoint(ABC):
         return value
 
     def unsupported(self, method: str) -> Exception:
-        from hpcray.services.replica import ServiceRequestError
-
         return ServiceRequestError(f"{self.where} serves {', '.join(self.methods)}; not "
                                    f"{method!r}")
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import (
     RemoteAuthError,
     RemoteError,
@@ -103,8 +104,6 @@ class Federation:
         serving = [i for i in self.instances
                    if method is None or i.methods is None or method in i.methods]
         if not serving:
-            from hpcray.services.replica import ServiceRequestError
-
             raise ServiceRequestError(f"service {self.service!r}: no instance serves "
                                       f"{method!r}")
         return serving
@@ -200,8 +199,6 @@ class Federation:
         """Pieces from one instance. Before the first piece, an instance that is unreachable
         or cannot stream `method` (a NOOP replica) is left for another; after it, a failure
         is raised (the pieces already given cannot be taken back)."""
-        from hpcray.services.replica import ServiceRequestError
-
         tried = {i.name for i in self.instances if method in i.cannot_stream or i.stream is None}
         for attempt in range(len(self.instances) + self.retries):
             inst, _ = self._pick(tried, None, strict=True, method=method)

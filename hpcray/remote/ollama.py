@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
 
 
@@ -18,8 +19,6 @@ class OllamaEndpoint(RemoteEndpoint):
 
     def body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
         if not isinstance(payload, dict):
-            from hpcray.services.replica import ServiceRequestError
-
             raise ServiceRequestError(f"{self.where}: payload must be a mapping")
         options = {}
         if "max_tokens" in payload:

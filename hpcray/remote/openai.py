@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
@@ -21,8 +22,6 @@ class OpenAIEndpoint(RemoteEndpoint):
 
     def body(self, method: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not isinstance(payload, dict):
-            from hpcray.services.replica import ServiceRequestError
-
             raise ServiceRequestError(f"{self.where}: payload must be a mapping")
         params = {k: payload[k] for k in _PARAMS if k in payload}
         if method == "generate":

@@ -1,7 +1,7 @@
 """One handle API for every service: call, generate, chat, embed; sync and async.
 
 Requests go over the service's transport: `direct` (the replica's own socket, the default)
-or `serve` (a Ray Serve DeploymentHandle). Streaming always uses Serve. A service with
+or `serve` (a Ray Serve DeploymentHandle); streams too. A service with
 `remote` endpoints is served by a Federation (hpcray/remote) over the local replicas and the
 endpoints together; responses name the instance that answered."""
 
@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from hpcray.errors import ServiceRequestError
+from hpcray.services.llm import text_of
+from hpcray.spec.services import DEFAULT_MAX_ONGOING
 
 
 @dataclass
@@ -76,8 +80,9 @@ class ServiceHandle:
                 got.instance = r.replica
                 return got
 
+            per_replica = spec["max_ongoing_requests"] or DEFAULT_MAX_ONGOING
             instances.append(Instance(
-                "local", "local", spec["replicas"] * spec["max_ongoing_requests"], 1.0, local,
+                "local", "local", spec["replicas"] * per_replica, 1.0, local,
                 stream=lambda method, payload: self._stream_local(method, payload)))
         for remote in spec["remote"]:
             endpoint = endpoint_for(RemoteEndpointSpec.model_validate(remote))
@@ -187,14 +192,19 @@ class ServiceHandle:
             self._pool.shutdown(wait=False)
 
     def stream(self, method: str, payload: Any = None, *,
-               request_id: str | None = None) -> Iterator[str]:
-        """Pieces of a streamed result (e.g. generated text) as the replica produces them."""
+               request_id: str | None = None) -> Iterator[Any]:
+        """Pieces of a streamed result as the replica produces them (an LLM service's are
+        {"index", "text", "finish_reason"} records, then {"usage": ...}). Closing the iterator
+        early cancels the request on the replica (an engine aborts it)."""
         if self._federation is not None:
             return self._federation.stream(method, payload)
         return self._stream_local(method, payload, request_id)
 
     def _stream_local(self, method: str, payload: Any = None,
-                      request_id: str | None = None) -> Iterator[str]:
+                      request_id: str | None = None) -> Iterator[Any]:
+        if self._direct is not None:
+            yield from self._direct.stream(method, payload, request_id=request_id)
+            return
         request = self._request(method, payload, request_id)
         try:
             for chunk in self._handle.options(stream=True).handle_stream.remote(request):
@@ -203,13 +213,16 @@ class ServiceHandle:
             raise _unwrap(exc, self.name, request["id"]) from None
 
     def generate(self, prompt: str, *, stream: bool = False, **params: Any):
+        """Text for `prompt`; `params` are the OpenAI sampling fields the service honours
+        (max_tokens, temperature, top_p, stop, seed, n, response_format, ...) and `adapter`.
+        With `stream=True`, the text's pieces as the engine makes them."""
         if stream:
-            return self.stream("generate", {"prompt": prompt, **params})
+            return _texts(self.stream("generate", {"prompt": prompt, **params}))
         return self.call("generate", {"prompt": prompt, **params})
 
     def chat(self, messages: list[dict[str, str]], *, stream: bool = False, **params: Any):
         if stream:
-            return self.stream("chat", {"messages": messages, **params})
+            return _texts(self.stream("chat", {"messages": messages, **params}))
         return self.call("chat", {"messages": messages, **params})
 
     def embed(self, texts: list[str]) -> Response:
@@ -225,6 +238,20 @@ class ServiceHandle:
         return await self.acall("embed", {"texts": texts})
 
 
+def _texts(items: Iterator[Any]) -> Iterator[str]:
+    """The text pieces of an LLM stream (records from local replicas, strings from remote
+    endpoints); closing this closes the stream."""
+    try:
+        for item in items:
+            text = text_of(item)
+            if text:
+                yield text
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
 def _unwrap(exc: Exception, service: str | None = None, request_id: str | None = None
             ) -> Exception:
     """A request the service refused surfaces as its ServiceRequestError, not Ray's wrapper;
@@ -233,11 +260,9 @@ def _unwrap(exc: Exception, service: str | None = None, request_id: str | None =
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     from hpcray.services.direct.client import ReplicaLost
-    from hpcray.services.replica import ServiceRequestError
-
     cause = getattr(exc, "cause", None)
     if isinstance(cause, ServiceRequestError):
-        return ServiceRequestError(str(cause))
+        return cause
     if isinstance(exc, (RayActorError, ActorUnavailableError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return ReplicaLost(f"service {service!r}: the replica serving request {request_id} "

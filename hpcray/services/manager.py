@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hpcray.bootstrap.network import host_port
-from hpcray.bootstrap.placement import bundle, ray_options, unplaceable
+from hpcray.bootstrap.placement import bundle, bundles_unplaceable, ray_options, unplaceable
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.services.http_access import HttpAccess
-from hpcray.services.registry import check_args, load_class, target_of
-from hpcray.spec.services import ServiceSpec, check_service_graph
+from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
+from hpcray.spec.services import DEFAULT_MAX_ONGOING, ServiceSpec, check_service_graph
 
 log = logging.getLogger("hpcray.services")
 
@@ -72,8 +72,20 @@ def with_run_dir(value: Any, run_dir: str) -> Any:
 
 
 def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
-    """None if some alive node can hold one replica, else why not."""
+    """None if the alive nodes can hold one replica (one node, or its bundles across
+    several), else why not."""
+    spread = replica_bundles(spec)
+    if spread is not None:
+        return bundles_unplaceable(spread[0], nodes, "replica")
     return unplaceable(spec.resources, nodes, "replica")
+
+
+def max_ongoing(spec: ServiceSpec, cls: type) -> int:
+    """The workflow's `max_ongoing_requests`, else the class's own default: an engine that
+    batches (vLLM) wants every request in flight, not Serve's 16 at a time."""
+    if spec.max_ongoing_requests is not None:
+        return spec.max_ongoing_requests
+    return int(getattr(cls, "max_ongoing_requests", DEFAULT_MAX_ONGOING))
 
 
 class ServiceManager:
@@ -93,16 +105,21 @@ class ServiceManager:
         from hpcray.services.replica import ReplicaHost
 
         target = target_of(spec.deployment)
-        check_args(load_class(target), spec.args, spec.name)
+        cls = load_class(target)
+        check_args(cls, spec.args, spec.name)
         res = spec.resources
         options: dict[str, Any] = {
             "name": spec.name, "num_replicas": spec.replicas,
-            "max_ongoing_requests": spec.max_ongoing_requests,
+            "max_ongoing_requests": max_ongoing(spec, cls),
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
         }
         actor = ray_options(res)
-        if res.gpus > 1:  # a multi-GPU replica: one bundle holding all of it, on one node
+        spread = replica_bundles(spec)
+        if spread is not None:  # the replica in bundle 0, its engine's GPU workers after it
+            options["placement_group_bundles"], options["placement_group_strategy"] = spread
+            actor["num_gpus"] = 0
+        elif res.gpus > 1:  # a multi-GPU replica: one bundle holding all of it, on one node
             options["placement_group_bundles"] = [bundle(res)]
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
@@ -171,11 +188,11 @@ class ServiceManager:
             for spec in level:
                 if not spec.replicas:
                     continue
-                why = fits(spec, nodes)
-                if why:
-                    problems.append(f"service {spec.name!r} cannot be placed: {why}")
                 try:
                     check_args(load_class(target_of(spec.deployment)), spec.args, spec.name)
+                    why = fits(spec, nodes)
+                    if why:
+                        problems.append(f"service {spec.name!r} cannot be placed: {why}")
                 except HpcrayError as exc:
                     problems.append(str(exc))
         if problems:

@@ -1,10 +1,14 @@
 """An OpenAI-compatible HTTP API in front of the services: /v1/models, /v1/completions,
 /v1/chat/completions (with streaming), /v1/embeddings. The `model` of a request is the name
-of a service. Bad requests get a 4xx naming the field (FastAPI/pydantic validation, or the
-service's own refusal, e.g. a prompt longer than the context), never a 500 or a drop."""
+of a service, or `service:adapter` for one of its LoRA adapters. The sampling fields of
+OpenAI's API (and vLLM's `top_k`, `ignore_eos`) go to the service, which refuses what it
+cannot honour; a field this API does not know is refused too. Bad requests get a 4xx naming
+the field (`param`), never a 500 or a silently ignored field. Every non-streamed answer has
+`usage`; a stream has it in a last chunk when `stream_options.include_usage` is set."""
 
 # No `from __future__ import annotations` here: FastAPI must see the request models as
 # classes, not strings, through Serve's ingress wrapper (else bodies turn into query params).
+import asyncio
 import json
 import time
 import uuid
@@ -24,6 +28,7 @@ app = FastAPI(title="hpcray services (OpenAI-compatible)")
 bearer = HTTPBearer(auto_error=False, description="the run's secrets/http-token, when "
                     "endpoints.token is on")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+INGRESS_MAX_ONGOING = 4096  # requests at once through this API (Serve's default is 5)
 
 
 class Message(BaseModel):
@@ -32,28 +37,48 @@ class Message(BaseModel):
     content: str
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Sampling(BaseModel):
+    """Fields both text endpoints take. Unknown fields are kept (extra="allow") so that the
+    handler can refuse them by name."""
+
+    model_config = ConfigDict(extra="allow")
     model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=64)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None
+    ignore_eos: bool | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    stream: bool = False
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str
+class CompletionRequest(_Sampling):
     prompt: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    stream: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     input: str | list[str]
+
+
+_PASSED = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n",
+           "presence_penalty", "frequency_penalty", "response_format", "ignore_eos")
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -64,20 +89,55 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 def _caller_error(exc: Exception) -> JSONResponse | None:
     cause = getattr(exc, "cause", exc)
     if isinstance(cause, (ValueError, TypeError, KeyError)):
-        return _error(400, f"{type(cause).__name__}: {cause}")
+        return _error(400, f"{type(cause).__name__}: {cause}", getattr(cause, "field", None))
     return None
 
 
-def _params(req: ChatRequest | CompletionRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if req.max_tokens is not None:
-        out["max_tokens"] = req.max_tokens
-    if req.temperature is not None:
-        out["temperature"] = req.temperature
+def _payload(req: ChatRequest | CompletionRequest) -> dict[str, Any] | JSONResponse:
+    """The service's payload from a request, or a 400 naming a field this API refuses."""
+    for name in req.model_extra or {}:
+        return _error(400, f"field {name!r} is not supported by this API", name)
+    out: dict[str, Any] = {k: getattr(req, k) for k in _PASSED if getattr(req, k) is not None}
+    if isinstance(req, ChatRequest):
+        out["messages"] = [m.model_dump() for m in req.messages]
+        if req.max_completion_tokens is not None:
+            out.setdefault("max_tokens", req.max_completion_tokens)
+        if req.top_logprobs is not None and not req.logprobs:
+            return _error(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        if req.logprobs:
+            out["logprobs"] = req.top_logprobs or 0
+    else:
+        out["prompt"] = req.prompt
+        if req.logprobs is not None:
+            out["logprobs"] = req.logprobs
     return out
 
 
-@serve.deployment(name="openai", num_replicas=1, ray_actor_options={"num_cpus": 0})
+def _completion_logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t["token"])
+    return {"tokens": [t["token"] for t in tokens],
+            "token_logprobs": [t["logprob"] for t in tokens],
+            "top_logprobs": [{tok: lp for tok, lp in t["top"]} for t in tokens],
+            "text_offset": offsets}
+
+
+def _chat_logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    return {"content": [{"token": t["token"], "logprob": t["logprob"],
+                         "bytes": list(t["token"].encode()),
+                         "top_logprobs": [{"token": tok, "logprob": lp,
+                                           "bytes": list(tok.encode())}
+                                          for tok, lp in t["top"]]} for t in tokens]}
+
+
+@serve.deployment(name="openai", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=INGRESS_MAX_ONGOING)
 @serve.ingress(app)
 class OpenAIIngress:
     def __init__(self, services: list[str], token_sha256: str | None = None) -> None:
@@ -92,29 +152,60 @@ class OpenAIIngress:
         header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
         return None if authorized(header, self.token_sha256) else refusal()
 
-    def _handle(self, model: str):
-        if model not in self.services:
-            return None
-        return serve.get_app_handle(app_name(model))
+    def _route(self, model: str, payload: dict[str, Any] | None = None):
+        """The Serve handle for `service` or `service:adapter` (the adapter goes into the
+        payload), or a 404 naming the services."""
+        service, _, adapter = model.partition(":")
+        if service not in self.services:
+            return None, _error(404, f"no service named {service!r}; services: "
+                                     f"{', '.join(self.services)}", "model")
+        if adapter and payload is not None:
+            payload["adapter"] = adapter
+        return serve.get_app_handle(app_name(service)), None
+
+    async def _adapters(self, service: str) -> list[str]:
+        try:
+            out = await serve.get_app_handle(app_name(service)).handle.remote(
+                {"id": uuid.uuid4().hex[:16], "method": "adapters", "payload": None})
+        except Exception:  # noqa: BLE001 - a service without adapters
+            return []
+        names = out["result"]
+        return names if isinstance(names, list) else []
 
     @app.get("/models")
     async def models(self, credentials: Credentials):
         if refused := self._refused(credentials):
             return refused
-        return {"object": "list", "data": [{"id": s, "object": "model", "created": 0,
-                                            "owned_by": "hpcray"} for s in self.services]}
+        adapters = await asyncio.gather(*(self._adapters(s) for s in self.services))
+        ids = [s for s in self.services]
+        ids += [f"{s}:{a}" for s, names in zip(self.services, adapters, strict=True)
+                for a in names]
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": 0,
+                                            "owned_by": "hpcray", "root": i.split(":")[0]}
+                                           for i in ids]}
 
-    async def _generate(self, req, method: str, payload: dict[str, Any], kind: str):
-        handle = self._handle(req.model)
-        if handle is None:
-            return _error(404, f"no service named {req.model!r}; services: "
-                          f"{', '.join(self.services)}", "model")
+    async def _generate(self, req, method: str, kind: str):
+        payload = _payload(req)
+        if isinstance(payload, JSONResponse):
+            return payload
+        handle, missing = self._route(req.model, payload)
+        if missing is not None:
+            return missing
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
         request = {"id": rid, "method": method, "payload": payload}
         if req.stream:
-            return StreamingResponse(self._sse(handle, request, req.model, kind, created),
-                                     media_type="text/event-stream")
+            pieces = handle.options(stream=True).handle_stream.remote(request)
+            try:  # a refusal (bad field, prompt too long) is a 400, not a broken stream
+                first = await pieces.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except Exception as exc:  # noqa: BLE001 - caller errors become 400s
+                return _caller_error(exc) or _error(500, f"{type(exc).__name__}: {exc}")
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(
+                self._sse(pieces, first, request, req.model, kind, created, req.n or 1,
+                          include_usage), media_type="text/event-stream")
         try:
             out = await handle.handle.remote(request)
         except Exception as exc:  # noqa: BLE001 - caller errors become 400s
@@ -123,67 +214,98 @@ class OpenAIIngress:
         usage = {"prompt_tokens": result.get("prompt_tokens", 0),
                  "completion_tokens": result.get("completion_tokens", 0)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        finish = result.get("finish_reason", "stop")
-        if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]},
-                      "finish_reason": finish}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": result["text"], "finish_reason": finish,
-                      "logprobs": None}
-            obj = "text_completion"
+        choices = []
+        for index, c in enumerate(result.get("choices") or [result]):
+            finish = c.get("finish_reason") or "stop"
+            if kind == "chat":
+                choices.append({"index": index, "message": {"role": "assistant",
+                                                            "content": c["text"]},
+                                "finish_reason": finish,
+                                "logprobs": _chat_logprobs(c.get("logprobs"))})
+            else:
+                choices.append({"index": index, "text": c["text"], "finish_reason": finish,
+                                "logprobs": _completion_logprobs(c.get("logprobs"))})
+        obj = "chat.completion" if kind == "chat" else "text_completion"
         return JSONResponse({"id": rid, "object": obj, "created": created, "model": req.model,
-                             "choices": [choice], "usage": usage,
+                             "choices": choices, "usage": usage,
                              "hpcray": {"replica": out["replica"], "node": out["node"]}},
                             headers={"x-hpcray-replica": out["replica"]})
 
-    async def _sse(self, handle, request, model: str, kind: str, created: int):
+    async def _sse(self, pieces, first, request, model: str, kind: str, created: int,
+                   n: int, include_usage: bool):
+        """Server-sent events from the replica's stream, piece by piece. When the client goes
+        away, Starlette cancels this generator; cancelling the replica's stream then aborts
+        the request in the engine."""
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
-        def chunk(delta: dict[str, Any] | str, finish: str | None) -> str:
-            if kind == "chat":
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}
-            body = {"id": request["id"], "object": obj, "created": created, "model": model,
-                    "choices": [choice]}
+        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+            body: dict[str, Any] = {"id": request["id"], "object": obj, "created": created,
+                                    "model": model, "choices": choices}
+            if usage is not None:
+                body["usage"] = usage
             return f"data: {json.dumps(body)}\n\n"
 
-        if kind == "chat":
-            yield chunk({"role": "assistant", "content": ""}, None)
+        def choice(item: dict[str, Any]) -> dict[str, Any]:
+            index, finish = item.get("index", 0), item.get("finish_reason")
+            if kind == "chat":
+                delta = {"content": item["text"]} if item.get("text") else {}
+                return {"index": index, "delta": delta, "finish_reason": finish,
+                        "logprobs": _chat_logprobs(item.get("logprobs"))}
+            return {"index": index, "text": item.get("text", ""), "finish_reason": finish,
+                    "logprobs": _completion_logprobs(item.get("logprobs"))}
+
+        finished = False
         try:
-            async for piece in handle.options(stream=True).handle_stream.remote(request):
-                yield chunk({"content": piece["delta"]} if kind == "chat" else piece["delta"],
-                            None)
+            if kind == "chat":
+                yield event([{"index": i, "delta": {"role": "assistant", "content": ""},
+                              "finish_reason": None} for i in range(n)])
+            item = first
+            while item is not None:
+                delta = item["delta"]
+                if isinstance(delta, dict) and "usage" in delta:
+                    if include_usage:
+                        usage = dict(delta["usage"])
+                        usage["total_tokens"] = usage["prompt_tokens"] + \
+                            usage["completion_tokens"]
+                        yield event([], usage)
+                elif isinstance(delta, dict):
+                    yield event([choice(delta)])
+                else:  # a service that streams plain text
+                    yield event([choice({"text": str(delta)})])
+                try:
+                    item = await pieces.__anext__()
+                except StopAsyncIteration:
+                    item = None
+            finished = True
         except Exception as exc:  # noqa: BLE001 - the stream ends with an explicit error
             yield f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
             return
-        yield chunk({} if kind == "chat" else "", "stop")
+        finally:
+            if not finished:
+                pieces.cancel()
         yield "data: [DONE]\n\n"
 
     @app.post("/chat/completions")
     async def chat(self, req: ChatRequest, credentials: Credentials):
         if refused := self._refused(credentials):
             return refused
-        payload = {"messages": [m.model_dump() for m in req.messages], **_params(req)}
-        return await self._generate(req, "chat", payload, "chat")
+        return await self._generate(req, "chat", "chat")
 
     @app.post("/completions")
     async def completions(self, req: CompletionRequest,
                           credentials: Credentials):
         if refused := self._refused(credentials):
             return refused
-        return await self._generate(req, "generate", {"prompt": req.prompt, **_params(req)},
-                                    "completion")
+        return await self._generate(req, "generate", "completion")
 
     @app.post("/embeddings")
     async def embeddings(self, req: EmbeddingRequest,
                          credentials: Credentials):
         if refused := self._refused(credentials):
             return refused
-        handle = self._handle(req.model)
-        if handle is None:
-            return _error(404, f"no service named {req.model!r}", "model")
+        handle, missing = self._route(req.model)
+        if missing is not None:
+            return missing
         texts = [req.input] if isinstance(req.input, str) else req.input
         try:
             out = await handle.handle.remote({"id": uuid.uuid4().hex[:16], "method": "embed",

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from hpcray.bootstrap.placement import bundle
 from hpcray.errors import SpecError
 
 
@@ -57,3 +58,23 @@ def check_args(cls: type, args: dict[str, Any], service: str) -> None:
         params = [p for p in inspect.signature(cls).parameters if p != "self"]
         raise SpecError(f"service {service!r}: {cls.__name__} does not accept args {args!r} "
                         f"({exc}); its parameters: {', '.join(params) or 'none'}") from None
+
+
+def replica_bundles(spec: Any) -> tuple[list[dict[str, float]], str] | None:
+    """Placement-group bundles of one replica whose class spreads it over several GPUs
+    (`gpu_workers(args)` > 1, e.g. vLLM's tensor/pipeline-parallel workers): the replica's own
+    actor (its CPUs), then one bundle per GPU. PACK puts them on as few nodes as hold them,
+    across nodes when one is not enough. None: one actor holds the whole replica."""
+    if not spec.replicas or spec.deployment is None:
+        return None
+    workers = getattr(load_class(target_of(spec.deployment)), "gpu_workers", None)
+    count = workers(spec.args) if callable(workers) else 0
+    if not count:
+        return None
+    if spec.resources.gpus != count:
+        raise SpecError(f"service {spec.name!r}: its engine runs {count} GPU workers (tensor x "
+                        f"pipeline parallel size); give it resources.gpus: {count} (it has "
+                        f"{spec.resources.gpus:g})")
+    own = bundle(spec.resources.model_copy(update={"gpus": 0}))
+    return [own] + [{"GPU": 1.0}] * count, "PACK"
+

@@ -4,18 +4,18 @@ construction (BT init), and answers each request with its id and the replica tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
 from typing import Any
 
 from hpcray.bootstrap.teardown import MARKER
+from hpcray.errors import ServiceRequestError
 from hpcray.metrics.usage import RUN_DIR_ENV, RequestCounter
 from hpcray.services.http_access import authorized, refusal
 
-
-class ServiceRequestError(ValueError):
-    """A request the service cannot take (unknown method, bad payload): the caller's fault."""
+__all__ = ["ReplicaHost", "ServiceRequestError"]
 
 
 class ReplicaHost:
@@ -49,7 +49,8 @@ class ReplicaHost:
         from hpcray.services.direct.server import DirectServer, run_token
 
         self.direct = DirectServer(self.method, self.replica, self.bootstrap(),
-                                   token=run_token())
+                                   token=run_token(), streams=self.stream_method,
+                                   loop=getattr(self.obj, "event_loop", None))
         address = self.direct.start()
         found = directory()
         if found is None:
@@ -60,9 +61,18 @@ class ReplicaHost:
                 timeout=60)
 
     def __del__(self) -> None:
-        """Serve's graceful stop: unpublish first, so no client sends here any more."""
+        """Serve's graceful stop: unpublish first, so no client sends here any more; then the
+        service's own `shutdown()` (an engine's processes)."""
         if getattr(self, "requests", None) is not None:
             self.requests.stop()
+        try:
+            self._unpublish()
+        finally:
+            shutdown = getattr(getattr(self, "obj", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+    def _unpublish(self) -> None:
         if getattr(self, "direct", None) is None:
             return
         try:
@@ -88,12 +98,12 @@ class ReplicaHost:
             return fn
         if not isinstance(method, str) or not method or method.startswith("_"):
             raise ServiceRequestError(f"'method' must name a public method of service "
-                                      f"{self.service!r}, got {method!r}")
+                                      f"{self.service!r}, got {method!r}", field="method")
         fn = getattr(self.obj, method, None)
         if not callable(fn):
             public = [n for n, v in inspect.getmembers(self.obj, callable) if not n.startswith("_")]
             raise ServiceRequestError(f"service {self.service!r} has no method {method!r}; "
-                                      f"methods: {', '.join(public)}")
+                                      f"methods: {', '.join(public)}", field="method")
         self._methods[method] = fn
         return fn
 
@@ -104,7 +114,8 @@ class ReplicaHost:
         try:
             fn = self.method(method)  # type: ignore[arg-type]
         except ServiceRequestError as exc:
-            raise ServiceRequestError(f"request {request.get('id')}: {exc}") from None
+            raise ServiceRequestError(f"request {request.get('id')}: {exc}",
+                                      field=exc.field) from None
         start = time.perf_counter()
         result = fn(request.get("payload"))
         if asyncio.iscoroutine(result):
@@ -113,14 +124,32 @@ class ReplicaHost:
         return {"id": request.get("id"), "replica": self.replica, "node": self.node,
                 "result": result, "inference_s": done - start, "service_s": start - received}
 
-    def handle_stream(self, request: dict[str, Any]):
-        """Streaming form: the service's `<method>_stream` generator, piece by piece."""
-        method = request.get("method")
+    def stream_method(self, method: str):
+        """The service's `<method>_stream` generator function, or a ServiceRequestError."""
         fn = getattr(self.obj, f"{method}_stream", None) if isinstance(method, str) else None
-        if method is None or method.startswith("_") or not callable(fn):
-            raise ServiceRequestError(f"service {self.service!r} cannot stream {method!r}")
-        for piece in fn(request.get("payload")):
-            yield {"id": request.get("id"), "replica": self.replica, "delta": piece}
+        if not method or method.startswith("_") or not callable(fn):
+            raise ServiceRequestError(f"service {self.service!r} cannot stream {method!r}",
+                                      field="method")
+        return fn
+
+    async def handle_stream(self, request: dict[str, Any]):
+        """Streaming form: the service's `<method>_stream` generator, piece by piece. An async
+        generator is iterated here; a plain one on a worker thread, one piece at a time, so
+        the replica's loop never blocks on it. When the caller goes away, Serve cancels this
+        generator and the cancellation reaches the service's (an engine aborts)."""
+        rid = request.get("id")
+        pieces = self.stream_method(request.get("method"))(request.get("payload"))
+        if hasattr(pieces, "__aiter__"):
+            async for piece in pieces:
+                yield {"id": rid, "replica": self.replica, "delta": piece}
+            return
+        end = object()
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
+                yield {"id": rid, "replica": self.replica, "delta": piece}
+        finally:
+            with contextlib.suppress(ValueError):  # still running on its thread: it ends there
+                pieces.close()
 
     async def __call__(self, http_request) -> Any:
         """HTTP: POST /<service> {"method": str, "payload": any, "id": str?}. A request the
@@ -149,8 +178,8 @@ class ReplicaHost:
         try:
             return await self.handle(body)
         except ServiceRequestError as exc:
-            return JSONResponse({"error": str(exc), "field": "method", "id": body["id"]},
-                                status_code=400)
+            return JSONResponse({"error": str(exc), "field": exc.field or "payload",
+                                 "id": body["id"]}, status_code=400)
         except (TypeError, KeyError, ValueError) as exc:
             return JSONResponse({"error": f"bad payload: {type(exc).__name__}: {exc}",
                                  "field": "payload", "id": body["id"]}, status_code=400)

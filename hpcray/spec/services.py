@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from hpcray.spec.models import StrictModel
 from hpcray.spec.resources import Resources
 
+DEFAULT_MAX_ONGOING = 16  # a replica's requests at once on the Serve path, unless said
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
 
 
@@ -84,7 +85,9 @@ class ServiceSpec(StrictModel):
     readiness_timeout: float = Field(300, gt=0, description="Seconds until all replicas run.")
     health_check_period: float = Field(10, gt=0)
     health_check_timeout: float = Field(30, gt=0)
-    max_ongoing_requests: int = Field(16, ge=1)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Requests a replica takes at once on the Serve path; default "
+        "the deployment's own (vllm_llm 1024, transformers_llm 256), else 16.")
     transport: Literal["direct", "serve"] = Field(
         "direct", description="How handles reach replicas: each replica's own ZeroMQ socket "
         "(direct, sub-millisecond) or Ray Serve's DeploymentHandle (serve).")

@@ -5,7 +5,8 @@ process. Sockets are per thread (ZeroMQ sockets are single-threaded), so threads
 each other; `call_many` keeps a window of requests in flight over those connections.
 A replica whose connection drops, or that the directory reports gone, has its in-flight
 requests sent to another replica (`retries`), or failed with an error naming the replica:
-never dropped."""
+never dropped. A stream is retried elsewhere only before its first piece arrived; after that,
+losing its replica fails it (the pieces already given cannot be taken back)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from hpcray.errors import HpcrayError
+from hpcray.errors import HpcrayError, ServiceRequestError
 from hpcray.services.direct.protocol import (
+    CANCEL,
     FAILED,
     OK,
+    PIECE,
     PING,
     REFUSED,
     Reply,
@@ -127,6 +130,7 @@ class DirectClient:
         self._prefix_b = self._prefix.encode()
         self._closed = False
         self._why: dict[str, str] = {}  # replica -> why it was given up on
+        self.last_stream: Reply | None = None  # the final reply of the last finished stream
         if addresses is None:
             self.refresh()
         else:
@@ -233,6 +237,10 @@ class DirectClient:
         entry = self.table.get(replica)
         if entry is None:
             return None
+        conn = conns[replica] = self._connect(replica, entry["address"])
+        return conn
+
+    def _connect(self, replica: str, address: str) -> _Conn:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.immediate = True  # never queue for a peer that is not connected
@@ -241,9 +249,8 @@ class DirectClient:
             sock.plain_password = self._token
         sock.rcvtimeo = POLL_MS  # a waiting caller wakes up to check on the replica
         monitor = sock.get_monitor_socket(LOST_EVENTS)
-        sock.connect(entry["address"])
-        conn = conns[replica] = _Conn(replica, sock, monitor)
-        return conn
+        sock.connect(address)
+        return _Conn(replica, sock, monitor)
 
     def _send(self, conn: _Conn, frame: bytes) -> bool:
         try:
@@ -319,6 +326,90 @@ class DirectClient:
                                   replica)
             log.warning("service %s: replica %s lost (%s); request %s goes to another replica",
                         self.service, replica, why, rid.decode())
+
+    def stream(self, method: str, payload: Any = None, *, request_id: str | None = None,
+               timeout: float | None = None) -> Iterator[Any]:
+        """The pieces of the service's `<method>_stream` as the replica sends them. `timeout`
+        bounds the wait for each piece. Closing the iterator early (a `break`, garbage
+        collection) cancels the stream on the replica. After the last piece, `last_stream`
+        holds the final reply (its timing)."""
+        rid = self._request_id(request_id)
+        frame = pack_request(rid, method, payload, codec=self.codec, timing=self.timing,
+                             stream=True)
+        tried: list[str] = []
+        while True:
+            replica = self._pick(tried) or self._await_replica(tried, None)
+            conn = self._stream_conn(replica)
+            if conn is None:
+                continue
+            self._outstanding[replica] += 1
+            given = 0
+            finished = False
+            try:
+                start = time.perf_counter()
+                why = None if self._send(conn, frame) else conn.lost
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while why is None:
+                    try:
+                        reply = conn.sock.recv()
+                    except zmq.Again:
+                        why = conn.check() or (None if replica in self.table else "removed")
+                        if why is None and deadline is not None and time.monotonic() > deadline:
+                            raise ServiceTimeout(
+                                f"service {self.service!r}: no piece of stream {rid.decode()} "
+                                f"from replica {replica} within {timeout}s", replica) from None
+                        continue
+                    if reply_id(reply) != rid:
+                        continue  # a piece of an earlier stream this socket gave up on
+                    status = reply[6:7]
+                    result = unpack_reply(reply, time.perf_counter() - start)
+                    if status == PIECE:
+                        given += 1
+                        yield result.payload
+                        if deadline is not None:
+                            deadline = time.monotonic() + timeout
+                        continue
+                    finished = True
+                    if status == OK:
+                        self.last_stream = result
+                        return
+                    self._result(result)  # raises the service's error
+            finally:
+                self._outstanding[replica] -= 1
+                if finished or why is not None:
+                    self._release(conn)
+                else:  # abandoned by the caller, or timed out: stop it on the replica
+                    with contextlib.suppress(zmq.ZMQError):
+                        conn.sock.send(pack_request(rid, CANCEL, None, stream=True), zmq.NOBLOCK)
+                    self._release(conn)
+            tried.append(replica)
+            self._report(replica, why)
+            if given or len(tried) > self.retries:
+                raise ReplicaLost(f"service {self.service!r}: stream {rid.decode()} lost with "
+                                  f"replica {replica} ({why}) after {given} piece(s)", replica)
+            log.warning("service %s: replica %s lost (%s); stream %s goes to another replica",
+                        self.service, replica, why, rid.decode())
+
+    def _stream_conn(self, replica: str) -> _Conn | None:
+        """A connection of this thread's that no other stream or call is reading from."""
+        idle: dict[str, list[_Conn]] = self._local.__dict__.setdefault("idle_streams", {})
+        spare = idle.get(replica)
+        while spare:
+            conn = spare.pop()
+            if conn.check() is None and replica in self.table:
+                return conn
+            conn.close()
+        entry = self.table.get(replica)
+        if entry is None:
+            return None
+        return self._connect(replica, entry["address"])
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.lost is not None or self._closed:
+            conn.close()
+            return
+        self._local.__dict__.setdefault("idle_streams", {}).setdefault(conn.replica,
+                                                                        []).append(conn)
 
     def call_many(self, method: str, payloads: Iterable[Any], *, window: int = 64,
                   timeout: float | None = None) -> list[Reply]:
@@ -425,8 +516,6 @@ class DirectClient:
         if reply.status == OK:
             return reply
         if reply.status == REFUSED:
-            from hpcray.services.replica import ServiceRequestError
-
             raise ServiceRequestError(f"service {self.service!r} refused request {reply.id}: "
                                       f"{reply.payload}")
         assert reply.status == FAILED
@@ -437,4 +526,7 @@ class DirectClient:
         self._closed = True
         for conn in self._local.__dict__.get("conns", {}).values():
             conn.close()
+        for spare in self._local.__dict__.get("idle_streams", {}).values():
+            for conn in spare:
+                conn.close()
         self._ctx.destroy(linger=0)

@@ -7,11 +7,17 @@ reply (replica -> client), 10-byte header:
   "HPR1" | 'A' | codec | status | id_len:u8 | replica_len:u8 | timing_len:u8 |
   id | replica | timing | payload
 
-codec: 'm' msgpack, 'j' JSON, 'r' raw bytes. flags bit 0: send timing back.
+codec: 'm' msgpack, 'j' JSON, 'r' raw bytes. flags bit 0: send timing back; bit 1: stream.
 status: 'o' ok (payload = result), 'e' the handler raised, 'r' refused as malformed
-(payload = UTF-8 message for both). timing: empty, or three uint64 nanosecond durations on the
-replica's own clock: receive -> handler start (queue + decode), the handler, handler end ->
-send (encode). A REQ client's empty delimiter frame is echoed back, so REQ and DEALER both work.
+(payload = UTF-8 message for both), 'p' one piece of a streamed result. timing: empty, or three
+uint64 nanosecond durations on the replica's own clock: receive -> handler start (queue +
+decode), the handler, handler end -> send (encode). A REQ client's empty delimiter frame is
+echoed back, so REQ and DEALER both work.
+
+A streamed request (flag bit 1) runs the service's `<method>_stream` generator: one 'p' reply
+per piece, then one 'o' reply (payload null, with the timing) or an 'e' reply. The built-in
+method `.cancel`, sent with the id of a stream in flight from the same connection, stops that
+stream; nothing more is sent for it and `.cancel` itself gets no reply.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ REQUEST, REPLY = b"Q", b"A"
 CODECS = {b"m": "msgpack", b"j": "json", b"r": "raw"}
 CODEC_BYTE = {v: k for k, v in CODECS.items()}
 TIMING_FLAG = 1
-OK, FAILED, REFUSED = b"o", b"e", b"r"
+STREAM_FLAG = 2
+OK, FAILED, REFUSED, PIECE = b"o", b"e", b"r", b"p"
 PING = ".ping"  # built-in method: the replica's identity and start times (no user code runs)
+CANCEL = ".cancel"  # built-in method: stop the stream in flight with this request's id
 REQUEST_HEADER = struct.Struct("<4sccBBH")   # magic kind codec flags id_len method_len
 REPLY_HEADER = struct.Struct("<4scccBBB")    # magic kind codec status id_len replica_len timing_len
 TIMING = struct.Struct("<QQQ")
@@ -109,6 +117,7 @@ class Request(NamedTuple):
     codec: bytes
     timed: bool
     payload: bytes
+    streamed: bool = False
 
 
 def encode(codec: str, value: Any) -> bytes:
@@ -137,14 +146,15 @@ _request_head = REQUEST_HEADER.pack
 
 
 def pack_request(request_id: bytes, method: str, payload: Any, *, codec: str = "msgpack",
-                 timing: bool = True) -> bytes:
+                 timing: bool = True, stream: bool = False) -> bytes:
     if not 0 < len(request_id) <= MAX_ID:
         raise ValueError(f"a request id is 1 to {MAX_ID} bytes, got {len(request_id)}")
     name = method.encode()
     body = msgpack.packb(payload, use_bin_type=True) if codec == "msgpack" else \
         encode(codec, payload)
-    return b"".join((_request_head(MAGIC, REQUEST, CODEC_BYTE[codec],
-                                   TIMING_FLAG if timing else 0, len(request_id), len(name)),
+    flags = (TIMING_FLAG if timing else 0) | (STREAM_FLAG if stream else 0)
+    return b"".join((_request_head(MAGIC, REQUEST, CODEC_BYTE[codec], flags, len(request_id),
+                                   len(name)),
                      request_id, name, body))
 
 
@@ -163,7 +173,7 @@ def unpack_request(frame: bytes) -> Request:
     rid = frame[start:start + id_len]
     method = frame[start + id_len:start + id_len + method_len].decode()
     return Request(rid, method, codec, bool(flags & TIMING_FLAG),
-                   frame[start + id_len + method_len:])
+                   frame[start + id_len + method_len:], bool(flags & STREAM_FLAG))
 
 
 def pack_reply(request_id: bytes, replica: bytes, codec: bytes, status: bytes, timing: bytes,
@@ -185,7 +195,7 @@ def unpack_reply(frame: bytes, round_trip_s: float) -> Reply:
     ns = _timing(frame, pos) if t_len == 24 else None
     status, codec_b = frame[6:7], frame[5:6]
     pos += t_len
-    if status != OK:
+    if status != OK and status != PIECE:
         payload: Any = frame[pos:].decode(errors="replace")
     elif codec_b == b"m":
         payload = _unpackb(frame[pos:], raw=False) if len(frame) > pos else None

@@ -6,12 +6,19 @@ counts as service time, not communication. Synchronous handlers run one at a tim
 socket thread itself: the lowest latency, and a request that arrives meanwhile is stamped at
 most that long after its arrival. Slower handlers run on a worker thread while the socket
 thread keeps receiving and stamping, so their queue time is exact. Coroutine handlers run
-concurrently on an event loop of the replica, for engines that batch (vLLM).
+concurrently on an event loop: the service's own (`loop`, where its engine lives) or one of the
+server's. That is how engines that batch (vLLM) see every request in flight at once.
+
+Streams (request flag bit 1) run the service's `<method>_stream` generator: an async one on
+that event loop, a plain one on a thread of its own; each piece is sent as it comes. A stream
+stops when its client sends `.cancel` or has gone away (the socket refuses to route a piece to
+it), so an engine aborts work nobody will read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import os
@@ -27,17 +34,22 @@ import msgpack
 import zmq
 
 from hpcray.bootstrap.network import NODE_IP_ENV
+from hpcray.errors import ServiceRequestError
 from hpcray.services.direct.protocol import (
+    CANCEL,
     CODECS,
     FAILED,
     OK,
+    PIECE,
     PING,
     REFUSED,
+    STREAM_FLAG,
     TIMING,
     TIMING_FLAG,
     ProtocolError,
     encode,
     pack_reply,
+    reply_id,
     unpack_request,
 )
 from hpcray.services.direct.protocol import decode as decode_payload
@@ -47,6 +59,8 @@ log = logging.getLogger("hpcray.services.direct")
 _packb, _unpackb = msgpack.packb, msgpack.unpackb
 _timing_pack = TIMING.pack
 _SNDMORE = zmq.SNDMORE
+_NOBLOCK = zmq.NOBLOCK
+_GONE = (errno.EHOSTUNREACH, errno.EAGAIN)  # the client left; or stopped reading (queue full)
 INLINE_LIMIT_NS = 100_000  # handlers faster than this (moving average) run on the socket thread
 WORKER, LOOP = b"w", b"a"  # which side a completion comes from
 
@@ -77,15 +91,20 @@ def bind_host() -> str:
 class DirectServer:
     def __init__(self, methods: Callable[[str], Callable[[Any], Any]], replica: str,
                  info: dict[str, Any], *, host: str | None = None,
-                 token: bytes | None = None) -> None:
+                 token: bytes | None = None,
+                 streams: Callable[[str], Callable[[Any], Any]] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.resolve = methods  # method name -> callable, raises ServiceRequestError
+        self.resolve_stream = streams  # method name -> its generator function, likewise
+        self._service_loop = loop  # coroutines and async streams run here when given
         self.replica = replica.encode()
         self.info = info
         self.ctx = zmq.Context()
         self.auth = None
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.linger = 0
-        self.router.router_mandatory = False  # a client that left: its reply is dropped
+        # a send to a client that left raises (and is dropped), so its stream can be stopped
+        self.router.router_mandatory = True
         if token:
             from zmq.auth.thread import ThreadAuthenticator
 
@@ -103,7 +122,9 @@ class DirectServer:
         self.completions = self.ctx.socket(zmq.PULL)  # replies from the worker and the loop
         self.completions.bind(f"inproc://done-{id(self)}")
         self._stop = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's own, when needed
+        self._forwarding = False  # replies also come from other threads (completions socket)
+        self._streams: dict[tuple[bytes, bytes], Callable[[], Any]] = {}  # -> its stop
         self._loop_push = threading.local()
         self._work: queue.SimpleQueue | None = None  # the worker thread's requests
         self._offloaded = 0  # requests on the worker, not yet replied (socket thread only)
@@ -146,7 +167,7 @@ class DirectServer:
         recv = router.recv
         try:
             while not self._stop.is_set():
-                if self._loop is not None or self._offloaded:
+                if self._forwarding or self._offloaded:
                     self._forward(completions)
                     if not waiting and not poller.poll(100):
                         continue
@@ -180,7 +201,18 @@ class DirectServer:
             frames = completions.recv_multipart(zmq.NOBLOCK)
             if frames[0] == WORKER:
                 self._offloaded -= 1
-            self.router.send_multipart(frames[1:])
+            if not self._route(frames[1:]) and frames[-1][6:7] == PIECE:
+                self._stop_stream((frames[1], reply_id(frames[-1])), "its client is gone")
+
+    def _route(self, frames: list[bytes]) -> bool:
+        """Send a reply; False (reply dropped) when its client is gone or not reading."""
+        try:
+            self.router.send_multipart(frames, _NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno not in _GONE:
+                raise
+            return False
 
     def _serve_one(self, received: int, frames: list[bytes]) -> None:
         """Answer one request. Written for the idle-replica latency: the header is read
@@ -197,6 +229,9 @@ class DirectServer:
             self._refuse_malformed(envelope, frame)
             return
         rid, codec_b = frame[10:name_at], frame[5:6]
+        if frame[6] & STREAM_FLAG:
+            self._start_stream(envelope, frame, received)
+            return
         try:
             handler = self._by_bytes.get(frame[name_at:data_at])
             if handler is None:
@@ -218,28 +253,32 @@ class DirectServer:
         try:
             result = fn(payload)
         except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
-            self._send(envelope, rid, codec_b, FAILED, b"", _describe(exc))
+            self._fail(envelope, rid, codec_b, exc)
             return
         if is_async or asyncio.iscoroutine(result):
             self._submit(result, envelope, unpack_request(frame), received, start)
             return
         end = clock()
         if codec_b != b"m":
-            self._reply(self.router.send_multipart, envelope, unpack_request(frame), result,
-                        received, start, end)
+            self._reply(self._route, envelope, unpack_request(frame), result, received, start,
+                        end)
         else:
             try:
                 body = _packb(result, use_bin_type=True)
             except Exception:  # noqa: BLE001 - _reply says why
-                self._reply(self.router.send_multipart, envelope, unpack_request(frame), result,
-                            received, start, end)
+                self._reply(self._route, envelope, unpack_request(frame), result, received,
+                            start, end)
                 return
             timing = _timing_pack(start - received, end - start, clock() - end) \
                 if frame[6] & TIMING_FLAG else b""
             router = self.router
-            for part in envelope:
-                router.send(part, _SNDMORE)
-            router.send(pack_reply(rid, self.replica, codec_b, OK, timing, body))
+            try:
+                for part in envelope:
+                    router.send(part, _SNDMORE | _NOBLOCK)
+                router.send(pack_reply(rid, self.replica, codec_b, OK, timing, body))
+            except zmq.ZMQError as exc:  # the client left: nobody to answer
+                if exc.errno not in _GONE:
+                    raise
             self.served += 1
         if average >= 0:  # after the reply: the moving average of the handler's run time
             handler[2] = average + (end - start - average) * 0.2
@@ -290,8 +329,7 @@ class DirectServer:
                 try:
                     result = handler[0](payload)
                 except Exception as exc:  # noqa: BLE001 - returned to the caller
-                    self._send(envelope, request.id, request.codec, FAILED, b"",
-                               _describe(exc), send=send)
+                    self._fail(envelope, request.id, request.codec, exc, send=send)
                     continue
                 end = clock()
                 handler[2] += (end - start - handler[2]) * 0.2
@@ -314,31 +352,43 @@ class DirectServer:
         send([*envelope, pack_reply(request.id, self.replica, request.codec, OK, timing, body)])
         self.served += 1
 
+    def _fail(self, envelope, rid, codec_b, exc: BaseException, send=None) -> None:
+        status, message = _failure(exc)
+        self._send(envelope, rid, codec_b, status, b"", message, send=send)
+
     def _send(self, envelope, rid, codec_b, status, timing, body, send=None) -> None:
-        (send or self.router.send_multipart)(
+        (send or self._route)(
             [*envelope, pack_reply(rid, self.replica, codec_b, status, timing, body)])
 
     def _ping(self, _payload: Any) -> dict[str, Any]:
         return {**self.info, "served": self.served}
 
     # -- coroutine handlers ------------------------------------------------------------------
-    def _submit(self, coro, envelope, request, received, start) -> None:
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The service's loop, else the server's own (started on first use)."""
+        self._forwarding = True
+        if self._service_loop is not None:
+            return self._service_loop
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="hpcray-direct-async",
                              daemon=True).start()
+        return self._loop
+
+    def _submit(self, coro, envelope, request, received, start) -> None:
+        loop = self._event_loop()
 
         def done(future) -> None:  # runs on the event loop's thread
             send = self._push()
             exc = future.exception()
             if exc is not None:
-                self._send(envelope, request.id, request.codec, FAILED, b"", _describe(exc),
+                self._fail(envelope, request.id, request.codec, exc,
                            send=send)
             else:
                 self._reply(send, envelope, request, future.result(), received, start,
                             time.perf_counter_ns())
 
-        asyncio.run_coroutine_threadsafe(coro, self._loop).add_done_callback(done)
+        asyncio.run_coroutine_threadsafe(coro, loop).add_done_callback(done)
 
     def _push(self):
         """A PUSH socket of the thread running the callback (sockets are single-threaded)."""
@@ -349,6 +399,119 @@ class DirectServer:
             self._loop_push.sock = sock
         return lambda frames: sock.send_multipart([LOOP, *frames])
 
+    # -- streams -----------------------------------------------------------------------------
+    def _start_stream(self, envelope: list[bytes], frame: bytes, received: int) -> None:
+        request = unpack_request(frame)
+        key = (envelope[0], request.id)
+        if request.method == CANCEL:
+            self._stop_stream(key, "cancelled by its client")
+            return
+        try:
+            if self.resolve_stream is None:
+                raise ValueError("this replica serves no streams")
+            make = self.resolve_stream(request.method)
+            payload = decode_payload(CODECS[request.codec], request.payload)
+        except Exception as exc:  # noqa: BLE001 - the client's mistake, answered as such
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            self._send(envelope, request.id, request.codec, REFUSED, b"", message.encode())
+            return
+        start = time.perf_counter_ns()
+        try:
+            pieces = make(payload)
+        except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
+            self._fail(envelope, request.id, request.codec, exc)
+            return
+        stream = _Stream(envelope, request, received, start)
+        if hasattr(pieces, "__aiter__"):
+            future = asyncio.run_coroutine_threadsafe(self._pump_async(pieces, stream),
+                                                      self._event_loop())
+            self._streams[key] = future.cancel
+            future.add_done_callback(lambda _: self._streams.pop(key, None))
+        elif hasattr(pieces, "__next__"):
+            self._forwarding = True
+            stop = threading.Event()
+            self._streams[key] = stop.set
+            threading.Thread(target=self._pump_sync, args=(pieces, stream, stop, key),
+                             name="hpcray-direct-stream", daemon=True).start()
+        else:
+            self._send(envelope, request.id, request.codec, FAILED, b"",
+                       f"{request.method}_stream returned {type(pieces).__name__}, not a "
+                       "generator".encode())
+
+    def _stop_stream(self, key: tuple[bytes, bytes], why: str) -> None:
+        stop = self._streams.pop(key, None)
+        if stop is not None:
+            log.debug("stream %s stopped: %s", key[1].decode(errors="replace"), why)
+            stop()
+
+    def _piece(self, stream: _Stream, piece: Any) -> list[bytes]:
+        request = stream.request
+        return [*stream.envelope, pack_reply(request.id, self.replica, request.codec, PIECE, b"",
+                                             encode(CODECS[request.codec], piece))]
+
+    async def _pump_async(self, pieces, stream: _Stream) -> None:
+        """Runs on the event loop; cancelled (at its next await) when the stream stops, which
+        raises CancelledError inside the service's generator: an engine aborts the request."""
+        send = self._push()
+        request = stream.request
+        try:
+            async for piece in pieces:
+                send(self._piece(stream, piece))
+        except asyncio.CancelledError:
+            await pieces.aclose()
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
+            await pieces.aclose()
+            self._fail(stream.envelope, request.id, request.codec, exc,
+                       send=send)
+            return
+        self._reply(send, stream.envelope, request, None, stream.received, stream.start,
+                    time.perf_counter_ns())
+
+    def _pump_sync(self, pieces, stream: _Stream, stop: threading.Event, key) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.connect(f"inproc://done-{id(self)}")
+
+        def send(frames: list[bytes]) -> None:
+            push.send_multipart([LOOP, *frames])
+
+        request = stream.request
+        try:
+            for piece in pieces:
+                if stop.is_set():
+                    return
+                send(self._piece(stream, piece))
+            if not stop.is_set():
+                self._reply(send, stream.envelope, request, None, stream.received, stream.start,
+                            time.perf_counter_ns())
+        except zmq.ContextTerminated:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
+            self._fail(stream.envelope, request.id, request.codec, exc,
+                       send=send)
+        finally:
+            self._streams.pop(key, None)
+            pieces.close()
+            push.close(linger=0)
+
 
 def _describe(exc: BaseException) -> bytes:
     return f"{type(exc).__name__}: {exc}".encode()
+
+
+def _failure(exc: BaseException) -> tuple[bytes, bytes]:
+    """(status, message) for a handler's exception: its refusal of the request (the
+    caller's fault) is sent as refused, anything else as failed."""
+    if isinstance(exc, ServiceRequestError):
+        return REFUSED, str(exc).encode()
+    return FAILED, _describe(exc)
+
+
+class _Stream:
+    """What a stream's pump needs: where to send, and the request it answers."""
+
+    __slots__ = ("envelope", "received", "request", "start")
+
+    def __init__(self, envelope, request, received: int, start: int) -> None:
+        self.envelope, self.request = envelope, request
+        self.received, self.start = received, start
