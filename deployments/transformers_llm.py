@@ -227,10 +227,12 @@ class TransformersLLM:
             batch = self.tokenizer.pad({"input_ids": [r.job.ids for r in rows]},
                                        return_tensors="pt").to(self.device)
             sampling = req.temperature > 0
+            longest = max(r.job.req.max_tokens for r in rows)
             config = GenerationConfig(
-                max_new_tokens=max(r.job.req.max_tokens for r in rows), do_sample=sampling,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=None if req.ignore_eos else sorted(self._eos) or None,
+                max_new_tokens=longest, do_sample=sampling,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self._eos) or None,
+                # ignore_eos: the end-of-sequence token is never drawn, so nothing stops early
+                min_new_tokens=longest if req.ignore_eos else None,
                 **({"temperature": req.temperature, "top_p": req.top_p,
                     "top_k": req.top_k or None} if sampling else {}))
             extra: dict[str, Any] = {}
