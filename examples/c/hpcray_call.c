@@ -1,10 +1,11 @@
 /* hpcray_call: call an hpcray service from C over the direct path (protocol HPR1).
  *
  * Needs libzmq only:  cc -O2 -o hpcray_call hpcray_call.c -lzmq
- * Usage: hpcray_call ADDRESS TOKEN_FILE METHOD [JSON_PAYLOAD] [COUNT]
+ * Usage: hpcray_call ADDRESS TOKEN_FILE METHOD [JSON_PAYLOAD] [COUNT | stream]
  *   ADDRESS     a replica's "address" from the run's endpoints.json (tcp://host:port)
  *   TOKEN_FILE  the run's token file ("password_file" there); "-" if the run has none
  *   COUNT       requests to send (default 1); prints the last reply and RT percentiles
+ *   stream      one streamed request: prints each piece as it arrives, then the last reply
  * The layout of every byte is in docs/direct-protocol.md. A Fortran program can call
  * hpcray_request() below through ISO_C_BINDING.
  */
@@ -20,7 +21,7 @@
 #define MAX_FRAME (1 << 20)
 
 typedef struct {
-    char status;                 /* 'o' ok, 'e' the handler raised, 'r' refused */
+    char status;                 /* 'o' ok, 'e' the handler raised, 'r' refused, 'p' a piece */
     char replica[256];
     uint64_t before_ns, inference_ns, after_ns;  /* the replica's own clock */
     double round_trip_s;         /* this program's clock */
@@ -40,24 +41,28 @@ static uint64_t u64le(const unsigned char *p) {
     return v;
 }
 
-/* One request with the JSON codec and timing on; the reply lands in `buf`. 0 on success. */
-int hpcray_request(void *sock, const char *id, const char *method, const char *json,
-                   unsigned char *buf, size_t cap, hpcray_reply *out) {
+/* Send one request with the JSON codec and timing on. `stream` != 0 asks for the service's
+ * <method>_stream: its pieces come back one reply each (status 'p'), then a last reply. */
+int hpcray_send(void *sock, const char *id, const char *method, const char *json, int stream,
+                unsigned char *buf, size_t cap) {
     size_t id_len = strlen(id), m_len = strlen(method), p_len = strlen(json);
     size_t n = HEADER + id_len + m_len + p_len;
     if (id_len == 0 || id_len > 255 || m_len > 65535 || n > cap) return -1;
     memcpy(buf, "HPR1Qj", 6);
-    buf[6] = 1;                                  /* flags: timing */
+    buf[6] = stream ? 3 : 1;                     /* flags: bit 0 timing, bit 1 stream */
     buf[7] = (unsigned char)id_len;
     buf[8] = (unsigned char)(m_len & 0xff);      /* method length, little-endian u16 */
     buf[9] = (unsigned char)(m_len >> 8);
     memcpy(buf + HEADER, id, id_len);
     memcpy(buf + HEADER + id_len, method, m_len);
     memcpy(buf + HEADER + id_len + m_len, json, p_len);
-    double start = now_s();
-    if (zmq_send(sock, buf, n, 0) != (int)n) return -2;
+    return zmq_send(sock, buf, n, 0) == (int)n ? 0 : -2;
+}
+
+/* Receive the next reply to `id` into `buf`. 0 on success. */
+int hpcray_recv(void *sock, const char *id, unsigned char *buf, size_t cap, hpcray_reply *out) {
+    size_t id_len = strlen(id);
     int got = zmq_recv(sock, buf, cap, 0);
-    out->round_trip_s = now_s() - start;
     if (got < HEADER || (size_t)got > cap || memcmp(buf, "HPR1A", 5) != 0) return -3;
     size_t rid = buf[7], rep = buf[8], tim = buf[9], pos = HEADER;
     if (HEADER + rid + rep + tim > (size_t)got) return -3;
@@ -79,6 +84,17 @@ int hpcray_request(void *sock, const char *id, const char *method, const char *j
     return 0;
 }
 
+/* One request and its reply; the reply lands in `buf`. 0 on success. */
+int hpcray_request(void *sock, const char *id, const char *method, const char *json,
+                   unsigned char *buf, size_t cap, hpcray_reply *out) {
+    double start = now_s();
+    int rc = hpcray_send(sock, id, method, json, 0, buf, cap);
+    if (rc != 0) return rc;
+    rc = hpcray_recv(sock, id, buf, cap, out);
+    out->round_trip_s = now_s() - start;
+    return rc;
+}
+
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -90,10 +106,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *payload = argc > 4 ? argv[4] : "null";
-    int count = argc > 5 ? atoi(argv[5]) : 1;
+    int stream = argc > 5 && strcmp(argv[5], "stream") == 0;
+    int count = argc > 5 && !stream ? atoi(argv[5]) : 1;
     if (count < 1) count = 1;
     void *ctx = zmq_ctx_new();
-    void *sock = zmq_socket(ctx, ZMQ_REQ);
+    /* REQ takes one reply per request; a stream's many replies need DEALER */
+    void *sock = zmq_socket(ctx, stream ? ZMQ_DEALER : ZMQ_REQ);
     int zero = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
     if (strcmp(argv[2], "-") != 0) {
@@ -119,6 +137,26 @@ int main(int argc, char **argv) {
     hpcray_reply reply;
     char id[32];
     int rc = 0;
+    if (stream) {  /* pieces until the last reply ('o' ok, 'e' failed, 'r' refused) */
+        double start = now_s();
+        int pieces = 0;
+        rc = hpcray_send(sock, "c-stream", argv[3], payload, 1, buf, MAX_FRAME);
+        while (rc == 0) {
+            rc = hpcray_recv(sock, "c-stream", buf, MAX_FRAME, &reply);
+            if (rc != 0 || reply.status != 'p') break;
+            pieces++;
+            printf("piece %d at_us=%.1f: %.*s\n", pieces, (now_s() - start) * 1e6,
+                   (int)reply.payload_len, reply.payload);
+        }
+        if (rc != 0) {
+            fprintf(stderr, "stream failed (%d)\n", rc);
+            return 1;
+        }
+        printf("status=%c replica=%s pieces=%d rt_us=%.1f inference_us=%.1f\n", reply.status,
+               reply.replica, pieces, (now_s() - start) * 1e6, reply.inference_ns / 1e3);
+        printf("payload=%.*s\n", (int)reply.payload_len, reply.payload);
+        return reply.status == 'o' ? 0 : 3;
+    }
     for (int i = 0; i < count; i++) {
         snprintf(id, sizeof id, "c-%d", i);
         rc = hpcray_request(sock, id, argv[3], payload, buf, MAX_FRAME, &reply);

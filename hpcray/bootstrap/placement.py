@@ -84,8 +84,9 @@ def bundles_unplaceable(bundles: list[dict[str, float]], nodes: list[dict[str, A
             total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
             have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}
                     for n in nodes if n.get("Alive")]
-            return (f"one {what} needs {len(bundles)} bundles ({total} in all), and the nodes "
-                    f"cannot hold them together (nodes: {have})")
+            return (f"one {what} needs {len(bundles)} bundles ({total['CPU']:g} CPUs and "
+                    f"{total['GPU']:g} GPUs in all), and the nodes cannot hold them together "
+                    f"(nodes: {have})")
         for k, v in one.items():
             home[k] -= v
     return None

@@ -32,12 +32,41 @@ class Model:
     def array(self, payload: bytes) -> bytes:
         return payload[::-1]
 
+    # streams: `<method>_stream` generators; `ended` counts the ones that stopped early
+    ended = 0
+    started = 0
 
-def resolver(obj):
+    async def count_stream(self, n):
+        """n pieces, one per 5 ms; n < 0: until stopped."""
+        Model.started += 1
+        i = 0
+        try:
+            while n < 0 or i < n:
+                await asyncio.sleep(0.005)
+                yield {"i": i}
+                i += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            Model.ended += 1
+            raise
+
+    def lines_stream(self, n):
+        for i in range(n):
+            yield f"line {i}"
+
+    async def boom_stream(self, payload):
+        yield "one"
+        raise RuntimeError(f"stream failed on {payload!r}")
+
+    async def refuse_stream(self, payload):
+        raise ServiceRequestError("field 'top_k': no", field="top_k")
+        yield  # an async generator
+
+
+def resolver(obj, suffix: str = ""):
     def resolve(name: str):
-        fn = getattr(obj, name, None)
+        fn = getattr(obj, name + suffix, None)
         if name.startswith("_") or not callable(fn):
-            raise ServiceRequestError(f"no method {name!r}")
+            raise ServiceRequestError(f"no method {name + suffix!r}")
         return fn
     return resolve
 
@@ -48,8 +77,10 @@ def serve_model():
     servers = []
 
     def start(replica: str = "r1", token: bytes | None = None):
-        server = DirectServer(resolver(Model()), replica, {"replica": replica, "pid": 0},
-                              host="127.0.0.1", token=token)
+        model = Model()
+        server = DirectServer(resolver(model), replica, {"replica": replica, "pid": 0},
+                              host="127.0.0.1", token=token,
+                              streams=resolver(model, "_stream"))
         servers.append(server)
         return server, server.start()
 

@@ -38,3 +38,18 @@ def test_c_client_reports_handler_errors_and_refusals(c_client, serve_model, tmp
     refused = run(c_client, address, "-", "nothing")
     assert refused.returncode == 3 and "status=r" in refused.stdout
     assert "no method 'nothing'" in refused.stdout
+
+
+def test_c_client_reads_a_stream_piece_by_piece(c_client, serve_model):
+    _, address = serve_model("r1")
+    out = run(c_client, address, "-", "count", "4", "stream")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    pieces = [line for line in lines if line.startswith("piece ")]
+    assert [p.split(": ", 1)[1] for p in pieces] == [f'{{"i":{i}}}' for i in range(4)]
+    arrived = [float(p.split("at_us=")[1].split(":")[0]) for p in pieces]
+    assert arrived == sorted(arrived) and arrived[0] < arrived[-1]  # one at a time
+    assert "status=o replica=r1 pieces=4" in out.stdout and "payload=null" in out.stdout
+    failed = run(c_client, address, "-", "boom", "5", "stream")
+    assert failed.returncode == 3 and "piece 1 at_us=" in failed.stdout
+    assert "status=e" in failed.stdout and "stream failed on 5" in failed.stdout

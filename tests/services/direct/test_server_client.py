@@ -171,3 +171,106 @@ def test_sixteen_clients_no_request_lost_or_duplicated(serve_model, client_for):
     assert not errors, errors
     assert sorted(seen) == list(range(16))
     assert all(len(ids) == len(set(ids)) == 1024 for ids in seen.values())
+
+
+# -- streams -----------------------------------------------------------------------------------
+def test_a_stream_sends_its_pieces_then_its_timing(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    assert list(client.stream("count", 5)) == [{"i": i} for i in range(5)]
+    t = client.last_stream.timing
+    assert t.inference_s >= 5 * 0.005 and t.round_trip_s >= t.inference_s
+    assert list(client.stream("lines", 3)) == ["line 0", "line 1", "line 2"]  # a plain one
+    client.codec = "json"
+    assert list(client.stream("count", 2)) == [{"i": 0}, {"i": 1}]
+
+
+def test_stream_errors_are_explicit(serve_model, client_for):
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    pieces = client.stream("boom", 7)
+    assert next(pieces) == "one"  # pieces before the failure arrive
+    with pytest.raises(ServiceCallError, match="RuntimeError: stream failed on 7"):
+        next(pieces)
+    with pytest.raises(ServiceRequestError, match="field 'top_k': no"):
+        list(client.stream("refuse"))
+    with pytest.raises(ServiceRequestError, match="no method 'echo_stream'"):
+        list(client.stream("echo", 1))
+    assert client.call("echo", 3).payload == 3  # the connection is fine afterwards
+
+
+def test_closing_a_stream_stops_its_generator_on_the_replica(serve_model, client_for):
+    from tests.conftest import wait_until
+    from tests.services.direct.conftest import Model
+
+    _, address = serve_model("r1")
+    client = client_for({"r1": address})
+    before = Model.ended
+    pieces = client.stream("count", -1)  # endless until stopped
+    assert [next(pieces) for _ in range(3)] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    pieces.close()  # sends .cancel
+    assert wait_until(lambda: Model.ended == before + 1, 30)
+    # the socket goes back to the pool and serves the next stream cleanly
+    assert list(client.stream("count", 2)) == [{"i": 0}, {"i": 1}]
+
+
+STREAM_IN_CHILD = """
+import sys
+from hpcray.services.direct.client import DirectClient
+client = DirectClient("m", addresses={"r1": sys.argv[1]}, token=b"")
+pieces = client.stream("count", -1)
+next(pieces)
+print("reading", flush=True)
+for _ in pieces:
+    pass
+"""
+
+
+@pytest.mark.faults
+def test_a_killed_client_has_its_stream_stopped(serve_model):
+    """No .cancel from a SIGKILLed process: the replica learns at the next piece that nobody
+    is there to take it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import wait_until
+    from tests.services.direct.conftest import Model
+
+    _, address = serve_model("r1")
+    before_start, before_end = Model.started, Model.ended
+    root = Path(__file__).resolve().parents[3]
+    child = subprocess.Popen([sys.executable, "-c", STREAM_IN_CHILD, address], cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)},
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "reading"
+        assert Model.started == before_start + 1 and Model.ended == before_end
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert wait_until(lambda: Model.ended == before_end + 1, 30)
+
+
+def test_many_streams_at_once_each_get_their_own_pieces(serve_model, client_for):
+    addresses = {name: serve_model(name)[1] for name in ("r1", "r2")}
+    client = client_for(addresses)
+    got: dict[int, list] = {}
+    errors: list[str] = []
+
+    def work(k: int) -> None:
+        try:
+            got[k] = [list(client.stream("count", 3 + k % 4)) for _ in range(5)]
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(f"stream {k}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sorted(got) == list(range(16))
+    for k, runs in got.items():
+        assert runs == [[{"i": i} for i in range(3 + k % 4)]] * 5
