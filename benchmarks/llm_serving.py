@@ -4,7 +4,7 @@ same model and engine settings; `transformers_llm` batched against one request a
 Every system is measured in the same run, level by level, so ratios compare like with like.
 
     python benchmarks/llm_serving.py [--levels 1,4,16,64] [--max-tokens 16] [--prompt-words 24]
-                                     [--per-client 8] [--ray-serve-llm] [--name llm_serving]
+                                     [--per-client 8] [--no-ray-serve-llm] [--name llm_serving]
 
 Clients are threads of this process in a closed loop: each sends its next request when the
 last one ended, streaming (time to first token, inter-token latency). Prompts have the same
@@ -152,10 +152,11 @@ def ray_serve_llm(model: Path, run_dir: Path) -> tuple[str | None, str]:
             model_loading_config={"model_id": "tiny", "model_source": str(model)},
             engine_kwargs={"dtype": "float32", "enforce_eager": True,
                            "kv_cache_memory_bytes": 2 ** 30, "enable_prefix_caching": True},
-            deployment_config={"num_replicas": 1},
-            placement_group_config={"bundles": [{"CPU": 1}]})
-        serve.run(build_openai_app({"llm_configs": [config]}), name="rayllm",
-                  route_prefix="/rayllm", blocking=False)
+            deployment_config={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}},
+            placement_group_config={"bundles": [{"CPU": 0.25}]})
+        app = build_openai_app({"llm_configs": [config], "ingress_deployment_config": {
+            "ray_actor_options": {"num_cpus": 0}}})
+        serve.run(app, name="rayllm", route_prefix="/rayllm", blocking=False)
         endpoints = json.loads((run_dir / "endpoints.json").read_text())
         base = endpoints["openai"].rsplit("/v1", 1)[0] + "/rayllm/v1"
         deadline = time.monotonic() + 600
@@ -181,8 +182,8 @@ def main() -> int:
     parser.add_argument("--prompt-words", type=int, default=24)
     parser.add_argument("--per-client", type=int, default=8,
                         help="requests per client at each level (at least 64 in all)")
-    parser.add_argument("--ray-serve-llm", action="store_true",
-                        help="also try Ray Serve LLM in the run's cluster")
+    parser.add_argument("--no-ray-serve-llm", dest="ray_serve_llm", action="store_false",
+                        help="leave out Ray Serve LLM (deployed into the run's cluster)")
     parser.add_argument("--name", default="llm_serving")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -204,11 +205,11 @@ def main() -> int:
         workflow.write_text(
             "name: llmbench\nallocation: {nodes: 1, walltime: 60m}\n"
             "ray: {object_store_memory: 200000000}\nservices:\n"
-            f"  - {{name: vllm, deployment: vllm_llm, resources: {{cpus: 1}},\n"
+            f"  - {{name: vllm, deployment: vllm_llm, resources: {{cpus: 0.5}},\n"
             f"     readiness_timeout: 900, args: {{{common}, {engine}}}}}\n"
-            f"  - {{name: tllm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
+            f"  - {{name: tllm, deployment: transformers_llm, resources: {{cpus: 0.25}},\n"
             f"     args: {{{common}, max_batch_size: 64}}}}\n"
-            f"  - {{name: tllm1, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
+            f"  - {{name: tllm1, deployment: transformers_llm, resources: {{cpus: 0.25}},\n"
             f"     args: {{{common}, max_batch_size: 1}}}}\n")
         console.print("starting vLLM's own OpenAI server and an hpcray run (vllm_llm, "
                       "transformers_llm batched and one at a time) ...")

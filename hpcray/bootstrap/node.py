@@ -187,6 +187,9 @@ class NodeAgent:
         env.update(plan.extra_env)
         env[MARKER] = marker_value(plan.cluster_id, me.name)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # the job's temporary files (engines' IPC sockets, compiler caches) in its own temp
+        # dir, removed with it, unless the site gives each job one already
+        env.setdefault("TMPDIR", temp_dir)
         # hpcray drains services itself before teardown; Ray's own 30 s drain only delays it.
         env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         translated = gpus.translate(plan.gpu_vendor, env)

@@ -203,7 +203,8 @@ class ServiceManager:
 
         from hpcray.services.openai_api import OpenAIIngress
 
-        serve.run(OpenAIIngress.bind(list(self.records), self.http.token_sha256),
+        transports = {name: spec.transport for name, spec in self.specs.items() if spec.replicas}
+        serve.run(OpenAIIngress.bind(list(self.records), self.http.token_sha256, transports),
                   name=OPENAI_APP, route_prefix="/v1")
         log.info("OpenAI-compatible API at %s", self.openai_url)
 

@@ -4,7 +4,11 @@ of a service, or `service:adapter` for one of its LoRA adapters. The sampling fi
 OpenAI's API (and vLLM's `top_k`, `ignore_eos`) go to the service, which refuses what it
 cannot honour; a field this API does not know is refused too. Bad requests get a 4xx naming
 the field (`param`), never a 500 or a silently ignored field. Every non-streamed answer has
-`usage`; a stream has it in a last chunk when `stream_options.include_usage` is set."""
+`usage`; a stream has it in a last chunk when `stream_options.include_usage` is set.
+
+Requests to a service on the direct path go over its replicas' sockets (AsyncDirectClient,
+one socket per replica for all requests in flight); `transport: serve` services through Serve
+handles."""
 
 # No `from __future__ import annotations` here: FastAPI must see the request models as
 # classes, not strings, through Serve's ingress wrapper (else bodies turn into query params).
@@ -20,6 +24,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from hpcray.services.direct.aclient import AsyncDirectClient
+from hpcray.services.direct.directory import directory
 from hpcray.services.http_access import authorized, refusal
 from hpcray.services.manager import app_name
 
@@ -140,9 +146,12 @@ def _chat_logprobs(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None
                   max_ongoing_requests=INGRESS_MAX_ONGOING)
 @serve.ingress(app)
 class OpenAIIngress:
-    def __init__(self, services: list[str], token_sha256: str | None = None) -> None:
+    def __init__(self, services: list[str], token_sha256: str | None = None,
+                 transports: dict[str, str] | None = None) -> None:
         self.services = services
         self.token_sha256 = token_sha256
+        self.transports = transports or {}
+        self._clients: dict[str, AsyncDirectClient] = {}
         # this run's OpenAPI description says which models exist: clients and fuzzers see it
         for body in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
             schema = app.openapi()["components"]["schemas"][body]["properties"]["model"]
@@ -153,20 +162,56 @@ class OpenAIIngress:
         return None if authorized(header, self.token_sha256) else refusal()
 
     def _route(self, model: str, payload: dict[str, Any] | None = None):
-        """The Serve handle for `service` or `service:adapter` (the adapter goes into the
-        payload), or a 404 naming the services."""
+        """The service of `service` or `service:adapter` (the adapter goes into the payload),
+        or a 404 naming the services."""
         service, _, adapter = model.partition(":")
         if service not in self.services:
             return None, _error(404, f"no service named {service!r}; services: "
                                      f"{', '.join(self.services)}", "model")
         if adapter and payload is not None:
             payload["adapter"] = adapter
-        return serve.get_app_handle(app_name(service)), None
+        return service, None
+
+    def _direct(self, service: str) -> AsyncDirectClient | None:
+        """The service's replicas' sockets, when it is on the direct path."""
+        if self.transports.get(service) != "direct":
+            return None
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = AsyncDirectClient(service, directory=directory())
+        return client
+
+    async def _call(self, service: str, request: dict[str, Any]) -> dict[str, Any]:
+        """{"result", "replica", "node"} of one request, on the service's transport."""
+        client = self._direct(service)
+        if client is None:
+            return await serve.get_app_handle(app_name(service)).handle.remote(request)
+        reply = await client.call(request["method"], request["payload"])
+        return {"result": reply.payload, "replica": reply.replica,
+                "node": client.table.get(reply.replica, {}).get("node")}
+
+    def _stream(self, service: str, request: dict[str, Any]):
+        """(the stream's items as the replica makes them, how to stop it early)."""
+        client = self._direct(service)
+        if client is not None:
+            pieces = client.stream(request["method"], request["payload"])
+            return pieces, pieces.aclose
+        chunks = serve.get_app_handle(app_name(service)).options(
+            stream=True).handle_stream.remote(request)
+
+        async def items():
+            async for chunk in chunks:
+                yield chunk["delta"]
+
+        async def stop():
+            chunks.cancel()
+
+        return items(), stop
 
     async def _adapters(self, service: str) -> list[str]:
         try:
-            out = await serve.get_app_handle(app_name(service)).handle.remote(
-                {"id": uuid.uuid4().hex[:16], "method": "adapters", "payload": None})
+            out = await self._call(service, {"id": uuid.uuid4().hex[:16], "method": "adapters",
+                                             "payload": None})
         except Exception:  # noqa: BLE001 - a service without adapters
             return []
         names = out["result"]
@@ -188,14 +233,14 @@ class OpenAIIngress:
         payload = _payload(req)
         if isinstance(payload, JSONResponse):
             return payload
-        handle, missing = self._route(req.model, payload)
+        service, missing = self._route(req.model, payload)
         if missing is not None:
             return missing
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
         request = {"id": rid, "method": method, "payload": payload}
         if req.stream:
-            pieces = handle.options(stream=True).handle_stream.remote(request)
+            pieces, stop = self._stream(service, request)
             try:  # a refusal (bad field, prompt too long) is a 400, not a broken stream
                 first = await pieces.__anext__()
             except StopAsyncIteration:
@@ -204,10 +249,10 @@ class OpenAIIngress:
                 return _caller_error(exc) or _error(500, f"{type(exc).__name__}: {exc}")
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(
-                self._sse(pieces, first, request, req.model, kind, created, req.n or 1,
+                self._sse(pieces, stop, first, request, req.model, kind, created, req.n or 1,
                           include_usage), media_type="text/event-stream")
         try:
-            out = await handle.handle.remote(request)
+            out = await self._call(service, request)
         except Exception as exc:  # noqa: BLE001 - caller errors become 400s
             return _caller_error(exc) or _error(500, f"{type(exc).__name__}: {exc}")
         result = out["result"]
@@ -231,7 +276,7 @@ class OpenAIIngress:
                              "hpcray": {"replica": out["replica"], "node": out["node"]}},
                             headers={"x-hpcray-replica": out["replica"]})
 
-    async def _sse(self, pieces, first, request, model: str, kind: str, created: int,
+    async def _sse(self, pieces, stop, first, request, model: str, kind: str, created: int,
                    n: int, include_usage: bool):
         """Server-sent events from the replica's stream, piece by piece. When the client goes
         away, Starlette cancels this generator; cancelling the replica's stream then aborts
@@ -259,9 +304,8 @@ class OpenAIIngress:
             if kind == "chat":
                 yield event([{"index": i, "delta": {"role": "assistant", "content": ""},
                               "finish_reason": None} for i in range(n)])
-            item = first
-            while item is not None:
-                delta = item["delta"]
+            delta = first
+            while delta is not None:
                 if isinstance(delta, dict) and "usage" in delta:
                     if include_usage:
                         usage = dict(delta["usage"])
@@ -273,16 +317,16 @@ class OpenAIIngress:
                 else:  # a service that streams plain text
                     yield event([choice({"text": str(delta)})])
                 try:
-                    item = await pieces.__anext__()
+                    delta = await pieces.__anext__()
                 except StopAsyncIteration:
-                    item = None
+                    delta = None
             finished = True
         except Exception as exc:  # noqa: BLE001 - the stream ends with an explicit error
             yield f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
             return
         finally:
             if not finished:
-                pieces.cancel()
+                await stop()
         yield "data: [DONE]\n\n"
 
     @app.post("/chat/completions")
@@ -303,13 +347,13 @@ class OpenAIIngress:
                          credentials: Credentials):
         if refused := self._refused(credentials):
             return refused
-        handle, missing = self._route(req.model)
+        service, missing = self._route(req.model)
         if missing is not None:
             return missing
         texts = [req.input] if isinstance(req.input, str) else req.input
         try:
-            out = await handle.handle.remote({"id": uuid.uuid4().hex[:16], "method": "embed",
-                                              "payload": {"texts": texts}})
+            out = await self._call(service, {"id": uuid.uuid4().hex[:16], "method": "embed",
+                                             "payload": {"texts": texts}})
         except Exception as exc:  # noqa: BLE001
             return _caller_error(exc) or _error(500, f"{type(exc).__name__}: {exc}")
         result = out["result"]

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -27,7 +28,6 @@ import zmq
 from hpcray.errors import HpcrayError, ServiceRequestError
 from hpcray.services.direct.protocol import (
     CANCEL,
-    FAILED,
     OK,
     PIECE,
     PING,
@@ -513,14 +513,7 @@ class DirectClient:
                              f"within {timeout}s", replica)
 
     def _result(self, reply: Reply) -> Reply:
-        if reply.status == OK:
-            return reply
-        if reply.status == REFUSED:
-            raise ServiceRequestError(f"service {self.service!r} refused request {reply.id}: "
-                                      f"{reply.payload}")
-        assert reply.status == FAILED
-        raise ServiceCallError(f"service {self.service!r}, replica {reply.replica}, request "
-                               f"{reply.id}: {reply.payload}", reply.replica)
+        return raise_for(self.service, reply)
 
     def close(self) -> None:
         self._closed = True
@@ -530,3 +523,20 @@ class DirectClient:
             for conn in spare:
                 conn.close()
         self._ctx.destroy(linger=0)
+
+
+_FIELD = re.compile(r"field '([^']+)'")
+
+
+def raise_for(service: str, reply: Reply) -> Reply:
+    """The reply if it is a result or a piece; else the service's refusal (the caller's fault,
+    naming the field when the message does) or its failure, as an exception."""
+    if reply.status == OK or reply.status == PIECE:
+        return reply
+    if reply.status == REFUSED:
+        named = _FIELD.search(reply.payload)
+        raise ServiceRequestError(f"service {service!r} refused request {reply.id}: "
+                                  f"{reply.payload}", field=named.group(1) if named else None)
+    raise ServiceCallError(f"service {service!r}, replica {reply.replica}, request {reply.id}: "
+                           f"{reply.payload}", reply.replica)
+
