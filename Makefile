@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 ## test: the whole suite, with a real 2-node Slurm started by the tests themselves
 test: $(VENV)/.installed
 	bash tests/slurm/install.sh
-	$(VENV)/bin/ruff check hpcray tests examples benchmarks
+	$(VENV)/bin/ruff check hpcray deployments tests examples benchmarks
 	$(PY) -m pytest
 
 ## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,

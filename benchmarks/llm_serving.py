@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import signal
 import sys
 import tempfile
 import threading
@@ -35,8 +37,9 @@ import hpcray  # noqa: E402
 from benchmarks.results_io import pyplot, save  # noqa: E402
 from tests.services.vllm_server import VllmServer  # noqa: E402
 
-WORDS = ("cell dose radiation gene pathway repair damage signal protein response image model "
-         "service node task variant sample enrichment replicate control treated exposure").split()
+WORDS = ("cell", "dose", "radiation", "gene", "pathway", "repair", "damage", "signal",
+         "protein", "response", "image", "model", "service", "node", "task", "variant",
+         "sample", "enrichment", "replicate", "control", "treated", "exposure")
 
 # One request: yields (time of each piece with text, completion tokens at the end).
 Stream = Callable[[int], Iterator[tuple[float, int | None]]]
@@ -187,6 +190,8 @@ def main() -> int:
     parser.add_argument("--name", default="llm_serving")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the run
 
     from rich.console import Console
     from rich.table import Table
@@ -237,6 +242,10 @@ def main() -> int:
                     systems["ray serve llm"] = sse_stream(base, "tiny", tokens, words)
                 else:
                     notes.append(f"Ray Serve LLM did not run here: {why}")
+            # importing Ray Serve LLM sets the root logger to INFO: every HTTP request of the
+            # clients would be logged, a cost only the HTTP systems would pay
+            for name in ("httpx", "httpcore", ""):
+                logging.getLogger(name).setLevel(logging.WARNING)
             systems["transformers batched"] = handle_stream("tllm", tokens, words)
             systems["transformers one at a time"] = handle_stream("tllm1", tokens, words)
             for name, send in systems.items():  # warm up: first requests compile and cache

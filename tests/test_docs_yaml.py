@@ -6,7 +6,6 @@ who copies an example gets a working start, not an error after the queue wait.""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
