@@ -10,6 +10,11 @@ from typing import Any
 
 from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
+from hpcray.services import llm
+
+# Ollama's options (and `format` for JSON output); n, logprobs and ignore_eos it has not
+HONOURS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+                     "presence_penalty", "frequency_penalty", "response_format"})
 
 
 class OllamaEndpoint(RemoteEndpoint):
@@ -20,18 +25,25 @@ class OllamaEndpoint(RemoteEndpoint):
     def body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
         if not isinstance(payload, dict):
             raise ServiceRequestError(f"{self.where}: payload must be a mapping")
-        options = {}
-        if "max_tokens" in payload:
+        options: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        if method in ("generate", "chat"):
+            req = llm.parse_request(payload, backend=self.where, honours=HONOURS,
+                                    max_new_tokens=1, adapters=set())
+            if req.json_schema is not None or req.json_object:
+                extra["format"] = req.json_schema if req.json_schema is not None else "json"
+        if payload.get("max_tokens") is not None:
             options["num_predict"] = payload["max_tokens"]
-        for key in ("temperature", "top_p", "seed", "stop"):
-            if key in payload:
+        for key in ("temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
+                    "frequency_penalty"):
+            if payload.get(key) is not None:
                 options[key] = payload[key]
         if method == "generate":
             return "/api/generate", {"model": self.model, "prompt": payload.get("prompt", ""),
-                                     "stream": False, "options": options}
+                                     "stream": False, "options": options, **extra}
         if method == "chat":
             return "/api/chat", {"model": self.model, "messages": payload.get("messages", []),
-                                 "stream": False, "options": options}
+                                 "stream": False, "options": options, **extra}
         if method == "embed":
             return "/api/embed", {"model": self.model, "input": payload.get("texts", [])}
         raise self.unsupported(method)

@@ -11,8 +11,11 @@ from typing import Any
 
 from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
+from hpcray.services import llm
 
-_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
+# every sampling field goes to the server, which refuses what it does not support (a 400
+# naming it reaches the caller as a ServiceRequestError); vLLM's server takes top_k, ignore_eos
+HONOURS = frozenset(llm.SAMPLING_FIELDS)
 
 
 class OpenAIEndpoint(RemoteEndpoint):
@@ -23,7 +26,10 @@ class OpenAIEndpoint(RemoteEndpoint):
     def body(self, method: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not isinstance(payload, dict):
             raise ServiceRequestError(f"{self.where}: payload must be a mapping")
-        params = {k: payload[k] for k in _PARAMS if k in payload}
+        if method in ("generate", "chat"):
+            llm.parse_request(payload, backend=self.where, honours=HONOURS,
+                              max_new_tokens=1, adapters=set())
+        params = {k: payload[k] for k in llm.SAMPLING_FIELDS if payload.get(k) is not None}
         if method == "generate":
             return "/completions", {"model": self.model, "prompt": payload.get("prompt", ""),
                                     **params}

@@ -88,3 +88,41 @@ def test_an_unreachable_endpoint_never_reached_a_model():
                                                 r"\): ConnectError") as info:
         ep.call("generate", {"prompt": "x"})
     assert info.value.reached is False
+
+
+def test_request_fields_go_to_the_endpoint_or_are_refused_by_name():
+    """Every sampling field reaches an OpenAI-compatible server (it refuses what it lacks);
+    Ollama gets its options and `format`; what an endpoint cannot take is refused, not
+    dropped."""
+    from hpcray.remote.ollama import OllamaEndpoint
+    from hpcray.remote.openai import OpenAIEndpoint
+
+    openai = OpenAIEndpoint("site", "http://127.0.0.1:9/v1", "m")
+    ollama = OllamaEndpoint("box", "http://127.0.0.1:9", "m")
+    schema = {"type": "object"}
+    fields = {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 4, "stop": ["."],
+              "seed": 1, "presence_penalty": 0.1, "frequency_penalty": 0.2,
+              "response_format": {"type": "json_schema",
+                                  "json_schema": {"name": "x", "schema": schema}}}
+    try:
+        path, body = openai.body("generate", {"prompt": "cell", "n": 2, "logprobs": 1,
+                                              **fields})
+        assert path == "/completions" and body["n"] == 2 and body["logprobs"] == 1
+        assert all(body[k] == v for k, v in fields.items())
+        path, body = ollama.body("chat", {"messages": [{"role": "user", "content": "x"}],
+                                          **fields})
+        assert path == "/api/chat" and body["format"] == schema
+        assert body["options"]["num_predict"] == 5 and body["options"]["top_k"] == 4
+        assert ollama.body("generate", {"prompt": "x", "response_format": {
+            "type": "json_object"}})[1]["format"] == "json"
+        for endpoint, payload, field in (
+                (openai, {"prompt": "x", "adapter": "qa"}, "adapter"),
+                (openai, {"prompt": "x", "tools": []}, "tools"),
+                (ollama, {"prompt": "x", "n": 2}, "n"),
+                (ollama, {"prompt": "x", "logprobs": 1}, "logprobs")):
+            with pytest.raises(ServiceRequestError) as info:
+                endpoint.body("generate", payload)
+            assert info.value.field == field
+    finally:
+        openai.close()
+        ollama.close()
