@@ -79,6 +79,30 @@ class _Row:
     finish: str | None = None
 
 
+@dataclass
+class _Call:
+    """Work for the model's own thread (nothing else runs the model meanwhile)."""
+
+    fn: Any
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+    def run(self) -> None:
+        try:
+            value, error = self.fn(), None
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            value, error = None, exc
+
+        def settle() -> None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
 class TransformersLLM:
     max_ongoing_requests = 256  # Serve may hand this many at once; the batcher groups them
 
@@ -121,7 +145,7 @@ class TransformersLLM:
         self.batch_wait_s = batch_wait_ms / 1e3
         self.name = model_path
         self.counts = {"batches": 0, "sequences": 0, "largest": 0}
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._batches, name="hpcray-llm-batcher",
                                         daemon=True)
         self._worker.start()
@@ -178,6 +202,40 @@ class TransformersLLM:
     def adapters(self, _payload: Any = None) -> list[str]:
         return list(self._adapters)
 
+    async def score(self, payload: Any) -> dict[str, Any]:
+        """{"prompt", "options", "adapter"?} -> the summed log-probability of each option
+        after the prompt (llm.parse_score): multiple-choice answers, as the UQ pipeline
+        scores them, from any of the replica's adapters."""
+        prompt, options, adapter, separator = llm.parse_score(payload, set(self._adapters))
+        loop = asyncio.get_running_loop()
+        call = _Call(lambda: self._score(prompt, options, adapter, separator), loop,
+                     loop.create_future())
+        self._queue.put(call)
+        return {"logprobs": await call.future}
+
+    def _score(self, prompt: str, options: list[str], adapter: str | None,
+               separator: str) -> list[float]:
+        import torch
+
+        tok = self.tokenizer
+        head = tok(prompt, add_special_tokens=False)["input_ids"]
+        seqs = [head + tok(separator + o, add_special_tokens=False)["input_ids"]
+                for o in options]
+        width = max(len(s) for s in seqs)
+        if width > self.context:
+            raise PromptTooLong(f"prompt and option have {width} tokens; the model's context "
+                                f"is {self.context}", field="options")
+        pad = tok.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs],
+                            device=self.device)
+        extra = {"adapter_names": [adapter or "__base__"] * len(seqs)} if self._adapters else {}
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return [float(picked[i, len(head) - 1:len(s) - 1].sum()) for i, s in enumerate(seqs)]
+
     def batch_counts(self, _payload: Any = None) -> dict[str, int]:
         """`generate` calls made, sequences generated, and the most in one call."""
         return dict(self.counts)
@@ -195,7 +253,10 @@ class TransformersLLM:
             first = self._queue.get()
             if first is None:
                 return
-            jobs = [first]
+            if isinstance(first, _Call):
+                first.run()
+                continue
+            jobs, calls = [first], []
             rows = first.req.n
             deadline = time.monotonic() + self.batch_wait_s
             while rows < self.max_batch_size:
@@ -206,6 +267,9 @@ class TransformersLLM:
                 if job is None:
                     self._queue.put(None)
                     break
+                if isinstance(job, _Call):
+                    calls.append(job)  # after this batch
+                    continue
                 jobs.append(job)
                 rows += job.req.n
             groups: dict[tuple, list[_Job]] = {}
@@ -214,6 +278,8 @@ class TransformersLLM:
                     groups.setdefault(job.key, []).append(job)
             for group in groups.values():
                 self._run(group)
+            for call in calls:
+                call.run()
 
     def _run(self, jobs: list[_Job]) -> None:
         import torch

@@ -244,6 +244,35 @@ class VllmLLM:
         text = getattr(logprob, "decoded_token", None)
         return text if text is not None else self.tokenizer.decode([token_id])
 
+    async def score(self, payload: Any) -> dict[str, Any]:
+        """{"prompt", "options", "adapter"?} -> the summed log-probability of each option
+        after the prompt (llm.parse_score), from the engine's prompt log-probabilities; the
+        options are scored as one batch."""
+        import asyncio
+
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        prompt, options, adapter, separator = llm.parse_score(payload, set(self._adapters))
+        head = self.tokenizer.encode(prompt, add_special_tokens=False)
+        seqs = [head + self.tokenizer.encode(separator + o, add_special_tokens=False)
+                for o in options]
+        if max(len(s) for s in seqs) >= self.context:
+            raise ServiceRequestError(f"prompt and option exceed the model's context of "
+                                      f"{self.context} tokens", field="options")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        lora = self._adapters.get(adapter) if adapter else None
+
+        async def one(seq: list[int]) -> float:
+            final = None
+            async for output in _refusing(self._submit(seq, params, lora)):
+                final = output
+            return sum(final.prompt_logprobs[i][seq[i]].logprob
+                       for i in range(len(head), len(seq)))
+
+        scores = await self._loop.run(lambda: asyncio.gather(*(one(s) for s in seqs)))
+        return {"logprobs": list(scores)}
+
     # -- the engine's state ------------------------------------------------------------------
     async def engine_stats(self, payload: Any = None) -> dict[str, Any]:
         """The engine's own counts (see _stat_logger) and its unfinished requests now;

@@ -122,6 +122,32 @@ def parse_request(payload: Any, *, backend: str, honours: frozenset[str] | set[s
     return req
 
 
+def parse_score(payload: Any, adapters: set[str] | None = None
+                ) -> tuple[str, list[str], str | None, str]:
+    """(prompt, options, adapter, separator) of a `score` request: the log-probability of
+    each option as the continuation of the prompt, the two joined by `separator` (" ") and
+    tokenized apart, as the UQ pipeline scores answers."""
+    if not isinstance(payload, dict):
+        raise ServiceRequestError("the payload must be a mapping with 'prompt' and 'options'")
+    for name in payload:
+        if name not in ("prompt", "options", "adapter", "separator"):
+            raise refuse(name, "unknown to score; fields: adapter, options, prompt, separator")
+    prompt, options = payload.get("prompt"), payload.get("options")
+    if not isinstance(prompt, str):
+        raise refuse("prompt", "must be a string")
+    if not isinstance(options, list) or not options or not all(
+            isinstance(o, str) and o for o in options):
+        raise refuse("options", "must be a non-empty list of non-empty strings")
+    separator = payload.get("separator", " ")
+    if not isinstance(separator, str):
+        raise refuse("separator", "must be a string")
+    adapter = payload.get("adapter")
+    if adapter is not None and adapter not in (adapters or set()):
+        raise refuse("adapter", f"no adapter {adapter!r}; adapters: "
+                     f"{', '.join(sorted(adapters or ())) or 'none'}")
+    return prompt, options, adapter, separator
+
+
 def _response_format(value: Any, req: GenerationRequest) -> None:
     if value is None:
         return

@@ -194,6 +194,12 @@ def test_two_adapters_on_one_replica_answer_as_peft_does(served, models):
     status, body = out["unknown_adapter"]
     assert status == 400 and body["error"]["param"] == "adapter"
     assert "adapters: a1, a2" in body["error"]["message"]
+    # scoring options: vLLM's prompt log-probabilities agree with transformers'
+    for adapter in ("base", "a1"):
+        vllm_scores, hf_scores = out[f"score:llm:{adapter}"], out[f"score:tllm:{adapter}"]
+        assert len(vllm_scores) == len(hf_scores) == 3
+        assert max(abs(a - b) for a, b in zip(vllm_scores, hf_scores, strict=True)) < 1e-3
+    assert out["score:llm:base"] != out["score:llm:a1"]
 
 
 def test_the_remote_openai_adapter_against_vllms_own_server(served):

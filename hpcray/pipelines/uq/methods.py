@@ -206,8 +206,12 @@ def _mean(rows: list[list[list[float]]]) -> list[list[float]]:
 
 def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
                test: list[QAItem], options: MethodOptions | None = None,
-               device: str | None = None) -> dict[str, Any]:
-    """One task of the search: train, predict, and say how long each part took."""
+               device: str | None = None, save_to: str | Path | None = None
+               ) -> dict[str, Any]:
+    """One task of the search: train, predict, and say how long each part took. With
+    `save_to`, every adapter trained is saved there (peft's format), so that a model service
+    can load them all beside the base model: `member<k>` for an ensemble, `adapter` for the
+    other methods (Laplace's is its mean, MC dropout's the one trained with dropout)."""
     import torch
 
     if method not in METHODS:
@@ -226,6 +230,7 @@ def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
             model = base.adapter(seed * 1000 + k, options.lora_dropout)
             losses += base.train(model, train, seed * 1000 + k)
             members.append(base.option_probs(model, test))
+            _save(model, save_to, f"member{k}")
             model.unload()  # the base model back without this adapter
         probs = _mean(members)
     else:
@@ -233,6 +238,7 @@ def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
             options.lora_dropout
         model = base.adapter(seed, dropout)
         losses = base.train(model, train, seed)
+        _save(model, save_to, "adapter")
         if method == "lora":
             probs = base.option_probs(model, test)
         elif method == "mc_dropout":
@@ -247,7 +253,13 @@ def run_method(model_dir: str, method: str, seed: int, train: list[QAItem],
             "probs": probs, "answers": [i.answer for i in test], "ids": [i.id for i in test],
             "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])),
             "load_s": loaded - start, "train_predict_s": done - loaded,
-            "peak_gpu_memory_gb": peak}
+            "peak_gpu_memory_gb": peak,
+            "adapters": sorted(str(p) for p in Path(save_to).iterdir()) if save_to else []}
+
+
+def _save(model, save_to: str | Path | None, name: str) -> None:
+    if save_to is not None:
+        model.save_pretrained(Path(save_to) / name)
 
 
 def marglik_prior_precision(curvature, mode) -> float:

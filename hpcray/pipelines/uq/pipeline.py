@@ -90,6 +90,9 @@ class MethodOptionsModel(StrictModel):
     predictive: Literal["glm", "sample"] = Field(
         "glm", description="Laplace's predictive: 'glm' (the network linearised at the "
                            "adapter) or 'sample' (adapters drawn from the posterior).")
+    save_adapters: bool = Field(
+        False, description="Save every trained adapter under <output>/adapters/<task>/ "
+                           "(peft's format), for a model service to serve beside the base model.")
 
 
 UQConfig.model_rebuild()
@@ -158,14 +161,15 @@ def _site_gpu_memory() -> float | None:
 
 
 def _task(model_dir: str, method: str, seed: int, train: list[QAItem], test: list[QAItem],
-          options: dict[str, Any], threads: int) -> dict[str, Any]:
+          options: dict[str, Any], threads: int, save_to: str | None = None) -> dict[str, Any]:
     import torch
 
     from hpcray.pipelines.uq.methods import run_method
 
     torch.set_num_threads(threads)
     started = time.time()
-    result = run_method(model_dir, method, seed, train, test, MethodOptions(**options))
+    result = run_method(model_dir, method, seed, train, test, MethodOptions(**options),
+                        save_to=save_to)
     import ray
 
     result.update(started=started, ended=time.time(),
@@ -203,12 +207,15 @@ def run(**kwargs: Any) -> dict[str, Any]:
     refs = {}
     train_refs = {seed: (ray.put(tr), ray.put(te)) for seed, (tr, te) in splits.items()}
     options = config.training.model_dump()
+    save = options.pop("save_adapters")
     for task in tasks:
         tr, te = train_refs[task.seed]
         opts = ray_options(task, inventory, config.cpus_per_task)
+        save_to = str(out / "adapters" / f"{task.model}-seed{task.seed}-{task.method}") \
+            if save else None
         refs[remote.options(**opts, max_retries=0).remote(
             model_dirs[task.model], task.method, task.seed, tr, te, options,
-            config.threads)] = task
+            config.threads, save_to)] = task
     results, started = [], time.time()
     pending = list(refs)
     while pending:

@@ -66,3 +66,49 @@ def test_laplace_curvature_and_the_linearised_predictive_on_a_tiny_llama(tmp_pat
     assert sum(max(r) for r in wide) / len(wide) < sum(top) / len(top) - 0.02
     # the adapter is left at its mode
     assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+
+
+def test_saved_adapters_served_from_one_replica_give_the_tasks_predictions(tmp_path):
+    """An ensemble's members and a LoRA task's adapter, saved by the task, loaded together
+    by one transformers_llm replica: its `score` per adapter gives the task's own option
+    probabilities (the ensemble's: the members' mean)."""
+    import asyncio
+    import math
+    from pathlib import Path
+
+    from hpcray.deployments.transformers_llm import TransformersLLM
+    from hpcray.models.tiny import build_tiny_decoder
+    from hpcray.pipelines.uq.data import read_qa, split
+    from hpcray.pipelines.uq.methods import MethodOptions, prompt, run_method
+    from hpcray.pipelines.uq.synthetic import write_qa
+
+    items = read_qa(write_qa(tmp_path / "qa.jsonl", n=40))
+    train, test = split(items, 0.25, 0)
+    model_dir = str(build_tiny_decoder(tmp_path / "llama", "llama"))
+    options = MethodOptions(epochs=1, ensemble=2)
+    ensemble = run_method(model_dir, "ensemble", 0, train, test, options, "cpu",
+                          save_to=tmp_path / "ensemble")
+    lora = run_method(model_dir, "lora", 1, train, test, options, "cpu",
+                      save_to=tmp_path / "lora")
+    assert [Path(p).name for p in ensemble["adapters"]] == ["member0", "member1"]
+    adapters = {Path(p).name: p for p in ensemble["adapters"]} | {"lora": lora["adapters"][0]}
+    replica = TransformersLLM(model_dir, adapters=adapters)
+
+    def softmax(scores):
+        top = max(scores)
+        exp = [math.exp(s - top) for s in scores]
+        return [e / sum(exp) for e in exp]
+
+    async def served(adapter):
+        return [softmax((await replica.score({"prompt": prompt(item), "options": item.options,
+                                              "adapter": adapter}))["logprobs"])
+                for item in test]
+
+    members = [asyncio.run(served(name)) for name in ("member0", "member1")]
+    mean = [[(a + b) / 2 for a, b in zip(r0, r1, strict=True)]
+            for r0, r1 in zip(*members, strict=True)]
+    for got, want in ((mean, ensemble["probs"]), (asyncio.run(served("lora")), lora["probs"])):
+        assert len(got) == len(want) == len(test)
+        for row, expected in zip(got, want, strict=True):
+            assert max(abs(a - b) for a, b in zip(row, expected, strict=True)) < 1e-4
+    assert members[0] != members[1]  # the members do differ
