@@ -202,6 +202,33 @@ class TransformersLLM:
     def adapters(self, _payload: Any = None) -> list[str]:
         return list(self._adapters)
 
+    async def add_adapter(self, payload: Any) -> dict[str, Any]:
+        """Load a LoRA adapter from a local directory at run time: {"name": ..., "path": ...};
+        on the model's thread, between batches."""
+        name = payload.get("name") if isinstance(payload, dict) else None
+        path = payload.get("path") if isinstance(payload, dict) else None
+        if not isinstance(name, str) or not name or ":" in name or name == "__base__":
+            raise ServiceRequestError("'name' must be a non-empty string without ':'",
+                                      field="name")
+        if name in self._adapters:
+            raise ServiceRequestError(f"adapter {name!r} is already loaded", field="name")
+        if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
+            raise ServiceRequestError(f"no adapter_config.json in {path!r}", field="path")
+        loop = asyncio.get_running_loop()
+        call = _Call(lambda: self._load_adapter(name, path), loop, loop.create_future())
+        self._queue.put(call)
+        await call.future
+        return {"adapters": list(self._adapters)}
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        if self._adapters:
+            self.model.load_adapter(path, adapter_name=name)
+        else:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+        self._adapters = sorted([*self._adapters, name])
+
     async def score(self, payload: Any) -> dict[str, Any]:
         """{"prompt", "options", "adapter"?} -> the summed log-probability of each option
         after the prompt (llm.parse_score): multiple-choice answers, as the UQ pipeline

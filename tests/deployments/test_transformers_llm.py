@@ -148,3 +148,24 @@ def test_adapters_in_one_batch_answer_as_peft_does(models):
     assert len(set(expected)) == 3 and got == expected
     with pytest.raises(ServiceRequestError, match="no adapter 'a3'; adapters: a1, a2"):
         asyncio.run(llm.generate({"prompt": "x", "adapter": "a3"}))
+
+
+def test_an_adapter_added_at_run_time_answers_as_when_loaded_at_start(models):
+    base, adapters = models
+    at_start = make(base, adapters={"a2": str(adapters["a2"])})
+    later = make(base)  # no adapter at all yet
+
+    async def main():
+        before = await later.generate({"prompt": "cell dose"})
+        added = await later.add_adapter({"name": "a2", "path": str(adapters["a2"])})
+        return (before, added, await later.generate({"prompt": "cell dose", "adapter": "a2"}),
+                await later.generate({"prompt": "cell dose"}),
+                await at_start.generate({"prompt": "cell dose", "adapter": "a2"}))
+
+    before, added, adapted, plain, expected = asyncio.run(main())
+    assert added == {"adapters": ["a2"]}
+    assert adapted["text"] == expected["text"] != before["text"]
+    assert plain["text"] == before["text"]  # the base model is unchanged for other requests
+    with pytest.raises(ServiceRequestError, match="already loaded") as info:
+        asyncio.run(later.add_adapter({"name": "a2", "path": str(adapters["a2"])}))
+    assert info.value.field == "name"
