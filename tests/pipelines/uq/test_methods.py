@@ -77,6 +77,7 @@ def test_saved_adapters_served_from_one_replica_give_the_tasks_predictions(tmp_p
     from pathlib import Path
 
     from hpcray.deployments.transformers_llm import TransformersLLM
+
     from hpcray.models.tiny import build_tiny_decoder
     from hpcray.pipelines.uq.data import read_qa, split
     from hpcray.pipelines.uq.methods import MethodOptions, prompt, run_method
