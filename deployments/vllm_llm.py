@@ -14,6 +14,7 @@ its workers there."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -108,7 +109,7 @@ class VllmLLM:
             raise TypeError(f"vllm_llm: engine_args has a field vLLM does not know: {exc}") \
                 from None
         self.stats: dict[str, int] = {"running": 0, "waiting": 0, "max_running": 0,
-                                      "steps": 0, "batched_steps": 0}
+                                      "steps": 0, "batched_steps": 0, "cancelled": 0}
         self._loop = EngineLoop("hpcray-vllm")
         self.event_loop = self._loop.loop  # the direct server runs requests here
 
@@ -219,12 +220,16 @@ class VllmLLM:
     async def _pieces(self, ids: list[int], params: Any, lora: Any
                       ) -> AsyncIterator[dict[str, Any]]:
         made = 0
-        async for output in _refusing(self._submit(ids, params, lora)):
-            for c in output.outputs:
-                made += len(c.token_ids)
-                if c.text or c.finish_reason:
-                    yield llm.piece(c.index, c.text, c.finish_reason,
-                                    self._logprobs(c, params))
+        try:
+            async for output in _refusing(self._submit(ids, params, lora)):
+                for c in output.outputs:
+                    made += len(c.token_ids)
+                    if c.text or c.finish_reason:
+                        yield llm.piece(c.index, c.text, c.finish_reason,
+                                        self._logprobs(c, params))
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stats["cancelled"] += 1  # the caller left; vLLM aborts the request
+            raise
         yield llm.usage(len(ids), made)
 
     def _logprobs(self, choice: Any, params: Any) -> list[dict[str, Any]] | None:
@@ -244,39 +249,11 @@ class VllmLLM:
         text = getattr(logprob, "decoded_token", None)
         return text if text is not None else self.tokenizer.decode([token_id])
 
-    async def score(self, payload: Any) -> dict[str, Any]:
-        """{"prompt", "options", "adapter"?} -> the summed log-probability of each option
-        after the prompt (llm.parse_score), from the engine's prompt log-probabilities; the
-        options are scored as one batch."""
-        import asyncio
-
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
-        prompt, options, adapter, separator = llm.parse_score(payload, set(self._adapters))
-        head = self.tokenizer.encode(prompt, add_special_tokens=False)
-        seqs = [head + self.tokenizer.encode(separator + o, add_special_tokens=False)
-                for o in options]
-        if max(len(s) for s in seqs) >= self.context:
-            raise ServiceRequestError(f"prompt and option exceed the model's context of "
-                                      f"{self.context} tokens", field="options")
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
-        lora = self._adapters.get(adapter) if adapter else None
-
-        async def one(seq: list[int]) -> float:
-            final = None
-            async for output in _refusing(self._submit(seq, params, lora)):
-                final = output
-            return sum(final.prompt_logprobs[i][seq[i]].logprob
-                       for i in range(len(head), len(seq)))
-
-        scores = await self._loop.run(lambda: asyncio.gather(*(one(s) for s in seqs)))
-        return {"logprobs": list(scores)}
-
     # -- the engine's state ------------------------------------------------------------------
     async def engine_stats(self, payload: Any = None) -> dict[str, Any]:
-        """The engine's own counts (see _stat_logger) and its unfinished requests now;
-        {"reset": true} starts the maxima again."""
+        """The engine's own counts (see _stat_logger), its unfinished requests now, and the
+        streams cut short by their callers (`cancelled`); {"reset": true} starts the maxima
+        again."""
         out = {**self.stats, "unfinished": self.engine.get_num_unfinished_requests()}
         if isinstance(payload, dict) and payload.get("reset"):
             self.stats.update(max_running=0, batched_steps=0, steps=0)

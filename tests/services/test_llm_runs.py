@@ -28,7 +28,7 @@ def models(tmp_path_factory):
     from hpcray.models.tiny import build_tiny_decoder, build_tiny_lora
 
     root = tmp_path_factory.mktemp("llm-models")
-    base = build_tiny_decoder(root / "tiny-llama", dim=256, layers=2, context=512)
+    base = build_tiny_decoder(root / "tiny-llama", dim=256, layers=2, context=4096)
     adapters = {f"a{i}": build_tiny_lora(base, root / f"lora{i}", seed=i) for i in (1, 2)}
     return base, adapters
 
@@ -106,31 +106,35 @@ def test_64_requests_through_the_openai_api_are_batched_by_the_engine(served):
 
 def test_direct_stream_sends_pieces_before_the_end_and_closing_aborts(served):
     out = client("stream", served[0])
-    assert out["running_after_first"] == 1  # the first piece came while the engine ran on
-    assert out["pieces"] > 100  # 400 tokens arrive in many pieces, not one
-    assert out["last"] == {"usage": {"prompt_tokens": 2, "completion_tokens": 400}}
+    assert out["pieces"] > 10  # 64 tokens arrive in many pieces, not one
+    assert out["last"] == {"usage": {"prompt_tokens": 2, "completion_tokens": 64}}
     assert out["text"] == out["whole"]["text"]  # the pieces make up the whole answer
     assert len(out["handle_texts"]) > 1 and all(isinstance(t, str) for t in out["handle_texts"])
-    assert out["running_before_close"] == 1
-    assert out["aborted"], out  # closing the stream aborted the request in the engine
+    # a 4000-token stream: pieces came while the engine still ran it, and closing the
+    # stream cut it short (the deployment's count) and removed it from the engine
+    assert len(out["first"]) == 5 and out["running_after_first"] == 1
+    assert out["cancelled"] == 1 and out["aborted"], out
 
 
 @pytest.mark.faults
 def test_a_killed_streaming_client_has_its_request_aborted(served):
     out = client("killed", served[0])
     assert out["line"] == "first" and out["running"] == 1
-    assert out["aborted"], out  # the replica found the client gone at its next piece
+    # the replica found the client gone at its next piece and stopped the request
+    assert out["cancelled"] == 1 and out["aborted"], out
 
 
 def test_sse_streams_pieces_with_usage_and_a_hangup_aborts(served):
     out = client("sse", served[0])
-    assert out["running_mid"] == 1  # chunks arrived while the engine still generated
-    assert out["content_chunks"] > 50
-    assert out["usage"]["completion_tokens"] == 300
-    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + 300
-    assert out["first_event"]["object"] == "text_completion"
-    assert out["running_before_hangup"] == 1
-    assert out["aborted"], out  # the client hung up: Serve cancelled it down to the engine
+    assert out["content_chunks"] > 10
+    assert out["usage"]["completion_tokens"] == 40
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + 40
+    first = out["first_events"]
+    assert len(first) == 3 and first[0]["object"] == "text_completion"
+    assert out["running_mid"] == 1  # chunks came while the engine still generated
+    # the client hung up: Serve's proxy, the ingress and the replica's stream were cancelled
+    # down to the engine
+    assert out["cancelled"] == 1 and out["aborted"], out
 
 
 def test_json_schema_answers_validate_and_unhonoured_fields_are_refused(served):
@@ -194,12 +198,6 @@ def test_two_adapters_on_one_replica_answer_as_peft_does(served, models):
     status, body = out["unknown_adapter"]
     assert status == 400 and body["error"]["param"] == "adapter"
     assert "adapters: a1, a2" in body["error"]["message"]
-    # scoring options: vLLM's prompt log-probabilities agree with transformers'
-    for adapter in ("base", "a1"):
-        vllm_scores, hf_scores = out[f"score:llm:{adapter}"], out[f"score:tllm:{adapter}"]
-        assert len(vllm_scores) == len(hf_scores) == 3
-        assert max(abs(a - b) for a, b in zip(vllm_scores, hf_scores, strict=True)) < 1e-3
-    assert out["score:llm:base"] != out["score:llm:a1"]
 
 
 def test_the_remote_openai_adapter_against_vllms_own_server(served):

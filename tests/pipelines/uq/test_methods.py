@@ -101,7 +101,7 @@ def test_saved_adapters_served_from_one_replica_give_the_tasks_predictions(tmp_p
         return [e / sum(exp) for e in exp]
 
     async def served(adapter):
-        return [softmax((await replica.score({"prompt": prompt(item), "options": item.options,
+        return [softmax((await replica.score({"prompt": prompt(item), "options": list(item.options),
                                               "adapter": adapter}))["logprobs"])
                 for item in test]
 
