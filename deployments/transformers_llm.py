@@ -205,15 +205,7 @@ class TransformersLLM:
     async def add_adapter(self, payload: Any) -> dict[str, Any]:
         """Load a LoRA adapter from a local directory at run time: {"name": ..., "path": ...};
         on the model's thread, between batches."""
-        name = payload.get("name") if isinstance(payload, dict) else None
-        path = payload.get("path") if isinstance(payload, dict) else None
-        if not isinstance(name, str) or not name or ":" in name or name == "__base__":
-            raise ServiceRequestError("'name' must be a non-empty string without ':'",
-                                      field="name")
-        if name in self._adapters:
-            raise ServiceRequestError(f"adapter {name!r} is already loaded", field="name")
-        if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
-            raise ServiceRequestError(f"no adapter_config.json in {path!r}", field="path")
+        name, path = llm.parse_new_adapter(payload, self._adapters)
         loop = asyncio.get_running_loop()
         call = _Call(lambda: self._load_adapter(name, path), loop, loop.create_future())
         self._queue.put(call)

@@ -140,14 +140,7 @@ class VllmLLM:
         if not self.lora_enabled:
             raise ServiceRequestError("this replica was started without LoRA; give `adapters` "
                                       "or `max_loras` in its args", field="adapter")
-        name, path = payload.get("name"), payload.get("path")
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ServiceRequestError("'name' must be a non-empty string without ':'",
-                                      field="name")
-        if name in self._adapters:
-            raise ServiceRequestError(f"adapter {name!r} is already loaded", field="name")
-        if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
-            raise ServiceRequestError(f"no adapter_config.json in {path!r}", field="path")
+        name, path = llm.parse_new_adapter(payload, set(self._adapters))
         request = self._register(name, path)
         await self._loop.run(lambda: self.engine.add_lora(request))
         return {"adapters": sorted(self._adapters)}

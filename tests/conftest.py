@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -80,6 +81,30 @@ def run_beside(fixture_dir: str, stem: str, text: str, run_root, timeout: float 
     st = hpcray.wait(sub.run_dir, timeout=timeout)
     assert_nothing_left_of(sub.run_dir)
     return sub, st
+
+
+@contextlib.contextmanager
+def up_until_cancelled(path: Path, run_root: Path, ready_s: float = 240):
+    """A run with no driver, up until the block ends: submitted, waited for until its
+    services are ready (it must be running then), cancelled afterwards with no process of
+    it left. The workflow file is removed in any case. Yields the run directory."""
+    import hpcray
+    from hpcray.rundir import read_json
+
+    sub = None
+    try:
+        sub = hpcray.submit(path, run_root=run_root)
+        assert wait_until(lambda: "services_ready" in hpcray.status(sub.run_dir).times
+                          or hpcray.status(sub.run_dir).finished, ready_s), \
+            hpcray.logs(sub.run_dir)
+        assert hpcray.status(sub.run_dir).state == "running", hpcray.logs(sub.run_dir)
+        yield sub.run_dir
+    finally:
+        path.unlink(missing_ok=True)
+        if sub is not None:
+            cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
+            hpcray.cancel(sub.run_dir, wait_s=120)
+            assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
 
 
 def run_to_completion(path: Path, run_root: Path, timeout: float = 540):

@@ -8,6 +8,7 @@ ignored. Results and stream pieces have one shape, which the handle and the Open
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hpcray.errors import ServiceRequestError
@@ -146,6 +147,20 @@ def parse_score(payload: Any, adapters: set[str] | None = None
         raise refuse("adapter", f"no adapter {adapter!r}; adapters: "
                      f"{', '.join(sorted(adapters or ())) or 'none'}")
     return prompt, options, adapter, separator
+
+
+def parse_new_adapter(payload: Any, loaded: set[str] | list[str]) -> tuple[str, str]:
+    """(name, path) of an `add_adapter` request: a new name, and a directory holding a peft
+    adapter (adapter_config.json)."""
+    name = payload.get("name") if isinstance(payload, dict) else None
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not isinstance(name, str) or not name or ":" in name or name == "__base__":
+        raise refuse("name", "must be a non-empty string without ':'")
+    if name in loaded:
+        raise refuse("name", f"adapter {name!r} is already loaded")
+    if not isinstance(path, str) or not (Path(path) / "adapter_config.json").is_file():
+        raise refuse("path", f"no adapter_config.json in {path!r}")
+    return name, path
 
 
 def _response_format(value: Any, req: GenerationRequest) -> None:

@@ -181,12 +181,14 @@ class OpenAIIngress:
             client = self._clients[service] = AsyncDirectClient(service, directory=directory())
         return client
 
-    async def _call(self, service: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, service: str, request: dict[str, Any],
+                    replica_wait_s: float | None = None) -> dict[str, Any]:
         """{"result", "replica", "node"} of one request, on the service's transport."""
         client = self._direct(service)
         if client is None:
             return await serve.get_app_handle(app_name(service)).handle.remote(request)
-        reply = await client.call(request["method"], request["payload"])
+        reply = await client.call(request["method"], request["payload"],
+                                  replica_wait_s=replica_wait_s)
         return {"result": reply.payload, "replica": reply.replica,
                 "node": client.table.get(reply.replica, {}).get("node")}
 
@@ -211,8 +213,8 @@ class OpenAIIngress:
     async def _adapters(self, service: str) -> list[str]:
         try:
             out = await self._call(service, {"id": uuid.uuid4().hex[:16], "method": "adapters",
-                                             "payload": None})
-        except Exception:  # noqa: BLE001 - a service without adapters
+                                             "payload": None}, replica_wait_s=0)
+        except Exception:  # noqa: BLE001 - a service without adapters, or with no replica now
             return []
         names = out["result"]
         return names if isinstance(names, list) else []

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import hpcray
 from hpcray.rundir import read_json
-from tests.conftest import FIXTURES, ray_processes, wait_until
+from tests.conftest import FIXTURES, up_until_cancelled
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -39,19 +38,8 @@ def live_run(tmp_path_factory):
                     "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
                     "endpoints: {token: true}\n"
                     f"services:\n{SERVICES}")
-    sub = None
-    try:
-        sub = hpcray.submit(path, run_root=root)
-        assert wait_until(lambda: "services_ready" in hpcray.status(sub.run_dir).times
-                          or hpcray.status(sub.run_dir).finished, 240), hpcray.logs(sub.run_dir)
-        assert hpcray.status(sub.run_dir).state == "running", hpcray.logs(sub.run_dir)
-        yield sub.run_dir
-    finally:
-        path.unlink(missing_ok=True)
-        if sub is not None:
-            cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
-            hpcray.cancel(sub.run_dir, wait_s=120)
-            assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
+    with up_until_cancelled(path, root) as run_dir:
+        yield run_dir
 
 
 def client(mode: str, run_dir) -> dict:

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-import hpcray
-from hpcray.rundir import read_json
-from tests.conftest import FIXTURES, ray_processes, wait_until
+from tests.conftest import FIXTURES, up_until_cancelled
 from tests.services.vllm_server import VllmServer, vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
@@ -51,20 +49,11 @@ def served(models, tmp_path_factory):
         f"  - {{name: tllm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
         f"     args: {{model_path: '{base}', max_new_tokens: 16, adapters: {lora}}}}}\n")
     server = VllmServer(base, log=root / "vllm-server.log").start()
-    sub = None
     try:
-        sub = hpcray.submit(path, run_root=root)
-        assert wait_until(lambda: "services_ready" in hpcray.status(sub.run_dir).times
-                          or hpcray.status(sub.run_dir).finished, 600), hpcray.logs(sub.run_dir)
-        assert hpcray.status(sub.run_dir).state == "running", hpcray.logs(sub.run_dir)
-        yield sub.run_dir, server.ready()
+        with up_until_cancelled(path, root, ready_s=600) as run_dir:
+            yield run_dir, server.ready()
     finally:
         server.stop()
-        path.unlink(missing_ok=True)
-        if sub is not None:
-            cluster = read_json(sub.run_dir / "run.json").get("cluster_id")
-            hpcray.cancel(sub.run_dir, wait_s=120)
-            assert wait_until(lambda: not ray_processes(cluster), 30), "processes left behind"
 
 
 def client(mode: str, run_dir) -> dict:

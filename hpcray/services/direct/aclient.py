@@ -148,11 +148,12 @@ class AsyncDirectClient:
                     log.debug("directory watch for %s ended: %s", self.service, exc)
                     return
 
-    async def _replica(self, tried: list[str]) -> str:
+    async def _replica(self, tried: list[str], wait_s: float | None = None) -> str:
         if self._directory is not None and self._watcher is None:
             self._apply(await self._directory.describe.remote(self.service))
             self._watcher = asyncio.ensure_future(self._follow())
-        deadline = asyncio.get_running_loop().time() + self.replica_wait_s
+        wait_s = self.replica_wait_s if wait_s is None else wait_s
+        deadline = asyncio.get_running_loop().time() + wait_s
         while True:  # Serve restarts lost replicas: wait for one
             choices = [r for r in self.table if r not in tried]
             if choices:
@@ -163,7 +164,7 @@ class AsyncDirectClient:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise ReplicaLost(f"service {self.service!r}: no replica to send the request "
-                                  f"to within {self.replica_wait_s:g}s"
+                                  f"to within {wait_s:g}s"
                                   + (f" (tried {', '.join(tried)})" if tried else ""),
                                   tried[-1] if tried else None)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -184,18 +185,27 @@ class AsyncDirectClient:
             self._directory.report_lost.remote(self.service, conn.replica)
 
     # -- requests ------------------------------------------------------------------------------
-    async def call(self, method: str, payload: Any = None, *,
-                   timeout: float | None = None) -> Reply:
+    async def _open(self, rid: bytes, tried: list[str], wait_s: float | None = None
+                    ) -> tuple[str, _Conn, asyncio.Queue]:
+        """A replica not tried yet, its connection, and the queue its replies to `rid` go
+        to; the caller pops the queue and the outstanding count when done."""
+        replica = await self._replica(tried, wait_s)
+        conn = self._conn(replica)
+        queue: asyncio.Queue = asyncio.Queue()
+        conn.waiting[rid] = queue
+        self._outstanding[replica] += 1
+        return replica, conn, queue
+
+    async def call(self, method: str, payload: Any = None, *, timeout: float | None = None,
+                   replica_wait_s: float | None = None) -> Reply:
+        """One request; `replica_wait_s` (default: the client's) bounds the wait for a
+        replica when none is there (Serve restarting one, or the service gone)."""
         rid = f"{self._prefix}-{next(self._ids)}".encode()
         frame = pack_request(rid, method, payload, codec=self.codec)
         tried: list[str] = []
         loop = asyncio.get_running_loop()
         while True:
-            replica = await self._replica(tried)
-            conn = self._conn(replica)
-            queue: asyncio.Queue = asyncio.Queue()
-            conn.waiting[rid] = queue
-            self._outstanding[replica] += 1
+            replica, conn, queue = await self._open(rid, tried, replica_wait_s)
             try:
                 start = loop.time()
                 if await conn.send(frame):
@@ -223,11 +233,7 @@ class AsyncDirectClient:
         tried: list[str] = []
         loop = asyncio.get_running_loop()
         while True:
-            replica = await self._replica(tried)
-            conn = self._conn(replica)
-            queue: asyncio.Queue = asyncio.Queue()
-            conn.waiting[rid] = queue
-            self._outstanding[replica] += 1
+            replica, conn, queue = await self._open(rid, tried)
             given, finished = 0, False
             try:
                 start = loop.time()
