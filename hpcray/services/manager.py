@@ -11,27 +11,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hpcray.bootstrap.network import host_port
-from hpcray.bootstrap.placement import bundle, bundles_unplaceable, ray_options, unplaceable
-from hpcray.errors import HpcrayError
+from hpcray import env
+from hpcray.errors import HpcrayError, ServiceError
 from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.runtime.network import host_port
+from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
 from hpcray.services.http_access import HttpAccess
+from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
 from hpcray.spec.services import DEFAULT_MAX_ONGOING, ServiceSpec, check_service_graph
 
 log = logging.getLogger("hpcray.services")
-
-APP_PREFIX = "hpcray-"
-OPENAI_APP = "hpcray--openai"  # cannot clash: service names start with a letter
-
-
-class ServiceError(HpcrayError):
-    """A service could not start, or failed; the message carries the service's own error."""
-
-
-def app_name(service: str) -> str:
-    return APP_PREFIX + service
-
 
 @dataclass
 class ReplicaBT:
@@ -353,7 +343,7 @@ class ServiceManager:
                                  for r in table],
                     # the password is the run's token file: named here, never copied
                     "auth": {"mechanism": "PLAIN", "username": "hpcray",
-                             "password_file": os.environ.get("RAY_AUTH_TOKEN_PATH")},
+                             "password_file": os.environ.get(env.RAY_AUTH_TOKEN_PATH)},
                 }
             if self.specs[name].remote:  # where they are; the key stays in its variable
                 entry["remote"] = [{"name": r.label, "url": r.url, "kind": r.kind,
