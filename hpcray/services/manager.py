@@ -16,6 +16,7 @@ from hpcray.errors import HpcrayError, ServiceError
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.runtime.network import host_port
 from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
+from hpcray.runtime.raycompat import set_replica_count
 from hpcray.services.http_access import HttpAccess
 from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
@@ -402,8 +403,6 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
     replicas keep running (no redeploy); handles pick up the new ones (direct path: within
     one directory round trip of each replica's start)."""
     import ray
-    from ray.serve._private.common import DeploymentID
-    from ray.serve.context import _get_global_client
 
     from hpcray.services.direct.directory import directory as find_directory
 
@@ -414,11 +413,7 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
     if replicas < 1:
         raise ServiceError(f"service {service!r}: replicas must be at least 1, got {replicas}")
     spec = ServiceSpec.model_validate({**declared["spec"], "replicas": replicas})
-    # Serve's external-scaler call (what its REST API's scale endpoint does): a lightweight
-    # update of the target count, where a second serve.run would restart every replica.
-    controller = _get_global_client()._controller
-    ray.get(controller.update_deployment_replicas.remote(
-        DeploymentID(name=service, app_name=app_name(service)), replicas))
+    set_replica_count(app_name(service), service, replicas)
     ray.get(found.declare.remote(service, spec.model_dump(mode="json"),
                                  declared["route_prefix"]))
     log.info("service %s scaled to %d replica(s)", service, replicas)
