@@ -18,10 +18,13 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/hpcray submit examples/cellpainting.yaml --wait
 
-## test: the whole suite, with a real 2-node Slurm started by the tests themselves
+## test: the layers (import contracts) and types, then the whole suite, with a real 2-node
+## Slurm started by the tests themselves
 test: $(VENV)/.installed
 	bash tests/slurm/install.sh
 	$(VENV)/bin/ruff check hpcray deployments tests examples benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 ## bench: every benchmark (bootstrap, service BT, response time, stages, cell painting,

@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
 
 import hpcray  # noqa: E402
-from hpcray.bootstrap.auth import auth_env, create_token  # noqa: E402
-from hpcray.bootstrap.ports import claim_block, release_block  # noqa: E402
-from hpcray.bootstrap.teardown import MARKER, teardown  # noqa: E402
 from hpcray.rundir import read_json  # noqa: E402
+from hpcray.runtime.auth import auth_env, create_token  # noqa: E402
+from hpcray.runtime.ports import claim_block, release_block  # noqa: E402
+from hpcray.runtime.teardown import MARKER, teardown  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ["queue", "launch", "head up", "joined"]

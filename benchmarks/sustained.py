@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 import hpcray  # noqa: E402
 from benchmarks.results_io import pyplot, save  # noqa: E402
-from hpcray.bootstrap.teardown import marked_processes  # noqa: E402
 from hpcray.rundir import read_json  # noqa: E402
+from hpcray.runtime.teardown import marked_processes  # noqa: E402
 
 WINDOW_S = 10.0
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcray import llm
 from hpcray.errors import ServiceRequestError
-from hpcray.services import llm
 
 log = logging.getLogger("hpcray.deployments.transformers_llm")
 

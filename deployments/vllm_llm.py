@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from hpcray import llm
 from hpcray.errors import ServiceRequestError
-from hpcray.services import llm
 from hpcray.services.engine_loop import EngineLoop
 
 HONOURS = frozenset(llm.SAMPLING_FIELDS)

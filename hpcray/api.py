@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.gpus import visible_count
+from hpcray import env
 from hpcray.errors import ResourceError, SpecError
 from hpcray.metrics.usage import replica_rates
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
+from hpcray.runtime.gpus import visible_count
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
@@ -132,7 +133,7 @@ def _spreads(service) -> bool:
 
 
 def new_run_dir(workflow: Workflow, run_root: str | Path | None) -> Path:
-    root = Path(run_root or workflow.run_root or os.environ.get("HPCRAY_RUN_ROOT")
+    root = Path(run_root or workflow.run_root or os.environ.get(env.RUN_ROOT)
                 or DEFAULT_RUN_ROOT)
     run_id = f"{workflow.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     return root.resolve() / run_id

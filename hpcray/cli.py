@@ -69,7 +69,7 @@ def submit(workflow: str, site: str | None, run_root: str | None, account: str |
 def _follow(run_dir: Path, timeout: float | None) -> None:
     from rich.console import Console
 
-    from hpcray.metrics.live import RunProgress
+    from hpcray.views.live import RunProgress
 
     with RunProgress(run_dir, Console(stderr=True)) as shown:
         final = api.wait(run_dir, timeout=timeout, on_change=shown.update)
@@ -89,7 +89,7 @@ def _follow(run_dir: Path, timeout: float | None) -> None:
 def status(ref: str, run_root: str | None, as_json: bool, watch: bool) -> None:
     """State of a run (job id, run id or run directory): nodes, services, stages."""
     if watch:
-        from hpcray.metrics.live import watch as live
+        from hpcray.views.live import watch as live
 
         live(ref, run_root)
         return
@@ -108,7 +108,7 @@ def status(ref: str, run_root: str | None, as_json: bool, watch: bool) -> None:
 @click.option("--no-plot", is_flag=True, help="Only the numbers, no timeline PNG.")
 def report(ref: str, run_root: str | None, no_plot: bool) -> None:
     """Where a run's time went: timeline PNG per node, busy CPU/GPU over allocated."""
-    from hpcray.metrics.report import report as make_report
+    from hpcray.views.report import report as make_report
 
     click.echo(make_report(ref, run_root, plot=not no_plot).summary())
 

@@ -47,3 +47,69 @@ class ServiceRequestError(HpcrayError, ValueError):
     def __reduce__(self):  # keeps `field` across processes (Ray pickles it)
         return (type(self), (str(self), self.field))
 
+
+class ServiceError(HpcrayError):
+    """A service could not start, or failed; the message carries the service's own error."""
+
+
+class ServiceCallError(HpcrayError):
+    """The service's handler raised; the message is its exception, the replica is named."""
+
+    def __init__(self, message: str, replica: str | None = None) -> None:
+        super().__init__(message)
+        self.replica = replica
+
+
+class ReplicaLost(ServiceCallError):
+    """A request's replica went away and no other replica could take it."""
+
+
+class ServiceTimeout(ServiceCallError, TimeoutError):
+    """No reply within the caller's timeout."""
+
+
+class ProtocolError(ValueError):
+    """Bytes that do not follow HPR1; the message says which field is wrong."""
+
+
+class RemoteError(HpcrayError):
+    """A remote endpoint failed the request; `reached` says whether a model may have seen it."""
+
+    reached = True
+
+
+class RemoteUnavailable(RemoteError):
+    """No connection (refused, unreachable, reset before the reply): the model never saw the
+    request, so it is safe to send it elsewhere."""
+
+    reached = False
+
+
+class RemoteAuthError(RemoteError):
+    """HTTP 401/403: the API key is missing or wrong."""
+
+
+class RemoteModelError(RemoteError):
+    """The endpoint does not serve the model named in the workflow file."""
+
+
+class RemoteProtocolError(RemoteError):
+    """A reply that is not what the API promises: malformed, truncated, a stream that stops."""
+
+
+class RemoteServerError(RemoteError):
+    """HTTP 5xx: the endpoint failed; 503 (overloaded) did not reach a model."""
+
+
+class NoInstance(RemoteError):
+    """Every instance is cooling down or busy past the caller's timeout."""
+
+    reached = False
+
+
+class StageError(HpcrayError):
+    """A task failed after its retries; the message names stage, item and error."""
+
+
+class TaskTimeout(Exception):
+    """The function ran past the stage's timeout."""

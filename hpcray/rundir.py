@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcray import env
 from hpcray.errors import RunNotFound
 
 DEFAULT_RUN_ROOT = "hpcray-runs"
@@ -176,7 +177,7 @@ def find_run(ref: str, run_root: str | Path | None = None) -> RunDir:
     candidate = Path(ref)
     if (candidate / "run.json").exists():
         return RunDir(candidate.resolve())
-    root = Path(run_root or os.environ.get("HPCRAY_RUN_ROOT") or DEFAULT_RUN_ROOT)
+    root = Path(run_root or os.environ.get(env.RUN_ROOT) or DEFAULT_RUN_ROOT)
     if (root / ref / "run.json").exists():
         return RunDir((root / ref).resolve())
     if root.is_dir():

@@ -49,7 +49,7 @@ def run_root(tmp_path):
 
 def ray_processes(scope: str) -> list[psutil.Process]:
     """Processes of one job (cluster id) or node, found by hpcray's teardown marker."""
-    from hpcray.bootstrap.teardown import marked_processes
+    from hpcray.runtime.teardown import marked_processes
 
     return [p for p in marked_processes(scope) if p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE]

@@ -7,33 +7,25 @@ may call ``ray.init()`` or ``hpcray.connect()`` itself; we connect first for con
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
-
-def load_function(spec: str):
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+from hpcray import env
+from hpcray.runtime.targets import load_target
 
 
 def main(argv: list[str]) -> int:
     spec, args_path = argv
-    func = load_function(spec)
+    func = load_target(spec)
     kwargs = json.loads(Path(args_path).read_text())
     from hpcray.bootstrap.connect import connect
 
     connect()
     result = func(**kwargs)
     if result is not None:
-        run_dir = Path(os.environ["HPCRAY_RUN_DIR"])
+        run_dir = Path(os.environ[env.RUN_DIR])
         with contextlib.suppress(TypeError):
             (run_dir / "driver-result.json").write_text(json.dumps(result, indent=2, default=str))
     return 0

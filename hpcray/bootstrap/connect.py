@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.auth import auth_env
+from hpcray import env
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir, find_run, read_json
+from hpcray.runtime.auth import auth_env
 
 
 def cluster_address(run: RunDir) -> tuple[str, Path]:
@@ -26,7 +27,7 @@ def connect(run: str | Path | None = None, **init_kwargs: Any) -> Any:
     import sys
 
     ray_was_imported = "ray" in sys.modules
-    ref = str(run) if run is not None else os.environ.get("HPCRAY_RUN_DIR")
+    ref = str(run) if run is not None else os.environ.get(env.RUN_DIR)
     if not ref:
         raise HpcrayError("connect() needs a run (directory, run id or job id) or HPCRAY_RUN_DIR")
     rundir = find_run(ref)

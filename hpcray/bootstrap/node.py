@@ -17,20 +17,22 @@ from pathlib import Path
 
 import psutil
 
-from hpcray.bootstrap import gpus
-from hpcray.bootstrap.auth import auth_env
-from hpcray.bootstrap.network import NODE_IP_ENV, host_port, node_address
-from hpcray.bootstrap.plan import NODE_LABEL, ClusterPlan, NodePlan, node_label, node_resource
-from hpcray.bootstrap.ports import PortBlock, claim_block, release_block
-from hpcray.bootstrap.teardown import MARKER, marker_value, teardown
-from hpcray.bootstrap.tempdir import temp_dir_for
+from hpcray import env as hpcray_env
+from hpcray.bootstrap.plan import ClusterPlan, NodePlan
 from hpcray.errors import BootstrapError
-from hpcray.metrics.usage import RUN_DIR_ENV, SAMPLE_S, node_usage
+from hpcray.metrics.usage import SAMPLE_S, node_usage
 from hpcray.rundir import RunDir, read_json, write_json_atomic
+from hpcray.runtime import gpus
+from hpcray.runtime.auth import auth_env
+from hpcray.runtime.network import NODE_IP_ENV, host_port, node_address
+from hpcray.runtime.placement import NODE_LABEL, node_label, node_resource
+from hpcray.runtime.ports import PortBlock, claim_block, release_block
+from hpcray.runtime.teardown import MARKER, marker_value, teardown
+from hpcray.runtime.tempdir import temp_dir_for
 
 log = logging.getLogger("hpcray.node")
 
-NODE_NAME_VARS = ("HPCRAY_NODE_NAME", "SLURMD_NODENAME", "FLUX_NODE_NAME")
+NODE_NAME_VARS = (hpcray_env.NODE_NAME, "SLURMD_NODENAME", "FLUX_NODE_NAME")
 MIN_OBJECT_STORE = 78_643_200
 
 
@@ -204,7 +206,7 @@ class NodeAgent:
                         me.gpus, me.name, translated.visible, num_gpus)
         ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname())
         env[NODE_IP_ENV] = ip  # replicas bind their direct sockets here, not on all interfaces
-        env[RUN_DIR_ENV] = str(self.run.path)  # replicas write their request rates there
+        env[hpcray_env.RUN_DIR] = str(self.run.path)  # replicas write their request rates there
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
         head_address = None
         if not self.is_head:

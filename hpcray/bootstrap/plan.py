@@ -62,17 +62,3 @@ class ClusterPlan:
             raise FileNotFoundError(f"{run.plan} missing: was `hpcray up` run in this run dir?")
         data["nodes"] = [NodePlan(**n) for n in data["nodes"]]
         return cls(**data)
-
-
-def node_resource(name: str) -> str:
-    """The per-node custom resource, so a task can be pinned to a node by name."""
-    return f"hpcray-node:{name}"
-
-
-NODE_LABEL = "hpcray/node"
-
-
-def node_label(name: str) -> str:
-    """The node's value of the `hpcray/node` label (Ray labels follow Kubernetes syntax: at
-    most 63 characters), so work can be placed on any node of a set by a label selector."""
-    return name if len(name) <= 63 else name.split(".")[0][:63]

@@ -20,13 +20,15 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.auth import auth_env, create_token
-from hpcray.bootstrap.plan import ClusterPlan, NodePlan, node_resource
-from hpcray.bootstrap.teardown import stop_group, teardown
-from hpcray.bootstrap.tempdir import short_id
+from hpcray import env as hpcray_env
+from hpcray.bootstrap.plan import ClusterPlan, NodePlan
 from hpcray.errors import BootstrapError, HpcrayError
 from hpcray.launchers import LaunchRequest, get_launcher
 from hpcray.rundir import RunDir, read_json, write_json_atomic
+from hpcray.runtime.auth import auth_env, create_token
+from hpcray.runtime.placement import node_resource
+from hpcray.runtime.teardown import stop_group, teardown
+from hpcray.runtime.tempdir import short_id
 from hpcray.schedulers import AllocationInfo, get_scheduler
 from hpcray.services.http_access import TOKEN_FILE_ENV, HttpAccess
 from hpcray.sites import SiteProfile
@@ -136,7 +138,7 @@ class ClusterUp:
 
     # -- launching -------------------------------------------------------------------------
     def launch_agents(self, plan: ClusterPlan) -> None:
-        name = self.env.get("HPCRAY_LAUNCHER") or self.site.launcher
+        name = self.env.get(hpcray_env.LAUNCHER) or self.site.launcher
         launcher = get_launcher(name)
         argv = (plan.python, "-m", "hpcray", "node", "--run-dir", str(self.run.path))
         req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
@@ -246,10 +248,10 @@ class ClusterUp:
         write_json_atomic(self.run.path / "endpoints.json", endpoints)
         for name, entry in endpoints["services"].items():
             if "http" in entry:
-                self.env[f"HPCRAY_SERVICE_{name.upper().replace('-', '_')}_URL"] = entry["http"]
+                self.env[hpcray_env.service_url_var(name)] = entry["http"]
         if endpoints["openai"]:
-            self.env["HPCRAY_OPENAI_BASE_URL"] = endpoints["openai"]
-        self.env["HPCRAY_ENDPOINTS"] = str(self.run.path / "endpoints.json")
+            self.env[hpcray_env.OPENAI_BASE_URL] = endpoints["openai"]
+        self.env[hpcray_env.ENDPOINTS] = str(self.run.path / "endpoints.json")
         self.run.mark("services_ready")
 
     def http_access(self, head: dict[str, Any]) -> HttpAccess | None:
@@ -280,9 +282,9 @@ class ClusterUp:
             if path not in sys.path:
                 sys.path.insert(0, path)
         runner = StageRunner(self.workflow.stages, self.run, Path(self.request["workflow_dir"]),
-                             env={**self.env, "HPCRAY_RUN_DIR": str(self.run.path)},
+                             env={**self.env, hpcray_env.RUN_DIR: str(self.run.path)},
                              stop=self.stop.event,
-                             launcher=self.env.get("HPCRAY_LAUNCHER") or self.site.launcher)
+                             launcher=self.env.get(hpcray_env.LAUNCHER) or self.site.launcher)
         try:
             runner.run()
         except StageError as exc:
@@ -373,9 +375,10 @@ class ClusterUp:
         driver = self.workflow.driver
         assert driver is not None
         cwd = str(Path(self.request["workflow_dir"]) / os.path.expandvars(driver.cwd or "."))
-        env = {**self.env, **auth_env(Path(plan.token_path)), "RAY_ADDRESS": head["address"],
-               "HPCRAY_RUN_DIR": str(self.run.path), "PYTHONUNBUFFERED": "1"}
-        env.pop("HPCRAY_LAUNCHER", None)
+        env = {**self.env, **auth_env(Path(plan.token_path)),
+               hpcray_env.RAY_ADDRESS: head["address"], hpcray_env.RUN_DIR: str(self.run.path),
+               "PYTHONUNBUFFERED": "1"}
+        env.pop(hpcray_env.LAUNCHER, None)
         self.run.mark("driver_start")
         log.info("driver: %s (cwd %s)", " ".join(cmd), cwd)
         self.driver = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcray import env
 from hpcray.rundir import read_json, write_json_atomic
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -18,7 +19,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def report(task: str, done: float, total: float | None = None, detail: str = "",
            run_dir: str | Path | None = None) -> None:
     """Record that `task` is at `done` of `total`. Outside a run (no HPCRAY_RUN_DIR), nothing."""
-    root = run_dir or os.environ.get("HPCRAY_RUN_DIR")
+    root = run_dir or os.environ.get(env.RUN_DIR)
     if not root:
         return
     folder = Path(root, "progress")

@@ -15,7 +15,6 @@ import psutil
 from hpcray.rundir import write_json_atomic
 
 SAMPLE_S = 2.0
-RUN_DIR_ENV = "HPCRAY_RUN_DIR"  # exported by the node agent to everything Ray starts there
 
 
 def node_usage() -> dict[str, Any]:

@@ -60,10 +60,11 @@ def build_tiny_decoder(path: str | Path, architecture: str = "llama", *, layers:
                        dim: int = 64, context: int = 256, seed: int = 0,
                        extra_text: list[str] | None = None,
                        initializer_range: float = 0.3) -> Path:
-    """Llama or Mistral architecture (the UQ pipeline's models), random weights, a byte-level
-    BPE tokenizer trained here on the corpus and `extra_text` (e.g. the QA set). The weights
-    are drawn wider than a real model's initialisation (0.02): a tiny random model's output
-    layer is otherwise too small for LoRA on the layers below it to move its answers."""
+    """Llama or Mistral architecture (what LoRA fine-tuning starts from), random weights, a
+    byte-level BPE tokenizer trained here on the corpus and `extra_text` (e.g. the QA set).
+    The weights are drawn wider than a real model's initialisation (0.02): a tiny random
+    model's output layer is otherwise too small for LoRA on the layers below it to move its
+    answers."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import (

@@ -9,9 +9,11 @@ from hpcray.remote.base import (
     RemoteModelError,
     RemoteProtocolError,
     RemoteResult,
+    RemoteServerError,
     RemoteUnavailable,
 )
 from hpcray.remote.factory import endpoint_for
 
 __all__ = ["RemoteAuthError", "RemoteEndpoint", "RemoteError", "RemoteModelError",
-           "RemoteProtocolError", "RemoteResult", "RemoteUnavailable", "endpoint_for"]
+           "RemoteProtocolError", "RemoteResult", "RemoteServerError",
+           "RemoteUnavailable", "endpoint_for"]

@@ -11,36 +11,15 @@ from typing import Any
 
 import httpx
 
-from hpcray.errors import HpcrayError, ServiceRequestError
-
-
-class RemoteError(HpcrayError):
-    """A remote endpoint failed the request; `reached` says whether a model may have seen it."""
-
-    reached = True
-
-
-class RemoteUnavailable(RemoteError):
-    """No connection (refused, unreachable, reset before the reply): the model never saw the
-    request, so it is safe to send it elsewhere."""
-
-    reached = False
-
-
-class RemoteAuthError(RemoteError):
-    """HTTP 401/403: the API key is missing or wrong."""
-
-
-class RemoteModelError(RemoteError):
-    """The endpoint does not serve the model named in the workflow file."""
-
-
-class RemoteProtocolError(RemoteError):
-    """A reply that is not what the API promises: malformed, truncated, a stream that stops."""
-
-
-class RemoteServerError(RemoteError):
-    """HTTP 5xx: the endpoint failed; 503 (overloaded) did not reach a model."""
+from hpcray.errors import (
+    RemoteAuthError,
+    RemoteError,
+    RemoteModelError,
+    RemoteProtocolError,
+    RemoteServerError,
+    RemoteUnavailable,
+    ServiceRequestError,
+)
 
 
 @dataclass

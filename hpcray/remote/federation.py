@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcray.errors import ServiceRequestError
+from hpcray.errors import NoInstance, ServiceRequestError
 from hpcray.remote.base import (
     RemoteAuthError,
-    RemoteError,
     RemoteModelError,
     RemoteResult,
     RemoteUnavailable,
@@ -35,12 +34,6 @@ log = logging.getLogger("hpcray.remote")
 FAIL_THRESHOLD = 3
 PROBE_S = 1.0
 BACKOFF_S = 0.05
-
-
-class NoInstance(RemoteError):
-    """Every instance is cooling down or busy past the caller's timeout."""
-
-    reached = False
 
 
 @dataclass
@@ -99,7 +92,7 @@ class Federation:
 
     # -- choosing ------------------------------------------------------------------------------
     def _serving(self, method: str | None) -> list[Instance]:
-        """The instances that serve `method` (a VEP-REST endpoint only annotates; a local
+        """The instances that serve `method` (an endpoint may serve a few methods; a local
         replica serves every method of its class)."""
         serving = [i for i in self.instances
                    if method is None or i.methods is None or method in i.methods]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hpcray import llm
 from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
-from hpcray.services import llm
 
 # Ollama's options (and `format` for JSON output); n, logprobs and ignore_eos it has not
 HONOURS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop",

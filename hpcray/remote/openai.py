@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hpcray import llm
 from hpcray.errors import ServiceRequestError
 from hpcray.remote.base import RemoteEndpoint, RemoteResult
-from hpcray.services import llm
 
 # every sampling field goes to the server, which refuses what it does not support (a 400
 # naming it reaches the caller as a ServiceRequestError); vLLM's server takes top_k, ignore_eos

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcray.errors import ServiceRequestError
-from hpcray.services.llm import text_of
+from hpcray.llm import text_of
+from hpcray.services.names import app_name
 from hpcray.spec.services import DEFAULT_MAX_ONGOING
 
 
@@ -45,7 +46,6 @@ class ServiceHandle:
         from ray import serve
 
         from hpcray.services.direct.directory import directory
-        from hpcray.services.manager import app_name
 
         self.name = name
         self._direct = None

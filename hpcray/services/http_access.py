@@ -10,8 +10,10 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
+from hpcray import env
+
 LISTEN_ADDRESSES = {"loopback": "127.0.0.1", "any": "0.0.0.0"}  # noqa: S104 - 'any' is opt-in
-TOKEN_FILE_ENV = "HPCRAY_HTTP_TOKEN_FILE"
+TOKEN_FILE_ENV = env.HTTP_TOKEN_FILE
 
 
 @dataclass(frozen=True)

@@ -11,27 +11,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hpcray.bootstrap.network import host_port
-from hpcray.bootstrap.placement import bundle, bundles_unplaceable, ray_options, unplaceable
-from hpcray.errors import HpcrayError
+from hpcray import env
+from hpcray.errors import HpcrayError, ServiceError
 from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.runtime.network import host_port
+from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
+from hpcray.runtime.raycompat import set_replica_count
 from hpcray.services.http_access import HttpAccess
+from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
 from hpcray.spec.services import DEFAULT_MAX_ONGOING, ServiceSpec, check_service_graph
 
 log = logging.getLogger("hpcray.services")
-
-APP_PREFIX = "hpcray-"
-OPENAI_APP = "hpcray--openai"  # cannot clash: service names start with a letter
-
-
-class ServiceError(HpcrayError):
-    """A service could not start, or failed; the message carries the service's own error."""
-
-
-def app_name(service: str) -> str:
-    return APP_PREFIX + service
-
 
 @dataclass
 class ReplicaBT:
@@ -353,7 +344,7 @@ class ServiceManager:
                                  for r in table],
                     # the password is the run's token file: named here, never copied
                     "auth": {"mechanism": "PLAIN", "username": "hpcray",
-                             "password_file": os.environ.get("RAY_AUTH_TOKEN_PATH")},
+                             "password_file": os.environ.get(env.RAY_AUTH_TOKEN_PATH)},
                 }
             if self.specs[name].remote:  # where they are; the key stays in its variable
                 entry["remote"] = [{"name": r.label, "url": r.url, "kind": r.kind,
@@ -412,8 +403,6 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
     replicas keep running (no redeploy); handles pick up the new ones (direct path: within
     one directory round trip of each replica's start)."""
     import ray
-    from ray.serve._private.common import DeploymentID
-    from ray.serve.context import _get_global_client
 
     from hpcray.services.direct.directory import directory as find_directory
 
@@ -424,11 +413,7 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
     if replicas < 1:
         raise ServiceError(f"service {service!r}: replicas must be at least 1, got {replicas}")
     spec = ServiceSpec.model_validate({**declared["spec"], "replicas": replicas})
-    # Serve's external-scaler call (what its REST API's scale endpoint does): a lightweight
-    # update of the target count, where a second serve.run would restart every replica.
-    controller = _get_global_client()._controller
-    ray.get(controller.update_deployment_replicas.remote(
-        DeploymentID(name=service, app_name=app_name(service)), replicas))
+    set_replica_count(app_name(service), service, replicas)
     ray.get(found.declare.remote(service, spec.model_dump(mode="json"),
                                  declared["route_prefix"]))
     log.info("service %s scaled to %d replica(s)", service, replicas)

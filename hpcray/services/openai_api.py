@@ -27,7 +27,7 @@ from ray import serve
 from hpcray.services.direct.aclient import AsyncDirectClient
 from hpcray.services.direct.directory import directory
 from hpcray.services.http_access import authorized, refusal
-from hpcray.services.manager import app_name
+from hpcray.services.names import app_name
 
 app = FastAPI(title="hpcray services (OpenAI-compatible)")
 # Declared in the OpenAPI description; enforced only when the run has a token (endpoints.token).

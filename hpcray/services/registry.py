@@ -8,14 +8,14 @@ import os
 import sys
 from typing import Any
 
-from hpcray.bootstrap.placement import bundle
+from hpcray import plugins
 from hpcray.errors import SpecError
+from hpcray.runtime.placement import bundle
 
 
 def registry() -> dict[str, str]:
-    from hpcray.deployments import REGISTRY
-
-    return REGISTRY
+    """Short deployment names -> "module:Class": the installed `hpcray.deployments` plug-ins."""
+    return plugins.names(plugins.DEPLOYMENTS)
 
 
 def target_of(deployment: str) -> str:

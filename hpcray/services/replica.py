@@ -10,9 +10,9 @@ import os
 import time
 from typing import Any
 
-from hpcray.bootstrap.teardown import MARKER
+from hpcray import env
 from hpcray.errors import ServiceRequestError
-from hpcray.metrics.usage import RUN_DIR_ENV, RequestCounter
+from hpcray.metrics.usage import RequestCounter
 from hpcray.services.http_access import authorized, refusal
 
 __all__ = ["ReplicaHost", "ServiceRequestError"]
@@ -32,13 +32,13 @@ class ReplicaHost:
         self.ready = time.time()  # the user's constructor returned: end of BT init
         self.replica = serve.get_replica_context().replica_id.unique_id
         # <cluster>/<node> of the Ray node this replica runs on (set by the node agent)
-        self.node = os.environ.get(MARKER, "/").rsplit("/", 1)[-1] or None
+        self.node = env.current_node()
         self._methods: dict[str, Any] = {}
         self.direct = None
         if transport == "direct":
             self._serve_direct()
         self.requests = RequestCounter(
-            os.environ.get(RUN_DIR_ENV), service, self.replica, self.node,
+            os.environ.get(env.RUN_DIR), service, self.replica, self.node,
             served=(lambda: self.direct.served) if self.direct is not None else None)
 
     def _serve_direct(self) -> None:

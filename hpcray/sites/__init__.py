@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from hpcray import env
 from hpcray.errors import SpecError
 from hpcray.sites.profile import SiteProfile
 from hpcray.spec.loader import validation_to_spec_error
@@ -18,7 +19,7 @@ __all__ = ["SiteProfile", "list_sites", "load_site", "site_search_path"]
 
 def site_search_path() -> list[Path]:
     """User directories first, so a user's profile can replace a built-in one."""
-    paths = [Path(p) for p in os.environ.get("HPCRAY_SITES_PATH", "").split(os.pathsep) if p]
+    paths = [Path(p) for p in os.environ.get(env.SITES_PATH, "").split(os.pathsep) if p]
     config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
     paths.append(config_home / "hpcray" / "sites")
     paths.append(Path(str(resources.files("hpcray.sites"))))

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from hpcray import plugins
 from hpcray.errors import SpecError
 from hpcray.spec.models import Workflow
 from hpcray.spec.yamlsource import SourcedYaml, load_yaml, load_yaml_file
@@ -78,17 +79,16 @@ def parse_workflow(source: SourcedYaml) -> Workflow:
         workflow = Workflow.model_validate(source.data)
     except ValidationError as exc:
         raise validation_to_spec_error(exc, source, Workflow) from None
-    _check_pipeline_options(workflow, source)
+    _check_driver_options(workflow, source)
     return workflow
 
 
-def _check_pipeline_options(workflow: Workflow, source: SourcedYaml) -> None:
-    """A driver that is one of hpcray's pipelines has its options checked now, with their
-    line, not in the job after the queue wait."""
-    from hpcray.pipelines import driver_options
-
+def _check_driver_options(workflow: Workflow, source: SourcedYaml) -> None:
+    """A driver that declares its options model (an hpcray.driver_options plug-in) has its
+    args checked now, with their line, not in the job after the queue wait."""
     driver = workflow.driver
-    model = driver_options(driver.function) if driver and driver.function else None
+    model = plugins.find(plugins.DRIVER_OPTIONS, driver.function) \
+        if driver and driver.function else None
     if model is None:
         return
     try:

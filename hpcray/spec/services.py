@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hpcray import plugins
 from hpcray.spec.models import StrictModel
 from hpcray.spec.resources import Resources
 
@@ -28,9 +29,9 @@ class RemoteEndpointSpec(StrictModel):
 
     url: str = Field(description="http(s) base URL: '.../v1' for OpenAI-compatible servers, "
                                  "the server root for Ollama.")
-    kind: Literal["openai", "ollama", "vep_rest"] = Field(
-        description="openai: OpenAI-compatible API; ollama: Ollama's native API; vep_rest: "
-                    "a VEP-REST-compatible annotation server (model: the species)")
+    kind: str = Field(
+        description="openai: OpenAI-compatible API; ollama: Ollama's native API; or another "
+                    "installed kind (an hpcray.remote_kinds entry point)")
     model: str = Field(min_length=1, description="The model name the endpoint serves.")
     name: str | None = Field(None, description="Shown in responses and errors; default: host.")
     api_key_env: str | None = Field(
@@ -39,6 +40,14 @@ class RemoteEndpointSpec(StrictModel):
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at most.")
     weight: float = Field(1.0, gt=0, description="Share of traffic relative to the others.")
     timeout: float = Field(120, gt=0, description="Seconds per request.")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        known = plugins.names(plugins.REMOTE_KINDS)
+        if value not in known:
+            raise ValueError(f"unknown kind {value!r}; installed: {', '.join(sorted(known))}")
+        return value
 
     @field_validator("url")
     @classmethod

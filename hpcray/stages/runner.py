@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.placement import bundle, ray_options, scaled, unplaceable
-from hpcray.errors import HpcrayError
+from hpcray import env
+from hpcray.errors import StageError
 from hpcray.rundir import RunDir
+from hpcray.runtime.placement import bundle, ray_options, scaled, unplaceable
 from hpcray.spec.stages import StageSpec, check_stage_graph
 from hpcray.stages.fanout import expand, fill
 from hpcray.stages.records import Attempt, AttemptLog
@@ -36,10 +37,6 @@ BATCH_FROM = 8
 BATCH_S = 0.02
 # Tasks queued on one actor of a stateful stage: 2 hides the round trip between two calls.
 ACTOR_QUEUE = 2
-
-
-class StageError(HpcrayError):
-    """A task failed after its retries; the message names stage, item and error."""
 
 
 @dataclass
@@ -98,9 +95,9 @@ class StageRunner:
         self._run_path, self._base = str(run.path), str(base)
         # what every executable gets: the services' endpoints and where the run is
         self._env = {k: v for k, v in self.env.items()
-                     if k.startswith("HPCRAY_SERVICE_") or k in ("HPCRAY_ENDPOINTS",
-                                                                 "HPCRAY_OPENAI_BASE_URL")}
-        self._env["HPCRAY_RUN_DIR"] = self._run_path
+                     if k.startswith(env.SERVICE_URL_PREFIX) or k in (env.ENDPOINTS,
+                                                                    env.OPENAI_BASE_URL)}
+        self._env[env.RUN_DIR] = self._run_path
 
     # -- opening and finishing stages ------------------------------------------------------
     def _open_ready(self) -> None:
@@ -243,7 +240,7 @@ class StageRunner:
         return path
 
     def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
-        return {**self._env, "HPCRAY_STAGE": spec.name, "HPCRAY_TASK_INDEX": str(task.index)}
+        return {**self._env, env.STAGE: spec.name, env.TASK_INDEX: str(task.index)}
 
     # -- completions ------------------------------------------------------------------------
     def _complete_many(self, refs: list[Any]) -> None:

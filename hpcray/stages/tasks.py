@@ -17,25 +17,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcray.bootstrap.teardown import MARKER, stop_group
+from hpcray import env
+from hpcray.errors import TaskTimeout
+from hpcray.runtime.targets import load_target
+from hpcray.runtime.teardown import stop_group
 
 TAIL = 2000  # characters of stderr kept in a failure record
 
 
 def _where() -> dict[str, Any]:
-    return {"node": os.environ.get(MARKER, "/").rsplit("/", 1)[-1] or None, "pid": os.getpid(),
+    return {"node": env.current_node(), "pid": os.getpid(),
             "started": time.time()}
 
 
 def run_function(call: tuple[str, dict[str, Any], bool, float | None],
                  item: Any) -> dict[str, Any]:
     """`call` is (target, args, has_item, timeout), the same for every task of a stage."""
-    from hpcray.bootstrap.call import load_function
-
     target, args, has_item, timeout = call
 
     def run():
-        fn = load_function(target)
+        fn = load_target(target)
         return fn(item, **args) if has_item else fn(**args)
 
     return _attempt(run, timeout)
@@ -62,16 +63,10 @@ class StageActor:
     raises kills the actor, and its tasks see that as a lost worker (retried, then reported)."""
 
     def __init__(self, target: str, args: dict[str, Any]) -> None:
-        from hpcray.bootstrap.call import load_function
-
-        self.instance = load_function(target)(**args)
+            self.instance = load_target(target)(**args)
 
     def run(self, item: Any, has_item: bool, timeout: float | None = None) -> dict[str, Any]:
         return _attempt(lambda: self.instance(item) if has_item else self.instance(), timeout)
-
-
-class TaskTimeout(Exception):
-    """The function ran past the stage's timeout."""
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from hpcray import api
-from hpcray.bootstrap.placement import bundles_unplaceable
 from hpcray.errors import ResourceError, SpecError
+from hpcray.runtime.placement import bundles_unplaceable
 from hpcray.services.registry import replica_bundles
 from hpcray.spec import loads_workflow
 from hpcray.spec.services import ServiceSpec

@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 import hpcray
-from hpcray.metrics.report import report
 from hpcray.rundir import read_json
 from hpcray.stages.records import read_attempts
+from hpcray.views.report import report
 from tests.conftest import ONE_NODE, run_beside
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field as PydanticField
 
-from hpcray.metrics import progress
+import hpcray
 from hpcray.pipelines.cellpainting.data import ColumnMap, DataError, Field, read_fields
 from hpcray.pipelines.cellpainting.hpo import METRIC, MODE, SearchSpace, TrialResources, search
 from hpcray.pipelines.cellpainting.train import CHECKPOINT_MODEL, DataSpec
@@ -144,11 +143,11 @@ class _Progress:
                         f"{result['val_accuracy']:.3f}, {result['images_per_s']:.0f} img/s, "
                         f"waiting on data {100 * result['data_wait_fraction']:.0f}%")
                 log.info("%s", line)
-                progress.report("epochs", self.epochs_done, total_trials * epochs, line)
+                hpcray.progress("epochs", self.epochs_done, total_trials * epochs, line)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.finished += 1
-                progress.report("trials", self.finished, total_trials,
+                hpcray.progress("trials", self.finished, total_trials,
                                 f"{trial.trial_id} done")
 
         return Reporter()
@@ -162,7 +161,7 @@ def run(**options: Any) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     cfg = CellPaintingConfig.model_validate(options)
-    run_dir = Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+    run_dir = hpcray.context().run_dir or Path(".")
     out = run_dir / "cellpainting"
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -189,7 +188,7 @@ def run(**options: Any) -> dict[str, Any]:
                     samples_per_epoch=cfg.search.samples_per_epoch)
     storage = Path(cfg.search.storage) if cfg.search.storage else out / "tune"
     storage = storage.resolve()
-    progress.report("trials", 0, cfg.search.trials, "starting the search")
+    hpcray.progress("trials", 0, cfg.search.trials, "starting the search")
     try:
         grid = search(data, cfg.search.space, cfg.search.trials, cfg.search.concurrent,
                       cfg.search.trial, storage, cfg.search.name, cfg.seed,
@@ -259,26 +258,16 @@ def _trials(grid) -> list[dict[str, Any]]:
 
 def _serve_and_classify(model_dir: Path, stats, cfg: CellPaintingConfig,
                         test_fields: list[Field]) -> list[str]:
-    import hpcray
     from hpcray.pipelines.cellpainting.evaluate import classify_fields
-    from hpcray.services.manager import ServiceManager
-    from hpcray.spec.services import ServiceSpec
-
-    spec = ServiceSpec(
-        name=SERVICE, deployment="hpcray.pipelines.cellpainting.service:DoseClassifier",
-        args={"model_dir": str(model_dir), "low": list(stats.low), "high": list(stats.high),
-              "resize": cfg.model.resize, "crop": cfg.model.crop},
-        replicas=cfg.service.replicas,
-        resources={"cpus": cfg.service.cpus, "gpus": cfg.service.gpus})
-    manager = ServiceManager([spec])
-    progress.report("evaluation", 0, len(test_fields), "starting the classification service")
-    manager.start()
-    try:
-        handle = hpcray.service(SERVICE)
+    hpcray.progress("evaluation", 0, len(test_fields), "starting the classification service")
+    with hpcray.serving(
+            SERVICE, "hpcray.pipelines.cellpainting.service:DoseClassifier",
+            args={"model_dir": str(model_dir), "low": list(stats.low), "high": list(stats.high),
+                  "resize": cfg.model.resize, "crop": cfg.model.crop},
+            replicas=cfg.service.replicas,
+            resources={"cpus": cfg.service.cpus, "gpus": cfg.service.gpus}) as handle:
         predicted = classify_fields(handle, test_fields)
-    finally:
-        manager.stop(shutdown=False)
-    progress.report("evaluation", len(test_fields), len(test_fields), "held-out set classified")
+    hpcray.progress("evaluation", len(test_fields), len(test_fields), "held-out set classified")
     return predicted
 
 

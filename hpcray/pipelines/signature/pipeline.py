@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 
 from pydantic import Field
 
+import hpcray
 from hpcray.errors import HpcrayError
-from hpcray.metrics import progress
 from hpcray.pipelines.signature.errors import InputError
 from hpcray.pipelines.signature.service import run_path
 from hpcray.spec.models import StrictModel
@@ -101,12 +100,11 @@ def run(**kwargs: Any) -> dict[str, Any]:
     """The driver; returns the summary (also <run>/signature/summary.json)."""
     import ray
 
-    import hpcray
     from hpcray.pipelines.signature.gmt import read_gmt
     from hpcray.pipelines.signature.samples import read_samples
 
     config = SignatureConfig.model_validate(kwargs)
-    run_dir = Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+    run_dir = hpcray.context().run_dir or Path(".")
     out = run_path(config.output, run_dir) if config.output else run_dir / "signature"
     out.mkdir(parents=True, exist_ok=True)
     sheet, gmt_path = run_path(config.samples, run_dir), run_path(config.gene_sets, run_dir)
@@ -177,7 +175,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
                                            config.impacts, config.min_set_size,
                                            config.max_set_size)
                 enrich_refs[ref] = sample.name
-            progress.report("annotate", len(annotations) + len(failures), total)
+            hpcray.progress("annotate", len(annotations) + len(failures), total)
 
     per_sample_rows: list[dict[str, Any]] = []
     counts: dict[str, dict[str, int]] = {}

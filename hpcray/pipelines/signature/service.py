@@ -1,6 +1,6 @@
 """The annotation service: one API (`annotate` a sample's VCF into the annotation table)
 over interchangeable backends. Local replicas run the built-in annotator or Ensembl VEP; a
-VEP-REST server joins as a remote endpoint of the same service (hpcray/remote/vep_rest.py).
+VEP-REST server joins as a remote endpoint of the same service (remote_vep.py).
 
     services:
       - name: annotator
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import hpcray
 from hpcray.pipelines.signature.errors import InputError
 from hpcray.pipelines.signature.table import write_rows
 
@@ -30,7 +31,7 @@ class SampleAnnotator(Protocol):
 def run_path(value: str, run_dir: Path | None = None) -> Path:
     """A path of the pipeline's files: `{run_dir}` filled in, and a relative one taken from
     the run directory (where the job starts and the setup lines write)."""
-    run_dir = run_dir or Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+    run_dir = run_dir or hpcray.context().run_dir or Path(".")
     value = value.replace("{run_dir}", str(run_dir))
     return Path(value) if os.path.isabs(value) else run_dir / value
 
@@ -88,7 +89,7 @@ class _Vep:
         from hpcray.pipelines.signature.vep import VepTable
 
         out = Path(str(vcf)).name.split(".")[0]
-        run_dir = Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+        run_dir = hpcray.context().run_dir or Path(".")
         target = run_dir / "signature" / "vep" / f"{sample}-{out}.vcf.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
         self.command.run(Path(vcf), target, self.timeout)

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from hpcray.bootstrap.teardown import MARKER
+import hpcray
 from hpcray.errors import SpecError
-from hpcray.metrics import progress
 from hpcray.pipelines.uq.data import QAItem, read_qa, split
 from hpcray.pipelines.uq.methods import METHODS, Method, MethodOptions, check_causal_lm
 from hpcray.pipelines.uq.packing import (
@@ -147,17 +145,8 @@ def inventory_of_cluster(gpu_memory_gb: float | None) -> Inventory | None:
 
 def _site_gpu_memory() -> float | None:
     """gpu_memory_gb of the run's site profile (polaris: 40, frontier: 64 per GCD, ...)."""
-    from hpcray.bootstrap.up import load_resolved
-    from hpcray.rundir import RunDir
-
-    run_dir = os.environ.get("HPCRAY_RUN_DIR")
-    if not run_dir:
-        return None
-    try:
-        _, site, _ = load_resolved(RunDir(Path(run_dir)))
-    except Exception:  # noqa: BLE001 - outside a run: the option must be given
-        return None
-    return site.gpu_memory_gb
+    site = hpcray.context().site  # None outside a run: the option must be given
+    return site.gpu_memory_gb if site is not None else None
 
 
 def _task(model_dir: str, method: str, seed: int, train: list[QAItem], test: list[QAItem],
@@ -174,7 +163,7 @@ def _task(model_dir: str, method: str, seed: int, train: list[QAItem], test: lis
 
     result.update(started=started, ended=time.time(),
                   gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                  node=os.environ.get(MARKER, "/").rsplit("/", 1)[-1]
+                  node=hpcray.context().node
                   or ray.get_runtime_context().get_node_id())
     return result
 
@@ -186,7 +175,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     from hpcray.pipelines.uq.report import write_report
 
     config = UQConfig.model_validate(kwargs)
-    run_dir = Path(os.environ.get("HPCRAY_RUN_DIR", "."))
+    run_dir = hpcray.context().run_dir or Path(".")
     out = Path(config.output) if config.output else run_dir / "uq"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -227,7 +216,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
         path = out / "tasks" / f"{task.model}-seed{task.seed}-{task.method}.json"
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(result))
-        progress.report("uq tasks", len(results), len(tasks), task.key)
+        hpcray.progress("uq tasks", len(results), len(tasks), task.key)
     makespan = time.time() - started
     summary = write_report(results, out, config.methods)
     summary["makespan_s"] = makespan

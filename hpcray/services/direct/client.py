@@ -25,7 +25,13 @@ from typing import Any
 
 import zmq
 
-from hpcray.errors import HpcrayError, ServiceRequestError
+from hpcray.errors import (
+    HpcrayError,
+    ReplicaLost,
+    ServiceCallError,
+    ServiceRequestError,
+    ServiceTimeout,
+)
 from hpcray.services.direct.protocol import (
     CANCEL,
     OK,
@@ -44,22 +50,6 @@ log = logging.getLogger("hpcray.services.direct")
 POLL_MS = 50  # how often a waiting caller checks whether its replica is still there
 LOST_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-
-
-class ServiceCallError(HpcrayError):
-    """The service's handler raised; the message is its exception, the replica is named."""
-
-    def __init__(self, message: str, replica: str | None = None) -> None:
-        super().__init__(message)
-        self.replica = replica
-
-
-class ReplicaLost(ServiceCallError):
-    """A request's replica went away and no other replica could take it."""
-
-
-class ServiceTimeout(ServiceCallError, TimeoutError):
-    """No reply within the caller's timeout."""
 
 
 @dataclass

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from hpcray.errors import ProtocolError
+
 MAGIC = b"HPR1"
 REQUEST, REPLY = b"Q", b"A"
 CODECS = {b"m": "msgpack", b"j": "json", b"r": "raw"}
@@ -41,10 +43,6 @@ REQUEST_HEADER = struct.Struct("<4sccBBH")   # magic kind codec flags id_len met
 REPLY_HEADER = struct.Struct("<4scccBBB")    # magic kind codec status id_len replica_len timing_len
 TIMING = struct.Struct("<QQQ")
 MAX_ID = 255
-
-
-class ProtocolError(ValueError):
-    """Bytes that do not follow HPR1; the message says which field is wrong."""
 
 
 class Timing:

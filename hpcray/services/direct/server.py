@@ -33,8 +33,9 @@ from typing import Any
 import msgpack
 import zmq
 
-from hpcray.bootstrap.network import NODE_IP_ENV
+from hpcray import env
 from hpcray.errors import ServiceRequestError
+from hpcray.runtime.network import NODE_IP_ENV
 from hpcray.services.direct.protocol import (
     CANCEL,
     CODECS,
@@ -69,7 +70,7 @@ PLAIN_USER = b"hpcray"
 
 def run_token() -> bytes | None:
     """The run's secret (the Ray token file the node agent points every process at)."""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = os.environ.get(env.RAY_AUTH_TOKEN_PATH)
     if not path or not Path(path).is_file():
         return None
     return Path(path).read_text().strip().encode()

@@ -135,8 +135,8 @@ def test_a_vep_rest_server_through_the_remote_adapter_gives_the_same_table(mirro
 
 @pytest.mark.timeout(60)
 def test_a_failing_vep_rest_server_is_named_and_nothing_is_written(mirror, tmp_path):
+    from hpcray.pipelines.signature.remote_vep import VepRestEndpoint
     from hpcray.remote.base import RemoteServerError
-    from hpcray.remote.vep_rest import VepRestEndpoint
 
     server, study = mirror
     server.status = 500

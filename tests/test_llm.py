@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
+from hpcray import llm
 from hpcray.errors import ServiceRequestError
-from hpcray.services import llm
 
 ALL = frozenset(llm.SAMPLING_FIELDS)
 FEW = frozenset({"max_tokens", "temperature", "stop"})

@@ -11,13 +11,15 @@ from collections.abc import Iterable
 
 import psutil
 
+from hpcray import env
+
 log = logging.getLogger(__name__)
 
 #: Set in the environment of `ray start` only, as ``<cluster id>/<node name>``; every Ray
 #: process of the node inherits it (raylet, GCS, workers, whatever user tasks spawn), even
 #: after it is re-parented. Several emulated nodes of one job may share a host, so a node
 #: agent matches its own node only, while the job's final sweep matches the cluster prefix.
-MARKER = "HPCRAY_RAY_OF"
+MARKER = env.RAY_MARKER
 
 
 def marker_value(cluster_id: str, node: str) -> str:

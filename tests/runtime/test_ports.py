@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from hpcray.bootstrap import ports
+from hpcray.runtime import ports
 
 
 @pytest.fixture(autouse=True)

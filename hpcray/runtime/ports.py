@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from hpcray import env
+
 FIRST_PORT = 20000
 BLOCK_SIZE = 200
 N_BLOCKS = 200          # 20000 .. 59999
@@ -29,7 +31,7 @@ SERVICE_PORTS = {       # ray start flag -> offset in the block
 }
 HEAD_ONLY = ("--port",)
 SERVE_HTTP_OFFSET = 10  # Ray Serve's HTTP proxy on the head (offsets 9..19 are hpcray's own)
-CLAIM_DIR = Path(os.environ.get("HPCRAY_PORT_CLAIMS", "/tmp/hpcray-ports"))
+CLAIM_DIR = Path(os.environ.get(env.PORT_CLAIMS, "/tmp/hpcray-ports"))
 
 
 @dataclass(frozen=True)

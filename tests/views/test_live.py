@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 import hpcray
-from hpcray.metrics.live import render
+from hpcray.views.live import render
 from tests.conftest import (
     ONE_NODE,
     assert_nothing_left_of,

@@ -7,6 +7,7 @@ import socket
 
 import psutil
 
+from hpcray import env
 from hpcray.errors import BootstrapError
 
 
@@ -51,4 +52,4 @@ def host_port(address: str, port: int) -> str:
         pass
     return f"{address}:{port}"
 
-NODE_IP_ENV = "HPCRAY_NODE_IP"  # exported by the node agent to everything Ray starts there
+NODE_IP_ENV = env.NODE_IP  # exported by the node agent to everything Ray starts there

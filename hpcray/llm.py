@@ -127,7 +127,7 @@ def parse_score(payload: Any, adapters: set[str] | None = None
                 ) -> tuple[str, list[str], str | None, str]:
     """(prompt, options, adapter, separator) of a `score` request: the log-probability of
     each option as the continuation of the prompt, the two joined by `separator` (" ") and
-    tokenized apart, as the UQ pipeline scores answers."""
+    tokenized apart (multiple-choice answers scored by likelihood)."""
     if not isinstance(payload, dict):
         raise ServiceRequestError("the payload must be a mapping with 'prompt' and 'options'")
     for name in payload:

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from hpcray.bootstrap.teardown import MARKER, marked_processes, marker_value, teardown
+from hpcray.runtime.teardown import MARKER, marked_processes, marker_value, teardown
 
 pytestmark = pytest.mark.timeout(60)
 

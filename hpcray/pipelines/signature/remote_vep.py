@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcray.remote.base import RemoteEndpoint, RemoteError, RemoteResult, RemoteServerError
+from hpcray.remote import RemoteEndpoint, RemoteError, RemoteResult, RemoteServerError
 
 BATCH = 200  # Ensembl's limit per POST /vep/:species/region
 RATE_LIMIT_RETRIES = 5
@@ -59,7 +59,7 @@ class VepRestEndpoint(RemoteEndpoint):
     def _send(self, path: str, body: dict[str, Any]):
         import httpx
 
-        from hpcray.remote.base import RemoteUnavailable
+        from hpcray.remote import RemoteUnavailable
 
         try:
             return self.client.post(path, json=body, headers={"Accept": "application/json"})

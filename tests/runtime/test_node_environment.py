@@ -6,11 +6,11 @@ import stat
 
 import pytest
 
-from hpcray.bootstrap import gpus
-from hpcray.bootstrap.auth import auth_env, create_token
-from hpcray.bootstrap.network import host_port, interface_address, node_address
-from hpcray.bootstrap.tempdir import check_socket_length, short_id, temp_dir_for
 from hpcray.errors import BootstrapError
+from hpcray.runtime import gpus
+from hpcray.runtime.auth import auth_env, create_token
+from hpcray.runtime.network import host_port, interface_address, node_address
+from hpcray.runtime.tempdir import check_socket_length, short_id, temp_dir_for
 
 
 def test_short_ids():

@@ -6,6 +6,8 @@ import os
 import secrets
 from pathlib import Path
 
+from hpcray import env
+
 
 def create_token(path: Path) -> Path:
     """A fresh random token, readable by the job's user only (0600 in a 0700 directory)."""
@@ -20,4 +22,4 @@ def create_token(path: Path) -> Path:
 
 def auth_env(token_path: Path) -> dict[str, str]:
     """What every process of the job (nodes, driver, user programs) must have set."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    return {env.RAY_AUTH_MODE: "token", env.RAY_AUTH_TOKEN_PATH: str(token_path)}

@@ -1,0 +1,56 @@
+"""Every environment variable hpcray itself sets or reads, in one place: the contract between
+the submitting side, `hpcray up`, the node agents, and the processes Ray starts (drivers,
+replicas, tasks). What a batch system exports for its jobs (SLURM_*, PBS_*, LSB_*, FLUX_*)
+is read by that scheduler's own module, and GPU visibility by runtime/gpus.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# -- set for every process of a run ------------------------------------------------------------
+RUN_DIR = "HPCRAY_RUN_DIR"            # the run directory (drivers, replicas, tasks, job steps)
+RAY_MARKER = "HPCRAY_RAY_OF"          # "<cluster id>/<node>": scopes teardown to this job's node
+NODE_IP = "HPCRAY_NODE_IP"            # the node's address on the allocation's network
+HTTP_TOKEN_FILE = "HPCRAY_HTTP_TOKEN_FILE"  # the run's HTTP bearer token, a 0600 file
+
+# -- set for drivers and executable stages -------------------------------------------------------
+ENDPOINTS = "HPCRAY_ENDPOINTS"        # endpoints.json: each service's URLs
+OPENAI_BASE_URL = "HPCRAY_OPENAI_BASE_URL"  # the run's OpenAI-compatible /v1
+SERVICE_URL_PREFIX = "HPCRAY_SERVICE_"      # HPCRAY_SERVICE_<NAME>_URL per service
+STAGE = "HPCRAY_STAGE"                # a stage task's stage name ...
+TASK_INDEX = "HPCRAY_TASK_INDEX"      # ... and its index
+
+# -- set by the local launcher (one process per emulated node) -------------------------------------
+NODE_NAME = "HPCRAY_NODE_NAME"
+RANK = "HPCRAY_RANK"
+LOCAL_RANK = "HPCRAY_LOCAL_RANK"
+NRANKS = "HPCRAY_NRANKS"
+
+# -- read: a user's or site's settings -------------------------------------------------------------
+RUN_ROOT = "HPCRAY_RUN_ROOT"          # where run directories go (default ~/.hpcray/runs)
+SITES_PATH = "HPCRAY_SITES_PATH"      # extra directories of site profiles
+LAUNCHER = "HPCRAY_LAUNCHER"          # overrides the site's launcher inside the job
+PORT_CLAIMS = "HPCRAY_PORT_CLAIMS"    # where node agents claim port blocks (default /tmp)
+
+# -- Ray's, set by hpcray for the processes it starts ----------------------------------------------
+RAY_ADDRESS = "RAY_ADDRESS"
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+
+
+def service_url_var(service: str) -> str:
+    """HPCRAY_SERVICE_<NAME>_URL of a service (dashes become underscores)."""
+    return f"{SERVICE_URL_PREFIX}{service.upper().replace('-', '_')}_URL"
+
+
+def run_dir() -> Path | None:
+    """The run directory of the process, when it is part of a run."""
+    value = os.environ.get(RUN_DIR)
+    return Path(value) if value else None
+
+
+def current_node() -> str | None:
+    """The name of the run's node this process is on (from the teardown marker every Ray
+    process of the run inherits), or None outside a run."""
+    return os.environ.get(RAY_MARKER, "/").rsplit("/", 1)[-1] or None

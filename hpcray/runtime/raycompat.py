@@ -1,0 +1,29 @@
+"""Ray's private APIs that hpcray relies on, in one place, each behind the public behaviour it
+stands for. They are why pyproject.toml pins Ray to one version; tests/runtime/
+test_raycompat.py fails on a Ray whose private names or signatures differ, before any run
+does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# the release these calls were written against; the test compares the installed Ray with it
+RAY_VERSION = "2.60.0"
+
+
+def serve_controller() -> Any:
+    """The running Serve controller actor (private: Serve has no public handle to it)."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()._controller
+
+
+def set_replica_count(app_name: str, deployment: str, replicas: int) -> None:
+    """Change one deployment's target replica count without redeploying it: Serve's
+    external-scaler call, what its REST API's scale endpoint does (a second `serve.run`
+    would restart every replica)."""
+    import ray
+    from ray.serve._private.common import DeploymentID
+
+    ray.get(serve_controller().update_deployment_replicas.remote(
+        DeploymentID(name=deployment, app_name=app_name), replicas))
