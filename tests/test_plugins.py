@@ -51,4 +51,4 @@ driver:
 """
     with pytest.raises(SpecError) as err:
         loads_workflow(text, "wf.yaml")
-    assert "no_such_option" in str(err.value) and "wf.yaml:5" in str(err.value)
+    assert str(err.value).startswith("wf.yaml:5: driver.args.models: required field is missing")
