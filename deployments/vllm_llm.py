@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 from hpcray import llm
 from hpcray.errors import ServiceRequestError
 from hpcray.services.engine_loop import EngineLoop
+
+CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"  # vLLM's: which cores each CPU worker's threads use
 
 HONOURS = frozenset(llm.SAMPLING_FIELDS)
 
@@ -98,6 +101,10 @@ class VllmLLM:
         if world > 1 and _has_gpu():
             # workers go to the replica's placement group (placement()), across nodes
             options["distributed_executor_backend"] = "ray"
+        elif world > 1 and CPU_BIND not in os.environ:
+            # the CPU engine binds each rank's threads to a NUMA node and refuses more ranks
+            # than nodes; split the replica's own cores between the ranks instead
+            os.environ[CPU_BIND] = cpu_binding(sorted(os.sched_getaffinity(0)), world)
         slots = max_loras if max_loras is not None else len(adapters)
         if slots:
             options.update(enable_lora=True, max_loras=max(slots, 1),
@@ -279,7 +286,8 @@ class VllmLLM:
     @classmethod
     def gpu_workers(cls, args: dict[str, Any]) -> int:
         """GPUs this replica's engine spreads over, one worker each (tensor x pipeline
-        ranks), when more than one: the replica then holds one placement bundle per GPU."""
+        ranks), when more than one: the replica then holds one placement bundle per GPU
+        (given no GPUs, the CPU engine's ranks stay on the replica's node: registry.py)."""
         world = int(args.get("tensor_parallel_size", 1)) * \
             int(args.get("pipeline_parallel_size", 1))
         return world if world > 1 else 0
@@ -295,6 +303,19 @@ async def _refusing(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
             yield output
     except (ValueError, VLLMClientError) as exc:
         raise ServiceRequestError(f"vLLM refused the request: {exc}") from None
+
+
+def cpu_binding(cpus: list[int], ranks: int) -> str:
+    """vLLM's CPU_BIND value giving each of `ranks` workers its own contiguous share of
+    `cpus` ("0-3|4-7"); a rank gets at least one core, shared if there are fewer cores."""
+    if not cpus:
+        raise ValueError("no CPU to bind the engine's workers to")
+    share = max(len(cpus) // ranks, 1)
+    parts = []
+    for rank in range(ranks):
+        mine = cpus[rank * share:(rank + 1) * share] or [cpus[rank % len(cpus)]]
+        parts.append(",".join(str(c) for c in mine))
+    return "|".join(parts)
 
 
 def _has_gpu() -> bool:

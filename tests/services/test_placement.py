@@ -32,6 +32,8 @@ def test_one_bundle_per_gpu_after_the_replicas_own():
     assert bundles == [{"CPU": 2}] + [{"GPU": 1.0}] * 4 and strategy == "PACK"
     with pytest.raises(SpecError, match="runs 4 GPU workers .* give it resources.gpus: 4"):
         replica_bundles(llm(2, 2, gpus=1))
+    # no GPUs: the CPU engine's ranks are processes of the replica's node, no bundles
+    assert replica_bundles(llm(2, 2, gpus=0)) is None
 
 
 def test_bundles_fit_across_nodes_or_are_refused_with_the_inventory():
