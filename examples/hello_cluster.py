@@ -7,7 +7,7 @@ import socket
 
 import ray
 
-from hpcray.bootstrap.plan import node_resource
+from hpcray.runtime.placement import node_resource
 
 
 @ray.remote(num_cpus=1)

@@ -23,10 +23,21 @@ from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.spec import Workflow, load_workflow
+from hpcray.spec.checks import check_targets
 from hpcray.spec.walltime import hhmmss
+from hpcray.spec.yamlsource import load_yaml_file
+from hpcray.state import (
+    ALIVE,
+    SERVICE_LIVE,
+    TERMINAL,
+    NodeState,
+    RunRecord,
+    RunState,
+    ServiceState,
+    StageState,
+)
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")
-TERMINAL = ("completed", "failed", "cancelled", "walltime", "lost")
 
 
 def _detected_gpus() -> int:
@@ -165,10 +176,36 @@ def script(workflow: str | Path | Workflow, site: str | SiteProfile | None = Non
            run_root: str | Path | None = None, run_dir: str | Path | None = None,
            account: str | None = None) -> str:
     """The exact job script submit() would hand to the scheduler (nothing is created)."""
-    wf, _ = _load(workflow, account)
+    wf, source = _load(workflow, account)
     profile = resolve_site(wf, site)
+    _check_targets(wf, source, profile)
     target = Path(run_dir).resolve() if run_dir else new_run_dir(wf, run_root)
     return get_scheduler(profile.scheduler).job_script(job_request(wf, profile, target))
+
+
+def _check_targets(wf: Workflow, source: Path | None, site: SiteProfile) -> list[str]:
+    """The modules the job imports (`module:Class` deployments, the driver's and stages'
+    functions) exist where the job looks: the workflow's directory and driver.cwd, then the
+    installed packages. Here, not at load, so `hpcray up` does not look them up again."""
+    base = source.parent if source else Path.cwd()
+    dirs = [base]
+    if wf.driver and wf.driver.cwd:
+        dirs.append(base / os.path.expandvars(wf.driver.cwd))
+    return check_targets(wf, load_yaml_file(source) if source else None, dirs,
+                         elsewhere=_other_python(wf, site))
+
+
+def _other_python(wf: Workflow, site: SiteProfile) -> str | None:
+    """Why the job's Python may find modules this one does not (then a module missing here
+    is a warning): another interpreter, or a PYTHONPATH the job sets."""
+    python = wf.allocation.python
+    if python and os.path.realpath(python) != os.path.realpath(sys.executable):
+        return f"the job runs allocation.python {python}"
+    if "PYTHONPATH" in wf.allocation.env:
+        return "the job sets allocation.env.PYTHONPATH"
+    if any("PYTHONPATH" in line for line in [*site.setup, *wf.allocation.setup]):
+        return "the job's setup lines set PYTHONPATH"
+    return None
 
 
 @dataclass
@@ -186,6 +223,7 @@ def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = No
     """Validate and write the run directory (job script included) without submitting."""
     wf, source = _load(workflow, account)
     profile = resolve_site(wf, site)
+    _check_targets(wf, source, profile)
     path = new_run_dir(wf, run_root)
     request = job_request(wf, profile, path)  # raises before anything is written
     text = get_scheduler(profile.scheduler).job_script(request)
@@ -199,7 +237,7 @@ def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = No
     run.job_script.write_text(text)
     run.job_script.chmod(0o755)
     run.update(run_id=path.name, workflow=wf.name, site=profile.name,
-               scheduler=profile.scheduler, state="submitted", nodes_expected=request.nodes)
+               scheduler=profile.scheduler, state=RunState.SUBMITTED, nodes_expected=request.nodes)
     return run, profile
 
 
@@ -250,9 +288,9 @@ def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
         replicas = metrics.get(name, {}).get("bt", [])
         bt = {part: max(r[part] for r in replicas) for part in ("launch", "init", "publish")
               } if replicas else {}
-        state = states.get(name, {}).get("state", "pending")
+        state = states.get(name, {}).get("state", ServiceState.PENDING)
         # a replica killed at teardown leaves its last sample: only a live service has rates
-        rates = replica_rates(run.path, name) if state in ("pending", "starting", "ready") else \
+        rates = replica_rates(run.path, name) if state in SERVICE_LIVE else \
             {"rate": 0.0, "served": 0}
         out.append(ServiceStatus(name, state,
                                  len(replicas), int(spec.get("replicas", 1)), bt,
@@ -280,9 +318,9 @@ def _stage_statuses(run: RunDir, wf: dict[str, Any]) -> list[StageStatus]:
     out = []
     for spec in wf.get("stages", []):
         got = states.get(spec["name"], {})
-        out.append(StageStatus(spec["name"], got.get("state", "waiting"), got.get("total", 0),
-                               got.get("done", 0), got.get("failed", 0), got.get("running", 0),
-                               got.get("retried", 0)))
+        out.append(StageStatus(spec["name"], got.get("state", StageState.WAITING),
+                               got.get("total", 0), got.get("done", 0), got.get("failed", 0),
+                               got.get("running", 0), got.get("retried", 0)))
     return out
 
 
@@ -292,7 +330,7 @@ class RunStatus:
     run_dir: Path
     job_id: str | None
     scheduler: str
-    state: str
+    state: RunState
     scheduler_state: str
     nodes_expected: int
     nodes: list[NodeStatus] = field(default_factory=list)
@@ -318,7 +356,7 @@ class RunStatus:
 
     def summary(self) -> str:
         head = f"{self.run_id} (job {self.job_id}, {self.scheduler}): {self.state}"
-        if self.state == "bootstrapping":
+        if self.state == RunState.BOOTSTRAPPING:
             head += f" ({self.nodes_joined} of {self.nodes_expected} nodes)"
         lines = [head]
         for n in self.nodes:
@@ -338,23 +376,23 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
     scheduler = data.get("scheduler", "local")
     job_id = data.get("job_id")
     sched_state = get_scheduler(scheduler).state(job_id) if job_id else JobState.UNKNOWN
-    state = data.get("state", "submitted")
-    if state == "submitted":
-        state = "queued" if job_id else "submitting"
+    state = RunRecord.model_validate(data).state
+    if state == RunState.SUBMITTED:
+        state = RunState.QUEUED if job_id else RunState.SUBMITTING
         if sched_state.finished:
-            state = "lost"  # the job ended before `hpcray up` wrote anything
-    elif state in ("bootstrapping", "running") and (
+            state = RunState.LOST  # the job ended before `hpcray up` wrote anything
+    elif state in ALIVE and (
             sched_state.finished or (sched_state == JobState.UNKNOWN and scheduler == "local")):
         # The job is gone but never recorded an end: killed hard (SIGKILL, node failure).
         data = run.read()
-        state = data.get("state", state)
-        if state in ("bootstrapping", "running"):
-            state = "lost"
+        state = RunRecord.model_validate(data).state
+        if state in ALIVE:
+            state = RunState.LOST
     joined = data.get("nodes", {})
     workflow = (read_json(run.resolved, {}) or {}).get("workflow", {})
     agents = run.node_states()
     names = data.get("node_names") or sorted(agents)
-    nodes = [NodeStatus(n, agents.get(n, {}).get("state", "pending"),
+    nodes = [NodeStatus(n, agents.get(n, {}).get("state", NodeState.PENDING),
                         joined.get(n, {}).get("joined"),
                         agents.get(n, {}).get("error") or joined.get(n, {}).get("lost_reason"),
                         joined.get(n, {}).get("lost"),
@@ -389,11 +427,11 @@ def cancel(ref: str | Path, run_root: str | Path | None = None, wait_s: float = 
     run = find_run(str(ref), run_root)
     data = run.read()
     run.mark("cancel_requested")
-    if data.get("job_id") and data.get("state") not in TERMINAL:
+    if data.get("job_id") and RunRecord.model_validate(data).state not in TERMINAL:
         get_scheduler(data.get("scheduler", "local")).cancel(str(data["job_id"]))
     st = wait(run.path, timeout=wait_s)
-    if st.state in ("queued", "submitting", "lost"):
-        run.update(state="cancelled")
+    if st.state in (RunState.QUEUED, RunState.SUBMITTING, RunState.LOST):
+        run.update(state=RunState.CANCELLED)
         st = status(run.path)
     return st
 

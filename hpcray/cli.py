@@ -9,6 +9,7 @@ import click
 
 from hpcray import api
 from hpcray.errors import HpcrayError
+from hpcray.state import RunState
 
 
 class _Group(click.Group):
@@ -77,7 +78,7 @@ def _follow(run_dir: Path, timeout: float | None) -> None:
     if out.exists():
         click.echo(out.read_text(errors="replace"), nl=False)
     click.echo(final.summary())
-    if final.state != "completed":
+    if final.state != RunState.COMPLETED:
         sys.exit(1)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcray import env
-from hpcray.bootstrap.up import load_resolved
+from hpcray.bootstrap.resolved import load_resolved
 from hpcray.errors import HpcrayError
 from hpcray.metrics import progress as _progress
 from hpcray.rundir import RunDir

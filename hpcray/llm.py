@@ -102,11 +102,11 @@ def parse_request(payload: Any, *, backend: str, honours: frozenset[str] | set[s
         setattr(req, name, _integer(payload, name, low, high))
     if req.top_k == -1:
         req.top_k = 0
-    for name, low, high in (("temperature", 0.0, None), ("top_p", 0.0, 1.0),
-                            ("presence_penalty", -2.0, 2.0),
-                            ("frequency_penalty", -2.0, 2.0)):
+    for name, least, most in (("temperature", 0.0, None), ("top_p", 0.0, 1.0),
+                              ("presence_penalty", -2.0, 2.0),
+                              ("frequency_penalty", -2.0, 2.0)):
         if payload.get(name) is not None:
-            setattr(req, name, _number(payload, name, low, high))
+            setattr(req, name, _number(payload, name, least, most))
     if req.top_p == 0.0:
         raise refuse("top_p", "must be greater than 0")
     stop = payload.get("stop")

@@ -14,6 +14,7 @@ from typing import Any
 
 from hpcray import env
 from hpcray.errors import RunNotFound
+from hpcray.state import RunRecord
 
 DEFAULT_RUN_ROOT = "hpcray-runs"
 
@@ -117,6 +118,10 @@ class RunDir:
 
     def read(self) -> dict[str, Any]:
         return read_json(self.run_json, {})
+
+    def record(self) -> RunRecord:
+        """run.json, typed (a missing file reads as a run just submitted)."""
+        return RunRecord.model_validate(self.read())
 
     def free_reserve(self) -> bool:
         """Give back the space kept at creation (True if there was some to give)."""

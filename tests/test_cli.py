@@ -43,6 +43,23 @@ def test_malformed_workflow_is_one_line_error(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_what_the_job_would_fail_on_is_refused_at_submit_with_its_line(tmp_path):
+    """An unknown deployment and a driver module that is nowhere: one line each, exit 2,
+    nothing submitted (they used to fail inside the job, after the queue wait)."""
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text("name: x\nservices:\n  - {name: m, deployment: nosuch}\n")
+    result = run("submit", str(workflow), "--run-root", str(tmp_path / "runs"))
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert result.output.startswith(f"hpcray: error: {workflow}:3: services.0.deployment: "
+                                    "unknown deployment 'nosuch'; built-in: ")
+    workflow.write_text("name: x\ndriver: {function: nosuchmod:main}\n")
+    result = run("validate", str(workflow))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"hpcray: error: {workflow}:2: driver.function: cannot "
+                                    "import 'nosuchmod' for 'nosuchmod:main'")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_validate_and_sites():
     assert run("validate", str(REPO / "examples" / "quickstart.yaml")).exit_code == 0
     out = run("sites").output

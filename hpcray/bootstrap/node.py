@@ -29,6 +29,7 @@ from hpcray.runtime.placement import NODE_LABEL, node_label, node_resource
 from hpcray.runtime.ports import PortBlock, claim_block, release_block
 from hpcray.runtime.teardown import MARKER, marker_value, teardown
 from hpcray.runtime.tempdir import temp_dir_for
+from hpcray.state import NodeState
 
 log = logging.getLogger("hpcray.node")
 
@@ -121,7 +122,7 @@ class NodeAgent:
         self.proc: subprocess.Popen | None = None
         self.block: PortBlock | None = None
 
-    def _state(self, state: str, **fields) -> None:
+    def _state(self, state: NodeState, **fields) -> None:
         self._update(state=state, **fields)
 
     def _update(self, **fields) -> None:
@@ -152,7 +153,7 @@ class NodeAgent:
     def run_forever(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
-        self._state("started", host=socket.gethostname(), pid=os.getpid(),
+        self._state(NodeState.STARTED, host=socket.gethostname(), pid=os.getpid(),
                     role="head" if self.is_head else "worker")
         temp_dir = None
         code = 1
@@ -163,11 +164,11 @@ class NodeAgent:
         except BootstrapError as exc:
             log.error("%s", exc)
             self.stop_reason = "failed"
-            self._state("failed", error=str(exc))
+            self._state(NodeState.FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - reported in the node's state and log
             log.exception("node agent failed")
             self.stop_reason = "failed"
-            self._state("failed", error=f"{type(exc).__name__}: {exc}")
+            self._state(NodeState.FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
             roots = [self.proc.pid] if self.proc else []
             killed = teardown(marker_value(self.plan.cluster_id, self.me.name), roots,
@@ -176,8 +177,8 @@ class NodeAgent:
                 release_block(self.block)
             if temp_dir and code == 0:
                 shutil.rmtree(temp_dir, ignore_errors=True)
-            self._state("stopped", exit_code=code, reason=self.stop_reason or "ray exited",
-                        killed=len(killed))
+            self._state(NodeState.STOPPED, exit_code=code,
+                        reason=self.stop_reason or "ray exited", killed=len(killed))
             log.info("stopped (%s); %d process(es) of this job terminated",
                      self.stop_reason or "ray exited", len(killed))
         return code
@@ -226,8 +227,8 @@ class NodeAgent:
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                      stdout=sys.stdout, stderr=sys.stderr,
                                      start_new_session=True)
-        self._state("ray_starting", ray_pid=self.proc.pid, ip=ip, port_base=self.block.base,
-                    temp_dir=temp_dir, cpus=me.cpus, gpus=num_gpus)
+        self._state(NodeState.RAY_STARTING, ray_pid=self.proc.pid, ip=ip,
+                    port_base=self.block.base, temp_dir=temp_dir, cpus=me.cpus, gpus=num_gpus)
         if self.is_head:
             gcs = self.block.port("--port")
             wait_for_port(ip, gcs, self.proc, plan.head_timeout)
@@ -237,7 +238,7 @@ class NodeAgent:
                 "serve_http_port": self.block.serve_http_port,
                 "dashboard_port": self.block.port("--dashboard-port") if plan.dashboard else None,
                 "time": time.time()})
-        self._state("ray_started")
+        self._state(NodeState.RAY_STARTED)
         sampled = 0.0
         while not self.should_stop():
             if self.proc.poll() is not None:

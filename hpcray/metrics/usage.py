@@ -72,6 +72,7 @@ class RequestCounter:
         last, since = self._served(), time.monotonic()
         while not self._stop.wait(SAMPLE_S):
             now, served = time.monotonic(), self._served()
+            assert self.path is not None  # the writer runs only with a path
             try:
                 write_json_atomic(self.path, {
                     "time": time.time(), "node": self.node, "served": served,

@@ -1,14 +1,15 @@
 """One service's traffic over every instance that serves it: the local replicas (as one
 instance, their own client balancing among them) and each remote endpoint.
 
-Choice: power of two choices on (requests in flight + 1) x recent round trip / weight, among
-the instances that are not cooling down and are below their concurrency cap; with none free,
-the caller waits (backpressure) up to its timeout. A request that never reached a model
-(connection refused or reset, 503) goes to another instance after a short backoff; one that
-may have reached a model fails explicitly, naming the instance. After FAIL_THRESHOLD
-failures in a row, or a probe that gets no answer within PROBE_S, an instance cools down; the
-probe, each PROBE_S, brings it back once it answers. Nothing is dropped: every call returns
-or raises.
+Choice: power of two choices (hpcray/runtime/balance.py) on (requests in flight + 1) x
+recent round trip / weight, among the instances that are not cooling down and are below
+their concurrency cap; with none free, the caller waits (backpressure) up to its timeout. A
+request that never reached a model (connection refused or reset, 503) goes to another
+instance after a short backoff; one that may have reached a model fails explicitly, naming
+the instance. After FAIL_THRESHOLD failures in a row, or a probe that gets no answer within
+PROBE_S, an instance cools down; the probe, each PROBE_S, brings it back once it answers.
+Nothing is dropped: every call returns or raises. A call answers with a RemoteResult whose
+`instance` names who answered.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hpcray.remote.base import (
     RemoteResult,
     RemoteUnavailable,
 )
+from hpcray.runtime.balance import pick_two
 
 log = logging.getLogger("hpcray.remote")
 
@@ -65,15 +67,6 @@ class Instance:
 
     def score(self) -> float:
         return (self.outstanding + 1) * max(self.rtt, 1e-4) / self.weight
-
-
-@dataclass
-class FederatedResult:
-    instance: str
-    result: Any
-    inference_s: float
-    service_s: float
-    round_trip_s: float
 
 
 class Federation:
@@ -114,12 +107,8 @@ class Federation:
                 if not free and exclude and not strict:  # all else tried: try those again
                     free = [i for i in serving
                             if not i.cooling and i.outstanding < i.cap]
-                if free:
-                    if len(free) == 1:
-                        chosen = free[0]
-                    else:
-                        a, b = self._rng.sample(free, 2)
-                        chosen = a if a.score() <= b.score() else b
+                chosen = pick_two(free, Instance.score, rng=self._rng)
+                if chosen is not None:
                     chosen.outstanding += 1
                     return chosen, chosen.epoch
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -154,7 +143,7 @@ class Federation:
         inst.history.append((time.time(), "cooling"))
 
     # -- calling -------------------------------------------------------------------------------
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> FederatedResult:
+    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: set[str] = set()
         for attempt in range(self.retries + 1):
@@ -180,13 +169,15 @@ class Federation:
             return self._timed(inst, got, rtt)
         raise AssertionError("unreachable")
 
-    def _timed(self, inst: Instance, got: RemoteResult, rtt: float) -> FederatedResult:
+    def _timed(self, inst: Instance, got: RemoteResult, rtt: float) -> RemoteResult:
+        """The answer with `instance` always named (a local replica's id, else the
+        instance's name) and its round trip split."""
         if got.server_reported:
-            return FederatedResult(getattr(got, "instance", None) or inst.name, got.result,
-                                   got.inference_s, got.service_s, got.round_trip_s)
+            return RemoteResult(got.result, got.inference_s, got.service_s, got.round_trip_s,
+                                True, getattr(got, "instance", None) or inst.name)
         # no server timing: the network's share is what the probe round trip takes
         network = min(inst.probe_rtt or 0.0, rtt)
-        return FederatedResult(inst.name, got.result, rtt - network, 0.0, rtt)
+        return RemoteResult(got.result, rtt - network, 0.0, rtt, False, inst.name)
 
     def stream(self, method: str, payload: Any) -> Iterator[str]:
         """Pieces from one instance. Before the first piece, an instance that is unreachable

@@ -29,7 +29,7 @@ def interface_address(interface: str) -> str:
 
 def resolve(host: str) -> str:
     try:
-        return socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+        return str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0])
     except socket.gaierror as exc:
         raise BootstrapError(f"cannot resolve {host!r}: {exc}") from None
 

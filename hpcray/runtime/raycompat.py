@@ -15,7 +15,9 @@ def serve_controller() -> Any:
     """The running Serve controller actor (private: Serve has no public handle to it)."""
     from ray.serve.context import _get_global_client
 
-    return _get_global_client()._controller
+    client = _get_global_client()
+    assert client is not None  # raise_if_no_controller_running defaults to True
+    return client._controller
 
 
 def set_replica_count(app_name: str, deployment: str, replicas: int) -> None:

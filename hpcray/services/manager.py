@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from hpcray.services.http_access import HttpAccess
 from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
 from hpcray.spec.services import DEFAULT_MAX_ONGOING, ServiceSpec, check_service_graph
+from hpcray.state import ServiceState
 
 log = logging.getLogger("hpcray.services")
 
@@ -37,7 +39,7 @@ class ReplicaBT:
 @dataclass
 class ServiceRecord:
     name: str
-    state: str = "pending"
+    state: ServiceState = ServiceState.PENDING
     deploy_at: float | None = None
     running_at: float | None = None
     published_at: float | None = None
@@ -150,7 +152,7 @@ class ServiceManager:
             now = time.time()
             for spec in level:
                 self.records[spec.name].deploy_at = now
-                self.records[spec.name].state = "starting"
+                self.records[spec.name].state = ServiceState.STARTING
             log.info("starting service(s) %s", ", ".join(s.name for s in level))
             if targets:
                 serve.run_many(targets, wait_for_ingress_deployment_creation=False,
@@ -160,7 +162,7 @@ class ServiceManager:
                 if spec.replicas:
                     self._publish(spec)
                 else:
-                    self.records[spec.name].state = "ready"
+                    self.records[spec.name].state = ServiceState.READY
                     self.records[spec.name].published_at = time.time()
                 if spec.lifetime.seconds:
                     timer = threading.Timer(spec.lifetime.seconds, self.expire, args=(spec.name,))
@@ -215,7 +217,8 @@ class ServiceManager:
                 if spec.on_unreachable == "warn":
                     log.warning("service %s: %s", spec.name, exc)
                     continue
-                self.records[spec.name].state, self.records[spec.name].error = "failed", str(exc)
+                record = self.records[spec.name]
+                record.state, record.error = ServiceState.FAILED, str(exc)
                 self._save()
                 raise ServiceError(f"service {spec.name!r}: {exc}") from None
             finally:
@@ -234,16 +237,16 @@ class ServiceManager:
                 state = str(app.status) if app else "NOT_STARTED"
                 if state.endswith("RUNNING"):
                     record.running_at = time.time()
-                    record.state = "running"
+                    record.state = ServiceState.RUNNING
                     del pending[name]
                 elif state.endswith("DEPLOY_FAILED") or state.endswith("UNHEALTHY"):
                     detail = _messages(app)
-                    record.state, record.error = "failed", detail
+                    record.state, record.error = ServiceState.FAILED, detail
                     self._save()
-                    raise ServiceError(f"service {name!r} failed to start:\n{detail}")
+                    raise ServiceError(f"service {name!r} failed to start: {detail}")
                 elif time.monotonic() > deadline[name]:
                     detail = _messages(app) if app else "not deployed"
-                    record.state, record.error = "failed", f"not ready: {detail}"
+                    record.state, record.error = ServiceState.FAILED, f"not ready: {detail}"
                     self._save()
                     raise ServiceError(
                         f"service {name!r} not ready within {pending[name].readiness_timeout:.0f}s"
@@ -256,7 +259,7 @@ class ServiceManager:
         seen = (self._published_direct if spec.transport == "direct" else
                 self._published_serve)(spec)
         record.published_at = time.time()
-        record.state = "ready"
+        record.state = ServiceState.READY
         for info in seen.values():
             record.bt.append(ReplicaBT(
                 service=spec.name, replica=info["replica"], node=info["node"],
@@ -312,11 +315,11 @@ class ServiceManager:
         from ray import serve
 
         record = self.records[name]
-        if record.state != "ready":
+        if record.state != ServiceState.READY:
             return
         log.info("service %s reached the end of its lifetime: deleting it", name)
         serve.delete(app_name(name))
-        record.state = "expired"
+        record.state = ServiceState.EXPIRED
         self._save()
 
     def _url(self, path: str) -> str | None:
@@ -363,16 +366,16 @@ class ServiceManager:
         from ray import serve
 
         apps = [OPENAI_APP] if self.http else []
-        apps += [app_name(n) for n, r in self.records.items() if r.state not in ("pending",
-                                                                                 "expired")]
+        apps += [app_name(n) for n, r in self.records.items() if r.state not in (
+            ServiceState.PENDING, ServiceState.EXPIRED)]
         for app in apps:
             try:
                 serve.delete(app, _blocking=wait)
             except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
                 log.warning("deleting %s: %s", app, exc)
         for record in self.records.values():
-            if record.state not in ("pending", "expired"):
-                record.state = "stopped"
+            if record.state not in (ServiceState.PENDING, ServiceState.EXPIRED):
+                record.state = ServiceState.STOPPED
         if shutdown:
             try:
                 serve.shutdown()
@@ -420,10 +423,32 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
     return spec
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def _messages(app) -> str:
-    """The application's message and its deployments' (the replica's traceback is there)."""
+    """One line for the user: the replica's own exception (`FileNotFoundError: ...`) when
+    Serve's messages carry its traceback, else the messages themselves. The whole text goes
+    to the log; colour codes are removed from both."""
     parts = [app.message] if app.message else []
     for dep in app.deployments.values():
         if dep.message:
             parts.append(dep.message)
-    return "\n".join(parts) or str(app.status)
+    full = _ANSI_ESCAPE.sub("", "\n".join(parts)) or str(app.status)
+    summary = failure_summary(full)
+    if summary != full:
+        log.error("a service failed; as Serve reports it:\n%s", full)
+    return summary
+
+
+def failure_summary(text: str) -> str:
+    """The exception line(s) after a traceback's last frame, as one line ('FileNotFoundError:
+    no model directory at ...'); text without a traceback, its lines joined."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    tail = lines[frames[-1] + 1:] if frames else lines
+    if frames:  # the frame's source line and its ^^^ markers are indented
+        while tail and (not tail[0] or tail[0][0].isspace()):
+            tail = tail[1:]
+    return " ".join(line.strip() for line in tail if line.strip()) or " ".join(
+        line.strip() for line in lines if line.strip())

@@ -197,7 +197,7 @@ class OpenAIIngress:
         client = self._direct(service)
         if client is not None:
             pieces = client.stream(request["method"], request["payload"])
-            return pieces, pieces.aclose
+            return pieces, pieces.aclose  # type: ignore[attr-defined]  # an async generator
         chunks = serve.get_app_handle(app_name(service)).options(
             stream=True).handle_stream.remote(request)
 

@@ -11,6 +11,7 @@ from typing import Any
 from hpcray import plugins
 from hpcray.errors import SpecError
 from hpcray.runtime.placement import bundle
+from hpcray.spec.checks import unknown_deployment
 
 
 def registry() -> dict[str, str]:
@@ -24,8 +25,7 @@ def target_of(deployment: str) -> str:
         return deployment
     known = registry()
     if deployment not in known:
-        raise SpecError(f"unknown deployment {deployment!r}; built-in: {', '.join(sorted(known))}"
-                        " (or give an importable 'module:Class')")
+        raise SpecError(unknown_deployment(deployment, known))
     return known[deployment]
 
 
@@ -64,12 +64,13 @@ def replica_bundles(spec: Any) -> tuple[list[dict[str, float]], str] | None:
     """Placement-group bundles of one replica whose class spreads it over several GPUs
     (`gpu_workers(args)` > 1, e.g. vLLM's tensor/pipeline-parallel workers): the replica's own
     actor (its CPUs), then one bundle per GPU. PACK puts them on as few nodes as hold them,
-    across nodes when one is not enough. None: one actor holds the whole replica."""
+    across nodes when one is not enough. None: one actor holds the whole replica, and so
+    does a replica given no GPUs (a CPU engine's workers are processes of its own node)."""
     if not spec.replicas or spec.deployment is None:
         return None
     workers = getattr(load_class(target_of(spec.deployment)), "gpu_workers", None)
     count = workers(spec.args) if callable(workers) else 0
-    if not count:
+    if not count or not spec.resources.gpus:
         return None
     if spec.resources.gpus != count:
         raise SpecError(f"service {spec.name!r}: its engine runs {count} GPU workers (tensor x "

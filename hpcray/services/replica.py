@@ -8,12 +8,15 @@ import contextlib
 import inspect
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcray import env
 from hpcray.errors import ServiceRequestError
 from hpcray.metrics.usage import RequestCounter
 from hpcray.services.http_access import authorized, refusal
+
+if TYPE_CHECKING:
+    from hpcray.services.direct.server import DirectServer
 
 __all__ = ["ReplicaHost", "ServiceRequestError"]
 
@@ -34,7 +37,7 @@ class ReplicaHost:
         # <cluster>/<node> of the Ray node this replica runs on (set by the node agent)
         self.node = env.current_node()
         self._methods: dict[str, Any] = {}
-        self.direct = None
+        self.direct: DirectServer | None = None
         if transport == "direct":
             self._serve_direct()
         self.requests = RequestCounter(
@@ -85,7 +88,8 @@ class ReplicaHost:
                 ray.get(found.unpublish.remote(self.service, self.replica), timeout=5)
         except Exception:  # noqa: BLE001, S110 - the directory's ping notices us gone anyway
             pass
-        self.direct.stop()
+        if self.direct is not None:
+            self.direct.stop()
 
     def bootstrap(self) -> dict[str, Any]:
         return {"replica": self.replica, "node": self.node, "created": self.created,
@@ -138,7 +142,8 @@ class ReplicaHost:
         the replica's loop never blocks on it. When the caller goes away, Serve cancels this
         generator and the cancellation reaches the service's (an engine aborts)."""
         rid = request.get("id")
-        pieces = self.stream_method(request.get("method"))(request.get("payload"))
+        pieces = self.stream_method(request.get("method"))(  # type: ignore[arg-type]
+            request.get("payload"))  # a missing method is refused by name there
         if hasattr(pieces, "__aiter__"):
             async for piece in pieces:
                 yield {"id": rid, "replica": self.replica, "delta": piece}

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from hpcray import plugins
 from hpcray.errors import SpecError
+from hpcray.spec.checks import check_deployment_names, missing_paths
 from hpcray.spec.models import Workflow
 from hpcray.spec.yamlsource import SourcedYaml, load_yaml, load_yaml_file
 
@@ -80,6 +81,8 @@ def parse_workflow(source: SourcedYaml) -> Workflow:
     except ValidationError as exc:
         raise validation_to_spec_error(exc, source, Workflow) from None
     _check_driver_options(workflow, source)
+    check_deployment_names(workflow, source)
+    missing_paths(workflow, source)  # warnings: compute nodes may mount what this host lacks
     return workflow
 
 
@@ -89,7 +92,7 @@ def _check_driver_options(workflow: Workflow, source: SourcedYaml) -> None:
     driver = workflow.driver
     model = plugins.find(plugins.DRIVER_OPTIONS, driver.function) \
         if driver and driver.function else None
-    if model is None:
+    if model is None or driver is None:
         return
     try:
         model.model_validate(driver.args)

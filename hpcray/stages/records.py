@@ -70,7 +70,7 @@ class AttemptLog:
 def read_attempts(run_path: Path, stage: str | None = None) -> list[dict[str, Any]]:
     root = run_path / "stages"
     files = [root / stage / "attempts.jsonl"] if stage else sorted(root.glob("*/attempts.jsonl"))
-    out = []
+    out: list[dict[str, Any]] = []
     for path in files:
         if path.exists():
             out.extend(json.loads(line) for line in path.read_text().splitlines() if line)

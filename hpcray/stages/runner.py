@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcray import env
+from hpcray import env as hpcray_env
 from hpcray.errors import StageError
 from hpcray.rundir import RunDir
 from hpcray.runtime.placement import bundle, ray_options, scaled, unplaceable
 from hpcray.spec.stages import StageSpec, check_stage_graph
 from hpcray.stages.fanout import expand, fill
 from hpcray.stages.records import Attempt, AttemptLog
+from hpcray.state import AttemptState, StageState
 
 log = logging.getLogger("hpcray.stages")
 
@@ -95,9 +96,9 @@ class StageRunner:
         self._run_path, self._base = str(run.path), str(base)
         # what every executable gets: the services' endpoints and where the run is
         self._env = {k: v for k, v in self.env.items()
-                     if k.startswith(env.SERVICE_URL_PREFIX) or k in (env.ENDPOINTS,
-                                                                    env.OPENAI_BASE_URL)}
-        self._env[env.RUN_DIR] = self._run_path
+                     if k.startswith(hpcray_env.SERVICE_URL_PREFIX)
+                     or k in (hpcray_env.ENDPOINTS, hpcray_env.OPENAI_BASE_URL)}
+        self._env[hpcray_env.RUN_DIR] = self._run_path
 
     # -- opening and finishing stages ------------------------------------------------------
     def _open_ready(self) -> None:
@@ -240,7 +241,7 @@ class StageRunner:
         return path
 
     def _task_env(self, spec: StageSpec, task: _Task) -> dict[str, str]:
-        return {**self._env, env.STAGE: spec.name, env.TASK_INDEX: str(task.index)}
+        return {**self._env, hpcray_env.STAGE: spec.name, hpcray_env.TASK_INDEX: str(task.index)}
 
     # -- completions ------------------------------------------------------------------------
     def _complete_many(self, refs: list[Any]) -> None:
@@ -277,8 +278,9 @@ class StageRunner:
             if result.get("lost") and st.actors[task.actor] is task.actor_handle:
                 st.actors[task.actor] = self._new_actor(spec)
             task.actor = task.actor_handle = None
-        state = "done" if result.get("ok") else "timeout" if result.get("timed_out") else \
-            "lost" if result.get("lost") else "failed"
+        state = AttemptState.DONE if result.get("ok") else \
+            AttemptState.TIMEOUT if result.get("timed_out") else \
+            AttemptState.LOST if result.get("lost") else AttemptState.FAILED
         stem = f"{task.index}.{task.attempt}"
         attempt = Attempt(
             stage=task.stage, index=task.index, attempt=task.attempt,
@@ -292,7 +294,7 @@ class StageRunner:
             stdout=f"{self._out_dir(task.stage)}/{stem}.out" if task.command else None,
             stderr=f"{self._out_dir(task.stage)}/{stem}.err" if task.command else None)
         self.log.write(attempt)
-        if state == "done":
+        if state == AttemptState.DONE:
             st.done += 1
             for consumer in self.consumers[task.stage]:
                 self._queue(self.stages[consumer], result.get("output"), has_item=True)
@@ -407,8 +409,8 @@ class StageRunner:
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name, st in self.stages.items():
-            state = "done" if st.finished else "failed" if st.failed else \
-                "running" if st.opened else "waiting"
+            state = StageState.DONE if st.finished else StageState.FAILED if st.failed else \
+                StageState.RUNNING if st.opened else StageState.WAITING
             out[name] = {"state": state, "total": st.total, "done": st.done,
                          "failed": st.failed, "running": st.running, "retried": st.retried,
                          "opened": st.opened_at, "finished": st.finished_at}

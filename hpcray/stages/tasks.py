@@ -99,7 +99,7 @@ def run_command(argv: list[str], env: dict[str, str], stem: str,
     cwd, timeout = where
     out, err = f"{stem}.out", f"{stem}.err"
     info = _where()
-    commands = [(argv, {})]
+    commands: list[tuple[list[str], dict[str, str]]] = [(argv, {})]
     if launch is not None:
         hosts = placed_hosts(launch["placement_group"])
         info["hosts"] = hosts

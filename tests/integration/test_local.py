@@ -14,6 +14,7 @@ import pytest
 import hpcray
 from hpcray.rundir import read_json
 from tests.conftest import REPO, ray_processes, wait_until
+from tests.test_state import assert_states_are_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -39,6 +40,8 @@ def cleanup():
         if cluster:
             for proc in ray_processes(cluster):
                 proc.kill()
+    for run in runs:  # after the cleanup above, which must happen even if this fails
+        assert_states_are_members(run)
 
 
 def assert_nothing_left(run_dir: Path) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from hpcray.runtime.balance import pick_two
 from hpcray.services.direct.client import (
     LOST_EVENTS,
     ReplicaLost,
@@ -155,12 +155,9 @@ class AsyncDirectClient:
         wait_s = self.replica_wait_s if wait_s is None else wait_s
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:  # Serve restarts lost replicas: wait for one
-            choices = [r for r in self.table if r not in tried]
-            if choices:
-                if len(choices) == 1:
-                    return choices[0]
-                a, b = random.sample(choices, 2)
-                return a if self._outstanding[a] <= self._outstanding[b] else b
+            replica = pick_two(list(self.table), self._outstanding.__getitem__, exclude=tried)
+            if replica is not None:
+                return replica
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise ReplicaLost(f"service {self.service!r}: no replica to send the request "

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ from hpcray.errors import (
     ServiceRequestError,
     ServiceTimeout,
 )
+from hpcray.runtime.balance import pick_two
 from hpcray.services.direct.protocol import (
     CANCEL,
     OK,
@@ -177,14 +177,8 @@ class DirectClient:
             self._directory.report_lost.remote(self.service, replica)
 
     def _pick(self, exclude: list[str]) -> str | None:
-        choices = [r for r in self._choices if r not in exclude] if exclude else self._choices
-        if not choices:
-            return None
-        if len(choices) == 1:
-            return choices[0]
-        a, b = random.sample(choices, 2)
-        out = self._outstanding
-        return a if out[a] <= out[b] else b
+        """A replica not tried yet, by requests outstanding from this process."""
+        return pick_two(self._choices, self._outstanding.__getitem__, exclude=exclude)
 
     def _await_replica(self, exclude: list[str], deadline: float | None) -> str:
         """Wait for a replica not tried yet (Serve restarts lost ones)."""

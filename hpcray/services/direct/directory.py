@@ -20,7 +20,7 @@ NAMESPACE = "hpcray"
 PING_PERIOD_S = 1.0
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_concurrency=1000)  # type: ignore[call-overload]  # Ray's stubs
 class ReplicaDirectory:
     def __init__(self) -> None:
         self.services: dict[str, dict[str, Any]] = {}
@@ -113,8 +113,9 @@ class ReplicaDirectory:
 def directory(create: bool = False):
     """The run's directory actor (None if there is none and `create` is false)."""
     if create:
-        return ReplicaDirectory.options(name=DIRECTORY, namespace=NAMESPACE,
-                                        get_if_exists=True, lifetime="detached").remote()
+        return ReplicaDirectory.options(  # type: ignore[attr-defined]  # Ray's stubs
+            name=DIRECTORY, namespace=NAMESPACE, get_if_exists=True,
+            lifetime="detached").remote()
     try:
         return ray.get_actor(DIRECTORY, namespace=NAMESPACE)
     except ValueError:

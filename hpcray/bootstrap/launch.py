@@ -1,0 +1,175 @@
+"""Bringing the cluster up: the allocation, the plan, one node agent per node through the
+site's launcher, then waiting for the head and for every node to join Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcray.bootstrap.plan import ClusterPlan, NodePlan
+from hpcray.bootstrap.resolved import tail
+from hpcray.bootstrap.signals import Stop, install_handlers
+from hpcray.errors import BootstrapError
+from hpcray.launchers import LaunchRequest, get_launcher
+from hpcray.rundir import RunDir, read_json
+from hpcray.runtime.auth import auth_env, create_token
+from hpcray.runtime.placement import node_resource
+from hpcray.runtime.tempdir import short_id
+from hpcray.schedulers import AllocationInfo, NodeResources, get_scheduler
+from hpcray.sites import SiteProfile
+from hpcray.spec import Workflow
+from hpcray.state import NODE_ENDED
+
+log = logging.getLogger("hpcray.up")
+
+
+def allocation(workflow: Workflow, site: SiteProfile, request: dict[str, Any],
+               env: dict[str, str]) -> AllocationInfo:
+    """The nodes the scheduler gave this job, read from the job's environment."""
+    scheduler = get_scheduler(site.scheduler)
+    alloc = scheduler.allocation_from_env(
+        env, default_cpus=int(request["cpus_per_node"]),
+        default_gpus=int(request["gpus_per_node"]),
+        requested_nodes=workflow.allocation.nodes)
+    if workflow.allocation.cpus_per_node:
+        alloc.nodes = [NodeResources(n.name, workflow.allocation.cpus_per_node, n.gpus)
+                       for n in alloc.nodes]
+    return alloc
+
+
+def code_paths(workflow: Workflow, request: dict[str, Any]) -> list[str]:
+    """The workflow's directory (and the driver's cwd): user modules named by
+    `module:Class` or `module:function` import from there, in every Ray worker too."""
+    base = Path(request["workflow_dir"])
+    paths = [str(base)]
+    if workflow.driver and workflow.driver.cwd:
+        paths.append(str(base / os.path.expandvars(workflow.driver.cwd)))
+    return paths
+
+
+def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[str, Any],
+              env: dict[str, str], alloc: AllocationInfo) -> ClusterPlan:
+    """Everything a node agent needs to start its part of the cluster (saved as plan.json)."""
+    ray = workflow.ray
+    token = create_token(run.token)
+    return ClusterPlan(
+        cluster_id=f"hpcray-{alloc.scheduler}-{short_id(alloc.job_id)}-{os.getpid()}",
+        job_id=alloc.job_id, scheduler=alloc.scheduler, gpu_vendor=site.gpu_vendor,
+        nodes=[NodePlan(n.name, i, n.cpus, n.gpus) for i, n in enumerate(alloc.nodes)],
+        token_path=str(token), temp_root=ray.temp_root,
+        network_interface=site.network_interface,
+        head_address_format=site.head_address, dashboard=ray.dashboard,
+        head_timeout=ray.head_timeout, teardown_grace=ray.teardown_grace,
+        port_base=ray.port_base,
+        object_store_memory=ray.object_store_memory,
+        spill_dir=ray.spill_dir or site.spill_dir, python=request["python"],
+        up_host=socket.gethostname(), up_pid=os.getpid(),
+        extra_env={"PYTHONPATH": os.pathsep.join(
+            [*code_paths(workflow, request), *filter(None, [env.get("PYTHONPATH")])])})
+
+
+def launch_agents(run: RunDir, plan: ClusterPlan, launcher_name: str, env: dict[str, str],
+                  launched: list[subprocess.Popen]) -> None:
+    """One `hpcray node` per node, each in its own session (teardown signals the group).
+    Appends each to `launched` as it starts, so teardown finds those started before a failure."""
+    launcher = get_launcher(launcher_name)
+    argv = (plan.python, "-m", "hpcray", "node", "--run-dir", str(run.path))
+    req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
+                        gpus_per_node=max(n.gpus for n in plan.nodes),
+                        cpus_per_node=max(n.cpus for n in plan.nodes))
+    out = open(run.logs / "launch.log", "ab")  # noqa: SIM115 - shared by children
+    per_process = launcher.per_process_env(req)
+    commands = ([(launcher.command(req), extra) for extra in per_process]
+                if per_process is not None else [(launcher.command(req), {})])
+    for cmd, extra in commands:
+        log.info("launch: %s", " ".join(cmd))
+        launched.append(subprocess.Popen(
+            cmd, env={**env, **extra}, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True))
+    out.close()
+
+
+def agent_ended(run: RunDir, node: str) -> bool:
+    return read_json(run.node_state_file(node), {}).get("state") in NODE_ENDED
+
+
+def node_report(run: RunDir, names: list[str]) -> str:
+    """Each node's agent state and last log lines: what a failed start shows the user."""
+    parts = []
+    for name in names:
+        state = read_json(run.node_state_file(name), {})
+        parts.append(f"--- {name} (agent state: {state.get('state', 'never started')}"
+                     f"{', error: ' + state['error'] if state.get('error') else ''}); "
+                     f"last lines of {run.node_log(name)}:\n"
+                     f"{tail(run.node_log(name))}")
+    return "\n".join(parts)
+
+
+def wait_for_head(run: RunDir, plan: ClusterPlan, stop: Stop,
+                  launched: list[subprocess.Popen]) -> dict[str, Any]:
+    """head.json, written by the head's agent once Ray's control store answers."""
+    deadline = time.monotonic() + plan.head_timeout
+    while time.monotonic() < deadline:
+        if stop.event.is_set():
+            raise BootstrapError(f"stopped ({stop.reason}) before the head was up")
+        head = read_json(run.head)
+        if head:
+            return head
+        if agent_ended(run, plan.head.name) or all(p.poll() is not None for p in launched):
+            raise BootstrapError(
+                f"the head node {plan.head.name} failed to start Ray\n"
+                f"{node_report(run, [plan.head.name])}")
+        time.sleep(0.2)
+    raise BootstrapError(
+        f"the head node {plan.head.name} did not start Ray within {plan.head_timeout:.0f}s "
+        f"(ray.head_timeout)\n{node_report(run, [plan.head.name])}")
+
+
+def wait_for_nodes(run: RunDir, plan: ClusterPlan, head: dict[str, Any], stop: Stop,
+                   join_timeout: float) -> dict[str, str]:
+    """Connect to the cluster (and stay connected: services are started and stopped from here;
+    teardown disconnects) and wait until every node has joined. Returns each node's Ray
+    NodeID, by node name."""
+    os.environ.update(auth_env(Path(plan.token_path)))  # Ray reads it at import
+    import ray
+
+    ray.init(address=head["address"], logging_level=logging.WARNING, log_to_driver=False,
+             configure_logging=False)
+    install_handlers(stop)  # ray.init replaced our SIGTERM handler
+    expected = {node_resource(n.name): n.name for n in plan.nodes}
+    joined: dict[str, float] = {}
+    ray_node_ids: dict[str, str] = {}
+    deadline = time.monotonic() + join_timeout
+    while True:
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            for res in node.get("Resources", {}):
+                if res in expected and expected[res] not in joined:
+                    name = expected[res]
+                    joined[name] = time.time()
+                    ray_node_ids[name] = node["NodeID"]
+                    log.info("node %s joined (%d/%d)", name, len(joined), len(expected))
+                    run.update(nodes={name: {"joined": joined[name]}}, nodes_joined=len(joined))
+        if len(joined) == len(expected):
+            return ray_node_ids
+        missing = [n for n in expected.values() if n not in joined]
+        failed = [n for n in missing if agent_ended(run, n)]
+        if failed:
+            raise BootstrapError(
+                f"node(s) {', '.join(failed)} failed to join the Ray cluster\n"
+                f"{node_report(run, failed)}")
+        if stop.event.is_set():
+            raise BootstrapError(f"stopped ({stop.reason}) while waiting for "
+                                 f"node(s) {', '.join(missing)}")
+        if time.monotonic() > deadline:
+            raise BootstrapError(
+                f"node(s) {', '.join(missing)} did not join within {join_timeout:.0f}s "
+                f"(ray.join_timeout); {len(joined)}/{len(expected)} joined\n"
+                f"{node_report(run, missing)}")
+        time.sleep(0.5)

@@ -1,0 +1,128 @@
+"""The states a run, a node agent, a service and a stage go through, and `run.json` as a
+model. One place, so that a state is spelled once and "finished" means one set.
+
+StrEnum values are the strings on disk: files written before these types read the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10: the same behaviour for what hpcray uses (str(), format, ==, JSON)
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class RunState(StrEnum):
+    """A run's `state` in run.json (QUEUED and SUBMITTING are only what `status` shows for a
+    run still at SUBMITTED)."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    BOOTSTRAPPING = "bootstrapping"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    WALLTIME = "walltime"
+    LOST = "lost"
+
+
+TERMINAL: frozenset[RunState] = frozenset({
+    RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.WALLTIME, RunState.LOST})
+"""A run in one of these has ended; nothing will change its state again."""
+
+ALIVE: frozenset[RunState] = frozenset({RunState.BOOTSTRAPPING, RunState.RUNNING})
+"""`hpcray up` is running: a job gone while its run is in one of these ended without saying."""
+
+
+class NodeState(StrEnum):
+    """A node agent's `state` in nodes/<name>.json (PENDING: no file yet)."""
+
+    PENDING = "pending"
+    STARTED = "started"
+    RAY_STARTING = "ray_starting"
+    RAY_STARTED = "ray_started"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+NODE_ENDED: frozenset[NodeState] = frozenset({NodeState.FAILED, NodeState.STOPPED})
+"""The agent has stopped: its node is no longer part of the cluster."""
+
+
+class ServiceState(StrEnum):
+    """A service's `state` in run.json's `services` and endpoints.json."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"  # Serve says running; its first call not yet answered
+    READY = "ready"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    STOPPED = "stopped"
+
+
+SERVICE_LIVE: frozenset[ServiceState] = frozenset({
+    ServiceState.PENDING, ServiceState.STARTING, ServiceState.READY})
+"""Replicas of a service in these still send request rates worth showing."""
+
+
+class StageState(StrEnum):
+    """A stage's `state` in run.json's `stages`."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class AttemptState(StrEnum):
+    """How one attempt of a stage's task ended (stages/<stage>/attempts.jsonl)."""
+
+    DONE = "done"
+    TIMEOUT = "timeout"
+    LOST = "lost"
+    FAILED = "failed"
+
+
+class RunRecord(BaseModel):
+    """run.json: the fields hpcray writes. Unknown fields are kept, so a run directory from an
+    older or newer hpcray still loads."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)  # job ids, hand-edited
+
+    state: RunState = RunState.SUBMITTED
+    run_id: str | None = None
+    workflow: str | None = None
+    site: str | None = None
+    scheduler: str = "local"
+    job_id: str | None = None
+    times: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None  # the class of the exception that ended the run
+    cluster_id: str | None = None
+    nodes_expected: int | None = None
+    node_names: list[str] = Field(default_factory=list)
+    nodes_joined: int = 0
+    nodes_lost: list[str] = Field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    bootstrap_host: str | None = None
+    up_pid: int | None = None
+    head_address: str | None = None
+    driver_pid: int | None = None
+    driver_exit_code: int | None = None
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
