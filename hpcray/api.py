@@ -270,7 +270,7 @@ class ServiceStatus:
     replicas: int
     bt: dict[str, float] = field(default_factory=dict)  # slowest replica's launch/init/publish
     request_rate: float = 0.0  # req/s over the replicas' latest samples
-    served: int = 0  # requests answered by the replicas running now
+    served: float = 0  # requests answered by the replicas running now
 
     def line(self) -> str:
         bt = ", ".join(f"{k} {v:.2f}s" for k, v in self.bt.items())

@@ -121,7 +121,7 @@ def build_tiny_lora(base: str | Path, path: str | Path, *, rank: int = 8, seed: 
         for name, weight in peft_model.named_parameters():
             if "lora_" in name:
                 weight.copy_(torch.randn_like(weight) * scale / weight.shape[-1] ** 0.5)
-    peft_model.save_pretrained(path)
+    peft_model.save_pretrained(str(path))
     return path
 
 

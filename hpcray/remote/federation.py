@@ -186,6 +186,7 @@ class Federation:
         tried = {i.name for i in self.instances if method in i.cannot_stream or i.stream is None}
         for attempt in range(len(self.instances) + self.retries):
             inst, _ = self._pick(tried, None, strict=True, method=method)
+            assert inst.stream is not None  # those without one are in `tried`, never picked
             tried.add(inst.name)
             started = False
             try:

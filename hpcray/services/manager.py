@@ -97,6 +97,7 @@ class ServiceManager:
 
         from hpcray.services.replica import ReplicaHost
 
+        assert spec.deployment is not None  # only services with replicas are deployed
         target = target_of(spec.deployment)
         cls = load_class(target)
         check_args(cls, spec.args, spec.name)
@@ -118,8 +119,8 @@ class ServiceManager:
         options["ray_actor_options"] = actor
         token = self.http.token_sha256 if self.http else None
         args = with_run_dir(spec.args, str(self.run.path)) if self.run else spec.args
-        return serve.deployment(ReplicaHost, **options).bind(target, args, spec.name,
-                                                             spec.transport, token)
+        return serve.deployment(ReplicaHost, **options).bind(  # type: ignore[attr-defined]
+            target, args, spec.name, spec.transport, token)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> dict[str, ServiceRecord]:
@@ -137,6 +138,7 @@ class ServiceManager:
         from hpcray.services.direct.directory import directory
 
         self.directory = directory(create=True)
+        assert self.directory is not None  # create=True makes one
         ray.get([self.directory.declare.remote(s.name, s.model_dump(mode="json"),
                                                self._route(s.name))
                  for level in self.levels for s in level])
@@ -182,6 +184,7 @@ class ServiceManager:
                 if not spec.replicas:
                     continue
                 try:
+                    assert spec.deployment is not None  # local replicas need one (spec)
                     check_args(load_class(target_of(spec.deployment)), spec.args, spec.name)
                     why = fits(spec, nodes)
                     if why:
@@ -197,8 +200,9 @@ class ServiceManager:
         from hpcray.services.openai_api import OpenAIIngress
 
         transports = {name: spec.transport for name, spec in self.specs.items() if spec.replicas}
-        serve.run(OpenAIIngress.bind(list(self.records), self.http.token_sha256, transports),
-                  name=OPENAI_APP, route_prefix="/v1")
+        token = self.http.token_sha256 if self.http else None
+        serve.run(OpenAIIngress.bind(  # type: ignore[attr-defined]  # @serve.deployment's
+            list(self.records), token, transports), name=OPENAI_APP, route_prefix="/v1")
         log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _probe_remote(self, spec: ServiceSpec) -> None:

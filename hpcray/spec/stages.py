@@ -124,9 +124,9 @@ def check_stage_graph(stages: list[StageSpec], services: list[str] | None) -> li
                 raise ValueError(f"stage {stage.name!r} depends on unknown stage {dep!r}; "
                                  f"stages: {', '.join(names)}")
         for svc in stage.services if services is not None else []:
-            if svc not in services:  # type: ignore[operator]  # not None: the loop is empty then
+            if svc not in (services or []):
                 raise ValueError(f"stage {stage.name!r} uses unknown service {svc!r}; "
-                                 f"services: {', '.join(services) or 'none'}")
+                                 f"services: {', '.join(services or []) or 'none'}")
     order: list[str] = []
     while len(order) < len(stages):
         ready = [s.name for s in stages if s.name not in order

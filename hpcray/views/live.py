@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress import TaskID
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -25,14 +27,14 @@ def render(st: RunStatus) -> Group:
     for n in st.nodes:
         nodes.add_row(n.name, n.state, "lost" if n.lost else "yes" if n.joined else "no",
                       *_usage_cells(n.usage))
-    parts = [head, nodes]
+    parts: list[Any] = [head, nodes]
     if st.services:
         services = Table(title="services", title_justify="left")
         for col in ("service", "state", "replicas", "req/s", "served"):
             services.add_column(col)
-        for s in st.services:
-            services.add_row(s.name, s.state, f"{s.replicas_ready}/{s.replicas}",
-                             f"{s.request_rate:.1f}", str(s.served))
+        for svc in st.services:
+            services.add_row(svc.name, svc.state, f"{svc.replicas_ready}/{svc.replicas}",
+                             f"{svc.request_rate:.1f}", f"{svc.served:g}")
         parts.append(services)
     if st.stages:
         stages = Table(title="stages", title_justify="left")
@@ -79,7 +81,7 @@ class RunProgress:
                              TextColumn("{task.fields[detail]}"), console=console,
                              transient=False)
         self.state = self.bars.add_task("waiting", total=None, detail="")
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 

@@ -13,6 +13,7 @@ import csv
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -95,7 +96,7 @@ def read_fields(csv_path: str | Path, columns: ColumnMap | None = None,
     return fields
 
 
-def _layout(header: list[str], columns: ColumnMap, csv_path: Path) -> str:
+def _layout(header: Sequence[str], columns: ColumnMap, csv_path: Path) -> str:
     if columns.stack in header:
         return "stack"
     theirs = {ours: theirs for theirs, ours in columns.channels.items()}
@@ -196,7 +197,7 @@ def load_field(field: Field, columns: ColumnMap | None = None) -> np.ndarray:
             data = data[[names.index(c) for c in CHANNELS]]
         _check_depth(data, path, field.row)
         return data
-    planes = []
+    planes: list[np.ndarray] = []
     for channel, path in zip(CHANNELS, field.files, strict=True):
         try:
             plane = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") \

@@ -14,8 +14,8 @@ from typing import Any
 from hpcray.errors import HpcrayError
 
 NUM_CHANNELS = 5
-SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 128, "patch_size": 8}
+SMALL: dict[str, Any] = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "intermediate_size": 128, "patch_size": 8}
 
 
 class ModelError(HpcrayError):
@@ -28,11 +28,13 @@ def build_model(num_labels: int, image_size: int, dropout: float = 0.0,
     from transformers import ViTConfig, ViTForImageClassification
 
     names = labels or [str(i) for i in range(num_labels)]
-    label_maps = {"id2label": dict(enumerate(names)),
-                  "label2id": {n: i for i, n in enumerate(names)}}
-    dropouts = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    label_maps: dict[str, Any] = {"id2label": dict(enumerate(names)),
+                                  "label2id": {n: i for i, n in enumerate(names)}}
+    dropouts: dict[str, Any] = {"hidden_dropout_prob": dropout,
+                                "attention_probs_dropout_prob": dropout}
     if checkpoint is None:
-        config = ViTConfig(image_size=image_size, num_channels=NUM_CHANNELS,
+        # num_labels goes through PretrainedConfig's **kwargs, which the ViTConfig stubs omit
+        config = ViTConfig(image_size=image_size, num_channels=NUM_CHANNELS,  # type: ignore[call-arg]
                            num_labels=num_labels, **{**SMALL, **(architecture or {})},
                            **dropouts, **label_maps)
         return ViTForImageClassification(config)
@@ -61,7 +63,7 @@ def adapt_channels(model, channels: int) -> None:
     with torch.no_grad():
         mean = old.weight.mean(dim=1, keepdim=True)
         new.weight.copy_(mean.repeat(1, channels, 1, 1) * (old.in_channels / channels))
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:  # new has a bias exactly when old has
             new.bias.copy_(old.bias)
     embed.projection = new
     embed.num_channels = channels

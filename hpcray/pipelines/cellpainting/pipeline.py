@@ -167,11 +167,12 @@ def run(**options: Any) -> dict[str, Any]:
     started = time.time()
 
     fields = load_data(cfg.data, out)
-    if any(f.dose is None for f in fields):
+    field_doses = [f.dose for f in fields if f.dose is not None]
+    if len(field_doses) != len(fields):
         raise DataError("every field needs a dose (the label)")
-    doses = sorted({f.dose for f in fields})
+    doses = sorted(set(field_doses))
     names = [f"{d:g}" for d in doses]
-    labels = [doses.index(f.dose) for f in fields]
+    labels = [doses.index(d) for d in field_doses]
     train, val, test = split(fields, labels, cfg.split)
     log.info("%d fields, %d dose classes %s: train %d, val %d, test %d", len(fields),
              len(doses), names, len(train), len(val), len(test))

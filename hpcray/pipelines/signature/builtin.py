@@ -95,15 +95,16 @@ class BuiltinAnnotator:
 
     def _coding(self, t: Transcript) -> CodingSequence | None:
         if t.id not in self._cds:
-            ok = self.reference is not None and t.coding and t.contig in self.reference.contigs
-            self._cds[t.id] = CodingSequence(t, self.reference) if ok else None
+            ref = self.reference
+            self._cds[t.id] = (CodingSequence(t, ref) if ref is not None and t.coding
+                               and t.contig in ref.contigs else None)
         return self._cds[t.id]
 
     def consequences(self, contig: str, pos: int, ref: str,
                      alt: str) -> list[tuple[Transcript | None, set[str]]]:
         allele = Allele.trimmed(pos, ref, alt)
         lo, hi = min(allele.start, allele.end), max(allele.start, allele.end)
-        out = []
+        out: list[tuple[Transcript | None, set[str]]] = []
         for t in self.model.near(contig, lo, hi):
             terms = region_terms(t, allele)
             if not terms:

@@ -9,6 +9,7 @@ filesystem); only the variants travel.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,16 @@ class RestAnnotator:
         from hpcray.pipelines.signature.builtin import Summary
         from hpcray.pipelines.signature.consequences import IMPACT, most_severe
         from hpcray.pipelines.signature.table import Row, inside_gene
-        from hpcray.pipelines.signature.vcf import calls
+        from hpcray.pipelines.signature.vcf import Call, calls
 
-        summary = Summary(genes=set())
+        genes: set[str] = set()  # summary.genes; a local stays typed as a set inside rows()
+        summary = Summary(genes=genes)
         started = time.perf_counter()
 
-        def rows():
-            pending: list = []
+        def rows() -> Iterator[Row]:
+            pending: list[Call] = []
 
-            def flush():
+            def flush() -> Iterator[Row]:
                 lines = [f"{c.contig} {c.pos} . {c.ref} {','.join(c.alts)} . . ." for c in pending]
                 results = self.endpoint._post_list(lines)
                 by_input = {r.get("input"): r for r in results if isinstance(r, dict)}
@@ -115,7 +117,7 @@ class RestAnnotator:
                             top = most_severe({t for t in terms if t in IMPACT})
                             gene = tc.get("gene_symbol") or ""
                             if inside_gene(gene, top):
-                                summary.genes.add(gene)
+                                genes.add(gene)
                             summary.rows += 1
                             yield Row(sample, call.contig, call.pos, call.ref, alt, gene,
                                       tc.get("gene_id") or "", tc.get("transcript_id") or "",

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import hpcray
 from hpcray.pipelines.signature.errors import InputError
@@ -36,7 +36,16 @@ def run_path(value: str, run_dir: Path | None = None) -> Path:
     return Path(value) if os.path.isabs(value) else run_dir / value
 
 
+@overload
+def _resolve(path: str) -> str: ...
+
+
+@overload
+def _resolve(path: None) -> None: ...
+
+
 def _resolve(path: str | None) -> str | None:
+    """`run_path` of an optional option as text: None stays None."""
     return None if path is None else str(run_path(path))
 
 

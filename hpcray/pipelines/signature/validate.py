@@ -7,9 +7,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcray.pipelines.signature.builtin import BuiltinAnnotator
 from hpcray.pipelines.signature.errors import InputError
+
+if TYPE_CHECKING:
+    import pysam
 
 # SO term (ours, VEP's) -> bcftools csq's name; terms bcftools never writes map to None
 TO_BCFTOOLS = {
@@ -155,7 +159,7 @@ def _multiallelic_case(case: Path, full: BuiltinAnnotator) -> dict[str, Agreemen
     import pysam
 
     with pysam.VariantFile(str(case / "multiallelic.vcf")) as vcf:
-        alts = {rec.pos: (rec.ref, rec.alts) for rec in vcf}
+        alts = {rec.pos: (_ref(rec), rec.alts or ()) for rec in vcf}
     blocks = case.joinpath("test.cmd.out").read_text().strip().split("\n\n")
     models = [full, BuiltinAnnotator(case / "short.gff", case / f"{case.name}.fa")]
     contig = next(iter(full.model.contigs))
@@ -174,6 +178,14 @@ def _multiallelic_case(case: Path, full: BuiltinAnnotator) -> dict[str, Agreemen
                           builtin_terms(annotator, contig, pos, ref, alt))
         results[f"{case.name}/{label}"] = agreement
     return results
+
+
+def _ref(rec: pysam.VariantRecord) -> str:
+    """A read record's REF: VCF requires one; pysam types it optional (a record built in
+    memory may have no alleles yet)."""
+    if rec.ref is None:
+        raise InputError(f"{rec.chrom}:{rec.pos}: the record has no REF allele")
+    return rec.ref
 
 
 def run_bcftools_csq(vcf: Path, gff: Path, fasta: Path, out: Path) -> Path:
@@ -202,5 +214,5 @@ def against_bcftools(vcf: Path, gff: Path, fasta: Path, work: Path) -> Agreement
             expected = bcsq_terms(",".join(bcsq) if bcsq else ".")
             alts = ",".join(rec.alts or ())
             agreement.add(f"{rec.chrom}:{rec.pos} {rec.ref}>{alts}", expected,
-                          builtin_terms(annotator, rec.chrom, rec.pos, rec.ref, alts))
+                          builtin_terms(annotator, rec.chrom, rec.pos, _ref(rec), alts))
     return agreement

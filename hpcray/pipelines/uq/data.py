@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def read_qa(path: str | Path, *, distractors: int = 3, seed: int = 0) -> list[QA
     path = Path(path)
     if not path.is_file():
         raise QAError(f"{path}: no such QA file")
-    readers = {".jsonl": read_jsonl, ".csv": read_mmlu_csv, ".json": read_pubmedqa}
+    readers: dict[str, Callable[[Path], list[QAItem]]] = {  # each gives multiple choice
+        ".jsonl": lambda p: with_distractors(read_jsonl(p), distractors, seed),
+        ".csv": read_mmlu_csv, ".json": read_pubmedqa}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise QAError(f"{path}: unknown QA format {path.suffix!r}; use .jsonl (hpcray), .csv "
@@ -44,7 +47,7 @@ def read_qa(path: str | Path, *, distractors: int = 3, seed: int = 0) -> list[QA
     items = reader(path)
     if not items:
         raise QAError(f"{path}: no questions in the file")
-    return with_distractors(items, distractors, seed) if reader is read_jsonl else items
+    return items
 
 
 def read_jsonl(path: Path) -> list[QAItem | _FreeForm]:
@@ -107,7 +110,7 @@ def with_distractors(items: list[QAItem | _FreeForm], k: int, seed: int) -> list
     """Free-form items become multiple choice: the reference plus k other references of the
     set, in a seeded random order."""
     refs = sorted({i.reference for i in items if isinstance(i, _FreeForm)})
-    out = []
+    out: list[QAItem] = []
     for item in items:
         if isinstance(item, QAItem):
             out.append(item)
@@ -126,7 +129,7 @@ def with_distractors(items: list[QAItem | _FreeForm], k: int, seed: int) -> list
 
 def read_mmlu_csv(path: Path) -> list[QAItem]:
     """MMLU's own files: no header; question, options A-D, answer letter."""
-    out = []
+    out: list[QAItem] = []
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         line_no = 1  # where the row starts (a quoted field may span lines)

@@ -100,7 +100,9 @@ class _Model:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        # PreTrainedModel.to is wrapped by functools.wraps, whose stub drops the bound self
+        self.base = model.to(device)  # type: ignore[arg-type]
         self.base.requires_grad_(False)
 
     def adapter(self, seed: int, dropout: float):

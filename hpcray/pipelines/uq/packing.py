@@ -23,7 +23,9 @@ GB = 1024**3
 # relative running time of a method against one LoRA fine-tuning (same model and data)
 # relative to one LoRA adapter; measured on the tiny Llama (CPU, 4 epochs, 8 samples):
 # Laplace 2.2x (a backward pass per training question and per test option), MC dropout 1.8x
-METHOD_COST = {"lora": 1.0, "ensemble": None, "mc_dropout": 1.8, "laplace": 2.2}
+# ensemble: None, its cost is its size (one LoRA training per adapter)
+METHOD_COST: dict[str, float | None] = {"lora": 1.0, "ensemble": None, "mc_dropout": 1.8,
+                                        "laplace": 2.2}
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -65,7 +67,8 @@ def estimate_memory_gb(shape: ModelShape, *, lora_rank: int = 8, lora_targets: i
 def method_cost(method: str, ensemble: int = 4) -> float:
     if method not in METHOD_COST:
         raise SpecError(f"unknown UQ method {method!r}; methods: {', '.join(METHOD_COST)}")
-    return float(ensemble) if method == "ensemble" else float(METHOD_COST[method])
+    cost = METHOD_COST[method]
+    return float(ensemble) if cost is None else float(cost)
 
 
 def longest_first(tasks: list[UQTask]) -> list[UQTask]:

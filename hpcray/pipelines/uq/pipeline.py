@@ -37,6 +37,7 @@ from hpcray.pipelines.uq.packing import (
 from hpcray.spec.models import StrictModel
 
 log = logging.getLogger("hpcray.uq")
+DEFAULT_METHODS: tuple[Method, ...] = ("lora", "ensemble", "laplace")
 
 
 class ModelEntry(StrictModel):
@@ -61,7 +62,7 @@ class UQConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     methods: list[Method] = Field(
-        default_factory=lambda: ["lora", "ensemble", "laplace"], min_length=1)
+        default_factory=lambda: list(DEFAULT_METHODS), min_length=1)
     data: DataOptions = Field(default_factory=DataOptions)
     training: MethodOptionsModel = Field(default_factory=lambda: MethodOptionsModel())
     gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of each GPU of the "

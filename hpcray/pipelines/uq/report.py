@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hpcray.metrics.plotting import pyplot
 from hpcray.pipelines.uq.metrics import METRICS, Evaluation, evaluate, mean_ci, reliability_bins
 
 
-def aggregate(results: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+def aggregate(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """One row per model and method: each metric's mean and CI half-width over seeds."""
     rows = []
     models = sorted({r["model"] for r in results})
@@ -34,7 +35,7 @@ def _fmt(value: float) -> str:
         else f"{value:.3f}"
 
 
-def write_report(results: list[dict[str, Any]], out: Path, methods: list[str]
+def write_report(results: list[dict[str, Any]], out: Path, methods: Sequence[str]
                  ) -> dict[str, Any]:
     for r in results:
         r["metrics"] = evaluate(Evaluation(r["probs"], r["answers"]))
@@ -91,7 +92,7 @@ def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_reliability(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
+def _plot_reliability(results: list[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
     """Accuracy against confidence per bin, each model and method pooled over seeds."""
     plt = pyplot()
     models = sorted({r["model"] for r in results})

@@ -350,7 +350,7 @@ class DirectClient:
                     if status == PIECE:
                         given += 1
                         yield result.payload
-                        if deadline is not None:
+                        if timeout is not None:
                             deadline = time.monotonic() + timeout
                         continue
                     finished = True
@@ -430,9 +430,9 @@ class DirectClient:
                     inflight[item.request_id] = item
                     self._outstanding[replica] += 1
                 for sock, _ in poller.poll(POLL_MS):
-                    while sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    while sock.get(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
                         reply = sock.recv(zmq.NOBLOCK)
-                        item = inflight.pop(reply_id(reply), None)
+                        item = inflight.pop(reply_id(reply), None)  # type: ignore[arg-type]
                         if item is None:
                             continue
                         self._outstanding[item.replica] -= 1

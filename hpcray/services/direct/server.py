@@ -119,7 +119,7 @@ class DirectServer:
         except zmq.ZMQError:
             log.warning("cannot bind %s; serving the direct path on loopback only", host)
             self.router.bind("tcp://127.0.0.1:0")
-        self.address = bytes(self.router.last_endpoint).decode()
+        self.address = self.router.last_endpoint.decode()  # type: ignore[union-attr]  # bytes
         self.completions = self.ctx.socket(zmq.PULL)  # replies from the worker and the loop
         self.completions.bind(f"inproc://done-{id(self)}")
         self._stop = threading.Event()
@@ -186,7 +186,7 @@ class DirectServer:
                     self._serve_one(received, frames)
                     # After the reply left, not before it: whatever arrived meanwhile is
                     # stamped now, so its wait behind the others counts as service time.
-                while router.get(events) & pollin:  # type: ignore[operator]  # pyzmq: int here  # everything waiting, stamped now
+                while router.get(events) & pollin:  # type: ignore[arg-type,operator]  # pyzmq: an int  # everything waiting, stamped now
                     waiting.append((clock(), router.recv_multipart(noblock)))
                 if waiting:
                     received, frames = waiting.popleft()
@@ -198,7 +198,7 @@ class DirectServer:
             raise
 
     def _forward(self, completions: zmq.Socket) -> None:
-        while completions.get(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+        while completions.get(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type]
             frames = completions.recv_multipart(zmq.NOBLOCK)
             if frames[0] == WORKER:
                 self._offloaded -= 1
