@@ -186,7 +186,7 @@ class DirectServer:
                     self._serve_one(received, frames)
                     # After the reply left, not before it: whatever arrived meanwhile is
                     # stamped now, so its wait behind the others counts as service time.
-                while router.get(events) & pollin:  # type: ignore[arg-type,operator]  # pyzmq: an int  # everything waiting, stamped now
+                while router.get(events) & pollin:  # type: ignore[arg-type,operator]  # all waiting, stamped now
                     waiting.append((clock(), router.recv_multipart(noblock)))
                 if waiting:
                     received, frames = waiting.popleft()
