@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from hpcray import env
 from hpcray.errors import ResourceError, SpecError
 from hpcray.metrics.usage import replica_rates
@@ -24,6 +26,7 @@ from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.checks import check_targets
+from hpcray.spec.models import Token
 from hpcray.spec.walltime import hhmmss
 from hpcray.spec.yamlsource import load_yaml_file
 from hpcray.state import (
@@ -159,10 +162,6 @@ def _load(workflow: str | Path | Workflow,
         wf = load_workflow(Path(workflow))
         path = Path(workflow).resolve()
     if account is not None:
-        from pydantic import TypeAdapter, ValidationError
-
-        from hpcray.spec.models import Token
-
         try:
             TypeAdapter(Token).validate_python(account)
         except ValidationError as exc:

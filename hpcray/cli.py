@@ -9,6 +9,7 @@ import click
 
 from hpcray import api
 from hpcray.errors import HpcrayError
+from hpcray.sites import list_sites, load_site
 from hpcray.state import RunState
 
 
@@ -144,8 +145,6 @@ def validate(workflow: str, site: str | None) -> None:
 @main.command()
 def sites() -> None:
     """List known site profiles."""
-    from hpcray.sites import list_sites, load_site
-
     for name in list_sites():
         profile = load_site(name)
         click.echo(f"{name:12} {profile.scheduler:6} {profile.description}")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hpcray import env
+from hpcray.bootstrap.connect import connect
 from hpcray.runtime.targets import load_target
 
 
@@ -20,8 +21,6 @@ def main(argv: list[str]) -> int:
     spec, args_path = argv
     func = load_target(spec)
     kwargs = json.loads(Path(args_path).read_text())
-    from hpcray.bootstrap.connect import connect
-
     connect()
     result = func(**kwargs)
     if result is not None:

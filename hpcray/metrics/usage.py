@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from hpcray.rundir import write_json_atomic
+from hpcray.rundir import read_json, write_json_atomic
 
 SAMPLE_S = 2.0
 
@@ -91,8 +91,6 @@ class RequestCounter:
 
 def replica_rates(run_path: Path, service: str, fresh_s: float = 3 * SAMPLE_S) -> dict[str, Any]:
     """The service's live replicas' request rates (req/s) and counts, from their samples."""
-    from hpcray.rundir import read_json
-
     now, rate, served, replicas = time.time(), 0.0, 0, 0
     for path in sorted(Path(run_path, "metrics", "replicas", service).glob("*.json")):
         sample = read_json(path, None)

@@ -26,8 +26,10 @@ from hpcray.errors import StageError
 from hpcray.rundir import RunDir
 from hpcray.runtime.placement import bundle, ray_options, scaled, unplaceable
 from hpcray.spec.stages import StageSpec, check_stage_graph
+from hpcray.stages import tasks
 from hpcray.stages.fanout import expand, fill
 from hpcray.stages.records import Attempt, AttemptLog
+from hpcray.stages.tasks import node_named_in, node_names_by_id
 from hpcray.state import AttemptState, StageState
 
 log = logging.getLogger("hpcray.stages")
@@ -320,8 +322,6 @@ class StageRunner:
         was taken while every node was alive (Ray may list a dead node without resources)."""
         if not result.get("lost") or not result.get("error"):
             return None
-        from hpcray.stages.tasks import node_named_in, node_names_by_id
-
         name = node_named_in(result["error"], self._node_names)
         if name is None and "node ID" in result["error"]:
             self._node_names.update(node_names_by_id())
@@ -332,8 +332,6 @@ class StageRunner:
     def run(self) -> dict[str, dict[str, Any]]:
         """Run every stage to the end; raises StageError for a task that failed for good."""
         import ray
-
-        from hpcray.stages.tasks import node_names_by_id
 
         self._check_fits()
         self._node_names = node_names_by_id()
@@ -430,8 +428,6 @@ def _remote(name: str):
     """One Ray remote function per task kind, exported once (not once per task)."""
     if name not in _REMOTES:
         import ray
-
-        from hpcray.stages import tasks
 
         _REMOTES[name] = ray.remote(getattr(tasks, name))
     return _REMOTES[name]
