@@ -307,7 +307,7 @@ async def _refusing(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 def cpu_binding(cpus: list[int], ranks: int) -> str:
     """vLLM's CPU_BIND value giving each of `ranks` workers its own contiguous share of
-    `cpus` ("0-3|4-7"); a rank gets at least one core, shared if there are fewer cores."""
+    `cpus` ("0,1,2,3|4,5,6,7"); a rank gets at least one core, shared if there are fewer cores."""
     if not cpus:
         raise ValueError("no CPU to bind the engine's workers to")
     share = max(len(cpus) // ranks, 1)

@@ -6,7 +6,7 @@ what a process knows of its run (`context`, `progress`)."""
 
 from hpcray.api import cancel, logs, script, status, submit, wait
 from hpcray.bootstrap.connect import connect
-from hpcray.context import RunContext, context, progress
+from hpcray.runcontext import RunContext, context, progress
 from hpcray.services.handle import service
 from hpcray.services.serving import serving
 from hpcray.spec import Workflow, load_workflow

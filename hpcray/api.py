@@ -34,10 +34,10 @@ from hpcray.state import (
     SERVICE_LIVE,
     TERMINAL,
     NodeState,
-    RunRecord,
     RunState,
     ServiceState,
     StageState,
+    run_state,
 )
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")
@@ -375,7 +375,7 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
     scheduler = data.get("scheduler", "local")
     job_id = data.get("job_id")
     sched_state = get_scheduler(scheduler).state(job_id) if job_id else JobState.UNKNOWN
-    state = RunRecord.model_validate(data).state
+    state = run_state(data)
     if state == RunState.SUBMITTED:
         state = RunState.QUEUED if job_id else RunState.SUBMITTING
         if sched_state.finished:
@@ -384,7 +384,7 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
             sched_state.finished or (sched_state == JobState.UNKNOWN and scheduler == "local")):
         # The job is gone but never recorded an end: killed hard (SIGKILL, node failure).
         data = run.read()
-        state = RunRecord.model_validate(data).state
+        state = run_state(data)
         if state in ALIVE:
             state = RunState.LOST
     joined = data.get("nodes", {})
@@ -426,7 +426,7 @@ def cancel(ref: str | Path, run_root: str | Path | None = None, wait_s: float = 
     run = find_run(str(ref), run_root)
     data = run.read()
     run.mark("cancel_requested")
-    if data.get("job_id") and RunRecord.model_validate(data).state not in TERMINAL:
+    if data.get("job_id") and run_state(data) not in TERMINAL:
         get_scheduler(data.get("scheduler", "local")).cancel(str(data["job_id"]))
     st = wait(run.path, timeout=wait_s)
     if st.state in (RunState.QUEUED, RunState.SUBMITTING, RunState.LOST):

@@ -1,7 +1,9 @@
 """Every environment variable hpcray itself sets or reads, in one place: the contract between
 the submitting side, `hpcray up`, the node agents, and the processes Ray starts (drivers,
-replicas, tasks). What a batch system exports for its jobs (SLURM_*, PBS_*, LSB_*, FLUX_*)
-is read by that scheduler's own module, and GPU visibility by runtime/gpus.py."""
+replicas, tasks). What a batch system exports for its jobs (SLURM_*, PBS_*, LSB_*, FLUX_*,
+and the node names SLURMD_NODENAME / FLUX_NODE_NAME the node agent reads) belongs to that
+system and stays beside the code that reads it; so does GPU visibility (CUDA_VISIBLE_DEVICES
+and the AMD and Intel ones, runtime/gpus.py and the GPU count in api.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ RANK = "HPCRAY_RANK"
 LOCAL_RANK = "HPCRAY_LOCAL_RANK"
 NRANKS = "HPCRAY_NRANKS"
 
+# -- set by the job script ------------------------------------------------------------------------
+PYTHON = "HPCRAY_PYTHON"              # the job's interpreter (allocation.python), for setup lines
+
 # -- read: a user's or site's settings -------------------------------------------------------------
 RUN_ROOT = "HPCRAY_RUN_ROOT"          # where run directories go (default ~/.hpcray/runs)
 SITES_PATH = "HPCRAY_SITES_PATH"      # extra directories of site profiles
@@ -37,6 +42,9 @@ PORT_CLAIMS = "HPCRAY_PORT_CLAIMS"    # where node agents claim port blocks (def
 RAY_ADDRESS = "RAY_ADDRESS"
 RAY_AUTH_MODE = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+RAY_USAGE_STATS = "RAY_USAGE_STATS_ENABLED"   # "0": nothing leaves the allocation
+RAY_DRAIN_TIMEOUT = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"  # "0": hpcray drains services itself
+TMPDIR = "TMPDIR"                     # the job's temp dir, unless the site gives one
 
 
 def service_url_var(service: str) -> str:

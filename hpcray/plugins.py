@@ -7,7 +7,8 @@ imports nothing."""
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+import functools
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 DEPLOYMENTS = "hpcray.deployments"
@@ -15,9 +16,16 @@ REMOTE_KINDS = "hpcray.remote_kinds"
 DRIVER_OPTIONS = "hpcray.driver_options"  # name: the driver's "module:function"
 
 
+@functools.cache
+def _group(group: str) -> dict[str, EntryPoint]:
+    """Read once per process: scanning every installed package's metadata is slow on a shared
+    filesystem, and handles and specs ask often."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
 def names(group: str) -> dict[str, str]:
     """name -> "module:attr" of every plug-in of `group` installed."""
-    return {ep.name: ep.value for ep in entry_points(group=group)}
+    return {name: ep.value for name, ep in _group(group).items()}
 
 
 def load(group: str, name: str) -> Any:
@@ -30,6 +38,5 @@ def load(group: str, name: str) -> Any:
 
 def find(group: str, name: str) -> Any | None:
     """The object plug-in `name` of `group` points at, or None."""
-    for ep in entry_points(group=group, name=name):
-        return ep.load()
-    return None
+    ep = _group(group).get(name)
+    return ep.load() if ep is not None else None

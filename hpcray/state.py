@@ -126,3 +126,13 @@ class RunRecord(BaseModel):
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
+
+
+def run_state(data: dict[str, Any]) -> RunState:
+    """The state in a run.json as read by `status`, `wait` and `cancel`, which must not fail on
+    an old run directory: before this module, a run stopped by a lost head recorded the reason
+    ("head node n0 lost") as its state; any state not known here reads as failed."""
+    try:
+        return RunState(data.get("state", RunState.SUBMITTED))
+    except ValueError:
+        return RunState.FAILED

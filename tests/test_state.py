@@ -59,6 +59,21 @@ def test_a_state_hpcray_never_writes_is_refused():
         RunRecord.model_validate({"state": "head node n0 lost"})
 
 
+def test_status_reads_an_old_run_whose_state_was_a_stop_reason(tmp_path):
+    """Before state.py, a lost head during services recorded its reason as the state: such a
+    run reads as failed, and status/wait/cancel do not break on it."""
+    from hpcray import api
+    from hpcray.state import run_state
+
+    assert run_state({"state": "head node n0 lost"}) is RunState.FAILED
+    assert run_state({}) is RunState.SUBMITTED
+    assert run_state({"state": "walltime"}) is RunState.WALLTIME
+    (tmp_path / "run.json").write_text(json.dumps(
+        {"state": "head node n0 lost", "error": "head node n0 lost", "scheduler": "local"}))
+    st = api.status(tmp_path)
+    assert st.state is RunState.FAILED and st.finished
+
+
 def test_states_are_the_strings_on_disk(tmp_path):
     path = tmp_path / "x.json"
     path.write_text(json.dumps({"state": RunState.WALLTIME, RunState.FAILED: 1}))

@@ -189,12 +189,12 @@ class NodeAgent:
         env.update(auth_env(Path(plan.token_path)))
         env.update(plan.extra_env)
         env[MARKER] = marker_value(plan.cluster_id, me.name)
-        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env[hpcray_env.RAY_USAGE_STATS] = "0"
         # the job's temporary files (engines' IPC sockets, compiler caches) in its own temp
         # dir, removed with it, unless the site gives each job one already
-        env.setdefault("TMPDIR", temp_dir)
+        env.setdefault(hpcray_env.TMPDIR, temp_dir)
         # hpcray drains services itself before teardown; Ray's own 30 s drain only delays it.
-        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        env.setdefault(hpcray_env.RAY_DRAIN_TIMEOUT, "0")
         translated = gpus.translate(plan.gpu_vendor, env)
         for key, value in translated.changes.items():
             if value is None:

@@ -13,7 +13,9 @@ from hpcray import env as hpcray_env
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.runtime.auth import create_token
 from hpcray.services.http_access import TOKEN_FILE_ENV, HttpAccess
+from hpcray.services.manager import ServiceManager
 from hpcray.spec import Workflow
+from hpcray.stages import StageRunner
 
 if TYPE_CHECKING:
     from hpcray.services.manager import ServiceManager
@@ -39,8 +41,6 @@ class Services:
         """Every service ready before the driver starts; a failure (a ServiceError, raised as
         it is) ends the run before it. Publishes endpoints.json and, into `env`,
         HPCRAY_SERVICE_<NAME>_URL for executable stages and the driver."""
-        from hpcray.services.manager import ServiceManager
-
         self.manager = ServiceManager(workflow.services, run,
                                       http=http_access(run, workflow, head, env))
         self.manager.start()
@@ -80,8 +80,6 @@ def run_stages(run: RunDir, workflow: Workflow, workflow_dir: Path, env: dict[st
                stop: threading.Event, launcher: str) -> None:
     """Every stage to its end, after the services and before the driver (a StageError is
     raised as it is)."""
-    from hpcray.stages import StageRunner
-
     runner = StageRunner(workflow.stages, run, workflow_dir,
                          env={**env, hpcray_env.RUN_DIR: str(run.path)}, stop=stop,
                          launcher=launcher)

@@ -20,6 +20,15 @@ def serve_controller() -> Any:
     return client._controller
 
 
+def delete_app(name: str, wait: bool = True) -> None:
+    """Delete a Serve application; `wait=False` returns without waiting for its replicas to
+    stop (`_blocking`, private: after a lost node Serve would wait out the graceful timeout
+    of replicas that will never answer)."""
+    from ray import serve
+
+    serve.delete(name, _blocking=wait)
+
+
 def set_replica_count(app_name: str, deployment: str, replicas: int) -> None:
     """Change one deployment's target replica count without redeploying it: Serve's
     external-scaler call, what its REST API's scale endpoint does (a second `serve.run`

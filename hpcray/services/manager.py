@@ -17,7 +17,7 @@ from hpcray.errors import HpcrayError, ServiceError
 from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.runtime.network import host_port
 from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
-from hpcray.runtime.raycompat import set_replica_count
+from hpcray.runtime.raycompat import delete_app, set_replica_count
 from hpcray.services.http_access import HttpAccess
 from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
@@ -374,7 +374,7 @@ class ServiceManager:
             ServiceState.PENDING, ServiceState.EXPIRED)]
         for app in apps:
             try:
-                serve.delete(app, _blocking=wait)
+                delete_app(app, wait)
             except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
                 log.warning("deleting %s: %s", app, exc)
         for record in self.records.values():

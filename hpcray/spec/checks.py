@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +151,12 @@ def _target_problem(target: str, search_dirs: list[Path]) -> tuple[str | None, b
     if defined is None or first in defined:
         return None, True
     listed = ", ".join(sorted(n for n in defined if not n.startswith("_"))) or "nothing"
-    return f"module {module_name!r} ({found.origin}) has no {first!r}; it defines: {listed}", True
+    # certain only when the name appears nowhere in the source: a module may bind it in ways
+    # this reading does not follow (a loop variable, `globals()[...]`, a walrus)
+    mentioned = re.search(rf"\b{re.escape(first)}\b", Path(found.origin).read_text(
+        errors="replace")) is not None
+    return (f"module {module_name!r} ({found.origin}) has no {first!r}; it defines: {listed}",
+            not mentioned)
 
 
 def _find_spec(module_name: str, search_dirs: list[Path]):
@@ -172,12 +178,12 @@ def _find_spec(module_name: str, search_dirs: list[Path]):
         return f"cannot check {module_name!r} on this host: {type(exc).__name__}: {exc}"
     finally:
         sys.path[:] = saved_path
-        roots = tuple(str(d.resolve()) + os.sep for d in search_dirs)
+        roots = tuple(os.path.realpath(d) + os.sep for d in search_dirs)
         for name in set(sys.modules) - saved_modules:
             origin = getattr(sys.modules[name], "__file__", None) or ""
             # a package already loaded (hpcray's own) keeps its new submodules
             if name.split(".")[0] not in saved_modules and \
-                    os.path.abspath(origin).startswith(roots):
+                    os.path.realpath(origin).startswith(roots):
                 del sys.modules[name]
 
 

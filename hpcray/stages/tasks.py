@@ -63,7 +63,7 @@ class StageActor:
     raises kills the actor, and its tasks see that as a lost worker (retried, then reported)."""
 
     def __init__(self, target: str, args: dict[str, Any]) -> None:
-            self.instance = load_target(target)(**args)
+        self.instance = load_target(target)(**args)
 
     def run(self, item: Any, has_item: bool, timeout: float | None = None) -> dict[str, Any]:
         return _attempt(lambda: self.instance(item) if has_item else self.instance(), timeout)

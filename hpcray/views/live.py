@@ -34,7 +34,7 @@ def render(st: RunStatus) -> Group:
             services.add_column(col)
         for svc in st.services:
             services.add_row(svc.name, svc.state, f"{svc.replicas_ready}/{svc.replicas}",
-                             f"{svc.request_rate:.1f}", f"{svc.served:g}")
+                             f"{svc.request_rate:.1f}", f"{svc.served:.0f}")
         parts.append(services)
     if st.stages:
         stages = Table(title="stages", title_justify="left")

@@ -26,6 +26,9 @@ def test_serve_private_names_and_signatures():
     actor_class = getattr(ServeController, "__ray_actor_class__", ServeController)
     params = list(inspect.signature(actor_class.update_deployment_replicas).parameters)
     assert params == ["self", "deployment_id", "target_num_replicas"]
+    from ray import serve
+
+    assert "_blocking" in inspect.signature(serve.delete).parameters
     client_class = inspect.signature(_get_global_client).return_annotation
     assert "ServeControllerClient" in str(client_class)
     from ray.serve._private.client import ServeControllerClient

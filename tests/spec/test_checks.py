@@ -62,6 +62,15 @@ def test_a_module_beside_the_workflow_must_define_the_name_and_is_not_imported(t
     assert "mymodels" not in sys.modules
 
 
+def test_a_name_bound_in_a_way_the_reading_does_not_follow_is_a_warning(tmp_path, caplog):
+    (tmp_path / "dynamic.py").write_text(
+        "for _name in ('Model',):\n    globals()[_name] = type(_name, (), {})\n")
+    path = workflow_file(tmp_path, services("'dynamic:Model'"))
+    with caplog.at_level(logging.WARNING):
+        api.script(path, run_dir=tmp_path / "r")  # not refused: 'Model' is in the source
+    assert any("has no 'Model'" in r.getMessage() for r in caplog.records)
+
+
 def test_driver_and_stage_functions_are_looked_up_in_the_workflow_dir_and_driver_cwd(tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "analysis.py").write_text("def main():\n    pass\n")

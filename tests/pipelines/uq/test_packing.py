@@ -93,7 +93,11 @@ def test_packing_on_a_simulated_four_node_four_gpu_inventory():
         fig = figures(records, inventory)
         assert len(records) == 30
         assert fig.worst_overcommit_gb == 0.0, fig
-        assert fig.most_on_one_gpu >= 3  # 5 GB tasks share
+        # 5 GB tasks may share a GPU eight at a time; how many did at once depends on how fast
+        # the loaded machine started them (2 in one suite run under load, 3 or more in the
+        # others), so the share asked of Ray is checked, not the overlap observed
+        assert all(ray_options(t, inventory)["num_gpus"] <= 1 / 8 for t in tasks
+                   if t.memory_gb == 5.0)
         nodes = {r["node"] for r in records}
         assert len(nodes) == 4  # every node took work
         big = [r for r in records if r["memory_gb"] == 38.0]
