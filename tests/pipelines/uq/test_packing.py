@@ -93,11 +93,11 @@ def test_packing_on_a_simulated_four_node_four_gpu_inventory():
         fig = figures(records, inventory)
         assert len(records) == 30
         assert fig.worst_overcommit_gb == 0.0, fig
-        # 5 GB tasks may share a GPU eight at a time; how many did at once depends on how fast
-        # the loaded machine started them (2 in one suite run under load, 3 or more in the
-        # others), so the share asked of Ray is checked, not the overlap observed
-        assert all(ray_options(t, inventory)["num_gpus"] <= 1 / 8 for t in tasks
-                   if t.memory_gb == 5.0)
+        # 5 GB tasks may share a GPU seven at a time (0.13 of it each); how many did at once
+        # depends on how fast the loaded machine started them (2 in one suite run under load,
+        # 3 or more in the others), so the share asked of Ray is checked, not the overlap seen
+        small = [ray_options(t, inventory)["num_gpus"] for t in tasks if t.memory_gb == 5.0]
+        assert small and all(share * 7 <= 1.0 for share in small), small
         nodes = {r["node"] for r in records}
         assert len(nodes) == 4  # every node took work
         big = [r for r in records if r["memory_gb"] == 38.0]
