@@ -7,15 +7,21 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
 from typing import Any
+
+
+def import_module(module_name: str) -> ModuleType:
+    """The module, found from the working directory first (the workflow's, in the job)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(module_name)
 
 
 def load_target(target: str) -> Any:
     """The object `module:attr.sub` names."""
     module_name, _, attr = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
+    obj: Any = import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from typing import Any
 
 from hpcray import plugins
 from hpcray.errors import SpecError
 from hpcray.runtime.placement import bundle
+from hpcray.runtime.targets import import_module
 from hpcray.spec.checks import unknown_deployment
 
 
@@ -31,10 +29,8 @@ def target_of(deployment: str) -> str:
 
 def load_class(target: str) -> type:
     module_name, _, attr = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name)
     except ImportError as exc:
         raise SpecError(f"cannot import {module_name!r} for deployment {target!r}: {exc}") from None
     obj: Any = module

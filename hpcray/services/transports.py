@@ -8,6 +8,7 @@ answers with the same timed `Response` and raises the same errors."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 import uuid
@@ -59,7 +60,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-class _Blocking:
+class _Blocking(abc.ABC):
     """For transports whose calls block: an async call waits on a thread of a pool that is
     made on first use and shared with `call_many`'s threads."""
 
@@ -67,9 +68,10 @@ class _Blocking:
         self.service = service
         self._pool: ThreadPoolExecutor | None = None
 
+    @abc.abstractmethod
     def call(self, method: str, payload: Any, request_id: str | None,
              timeout: float | None) -> Response:
-        raise NotImplementedError
+        """One request on this transport's path."""
 
     def _threads(self, size: int) -> ThreadPoolExecutor:
         if self._pool is None:
