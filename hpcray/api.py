@@ -17,15 +17,17 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hpcray import env
+from hpcray.bootstrap.launch import agent_argv
 from hpcray.errors import ResourceError, SpecError
 from hpcray.metrics.usage import replica_rates
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
+from hpcray.runtime.containers import check_image, resolve_workflow_containers
 from hpcray.runtime.gpus import visible_count
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.spec import Workflow, load_workflow
-from hpcray.spec.checks import check_targets
+from hpcray.spec.checks import check_containers, check_targets
 from hpcray.spec.models import Token
 from hpcray.spec.walltime import hhmmss
 from hpcray.spec.yamlsource import load_yaml_file
@@ -76,9 +78,11 @@ def resolve_site(workflow: Workflow, site: str | SiteProfile | None) -> SiteProf
     return load_site(site or workflow.site or "local")
 
 
-def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequest:
+def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
+                workflow_dir: Path | None = None) -> JobRequest:
     """Check the workflow against the site and build what the job script needs.
-    Every impossible request fails here, before anything is submitted."""
+    Every impossible request fails here, before anything is submitted. `workflow_dir` is
+    bound into allocation.container (default: the current directory)."""
     alloc = workflow.allocation
     where = f"site '{site.name}'"
     if site.max_nodes and alloc.nodes > site.max_nodes:
@@ -106,6 +110,16 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
         cpus = max(1, have_cpus // alloc.nodes)  # emulated nodes share this machine
     _check_service_totals(workflow, cpus, gpus, where)
     python = alloc.python or sys.executable
+    agent: dict[str, Any] = {}
+    if alloc.container is not None:
+        # `hpcray up` stays on the batch host (it runs the launcher); the agents run the
+        # image's Python
+        container = alloc.container
+        python, agent_python = sys.executable, alloc.python or "python3"
+        agent = {"agent_python": agent_python,
+                 "container": f"{container.runtime} image {container.image}",
+                 "agent_argv": agent_argv(str(run_dir), agent_python, site.launcher, container,
+                                          str(workflow_dir or Path.cwd()))}
     return JobRequest(
         job_name=alloc.job_name or workflow.name, nodes=alloc.nodes, walltime=alloc.walltime,
         run_dir=str(run_dir), python=python, account=alloc.account,
@@ -115,7 +129,7 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path) -> JobRequ
         directives=tuple(site.directives) + tuple(alloc.directives),
         setup=tuple(site.setup) + tuple(alloc.setup), env=tuple(sorted(alloc.env.items())),
         walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal,
-        select_suffix=site.pbs_select)
+        select_suffix=site.pbs_select, **agent)
 
 
 def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:
@@ -178,8 +192,28 @@ def script(workflow: str | Path | Workflow, site: str | SiteProfile | None = Non
     wf, source = _load(workflow, account)
     profile = resolve_site(wf, site)
     _check_targets(wf, source, profile)
+    wf = _containers(wf, source, profile)
     target = Path(run_dir).resolve() if run_dir else new_run_dir(wf, run_root)
-    return get_scheduler(profile.scheduler).job_script(job_request(wf, profile, target))
+    return get_scheduler(profile.scheduler).job_script(
+        job_request(wf, profile, target, source.parent if source else None))
+
+
+def _containers(wf: Workflow, source: Path | None, site: SiteProfile) -> Workflow:
+    """Every `container:` resolved against the site (runtime, its options, the GPU vendor),
+    so the job reads them as they will run; an image that cannot start fails here, naming
+    its field, before any node starts."""
+    base = source.parent if source else Path.cwd()
+    yaml_source = load_yaml_file(source) if source else None
+    try:
+        wf = resolve_workflow_containers(wf, site, base)
+    except SpecError as exc:
+        if yaml_source is None:
+            raise
+        loc = tuple(int(p) if p.isdigit() else p for p in (exc.field or "").split("."))
+        raise SpecError(exc.reason, path=yaml_source.path, line=yaml_source.line_of(loc),
+                        field=exc.field) from None
+    check_containers(wf, yaml_source, lambda c: check_image(c, local=site.scheduler == "local"))
+    return wf
 
 
 def _check_targets(wf: Workflow, source: Path | None, site: SiteProfile) -> list[str]:
@@ -223,8 +257,10 @@ def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = No
     wf, source = _load(workflow, account)
     profile = resolve_site(wf, site)
     _check_targets(wf, source, profile)
+    wf = _containers(wf, source, profile)
     path = new_run_dir(wf, run_root)
-    request = job_request(wf, profile, path)  # raises before anything is written
+    request = job_request(wf, profile, path, source.parent if source else None)
+    # (raises before anything is written)
     text = get_scheduler(profile.scheduler).job_script(request)
     run = RunDir(path).create()
     if source:

@@ -15,6 +15,7 @@ RUN_DIR = "HPCRAY_RUN_DIR"            # the run directory (drivers, replicas, ta
 RAY_MARKER = "HPCRAY_RAY_OF"          # "<cluster id>/<node>": scopes teardown to this job's node
 NODE_IP = "HPCRAY_NODE_IP"            # the node's address on the allocation's network
 HTTP_TOKEN_FILE = "HPCRAY_HTTP_TOKEN_FILE"  # the run's HTTP bearer token, a 0600 file
+PORT_BLOCK = "HPCRAY_PORT_BLOCK"      # first port of the node's block (program services' ports)
 
 # -- set for drivers and executable stages -------------------------------------------------------
 ENDPOINTS = "HPCRAY_ENDPOINTS"        # endpoints.json: each service's URLs

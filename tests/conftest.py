@@ -13,6 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+# the container fixtures (python_rootfs, podman, charliecloud): one image and one podman store
+# for the whole session
+pytest_plugins = ["tests.fixtures.containers"]
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 # Small real data files (VCF, GTF, GMT, microscopy, QA) beside the repository, read in place.

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcray import env as hpcray_env
 from hpcray.bootstrap.plan import ClusterPlan, NodePlan
 from hpcray.bootstrap.resolved import tail
 from hpcray.bootstrap.signals import Stop, install_handlers
@@ -18,11 +19,13 @@ from hpcray.errors import BootstrapError
 from hpcray.launchers import LaunchRequest, get_launcher
 from hpcray.rundir import RunDir, read_json
 from hpcray.runtime.auth import auth_env, create_token
+from hpcray.runtime.containers import GPU_VARS, container_argv
 from hpcray.runtime.placement import node_resource
 from hpcray.runtime.tempdir import short_id
 from hpcray.schedulers import AllocationInfo, NodeResources, get_scheduler
 from hpcray.sites import SiteProfile
 from hpcray.spec import Workflow
+from hpcray.spec.containers import ContainerSpec
 from hpcray.state import NODE_ENDED
 
 log = logging.getLogger("hpcray.up")
@@ -67,18 +70,39 @@ def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[
         head_timeout=ray.head_timeout, teardown_grace=ray.teardown_grace,
         port_base=ray.port_base,
         object_store_memory=ray.object_store_memory,
-        spill_dir=ray.spill_dir or site.spill_dir, python=request["python"],
+        spill_dir=ray.spill_dir or site.spill_dir,
+        python=request.get("agent_python") or request["python"],
         up_host=socket.gethostname(), up_pid=os.getpid(),
         extra_env={"PYTHONPATH": os.pathsep.join(
             [*code_paths(workflow, request), *filter(None, [env.get("PYTHONPATH")])])})
 
 
+def agent_argv(run_dir: str, python: str, launcher_name: str,
+               container: ContainerSpec | None = None,
+               workflow_dir: str | None = None) -> tuple[str, ...]:
+    """What the launcher starts on each node: `hpcray node`, or, with allocation.container,
+    that in the image (plan.python is then the image's), so Ray and all it starts run there.
+    The run and workflow directories are bound; the node's name, rank and GPU visibility,
+    which only the launcher's step knows, are passed through by name."""
+    argv = (python, "-m", "hpcray", "node", "--run-dir", run_dir)
+    if container is None:
+        return argv
+    node_vars = [v for v in (hpcray_env.NODE_NAME, get_launcher(launcher_name).node_name_env,
+                             "SLURMD_NODENAME", "FLUX_NODE_NAME") if v]
+    inherit = dict.fromkeys([*node_vars, hpcray_env.RANK, hpcray_env.LOCAL_RANK,
+                             hpcray_env.NRANKS, *GPU_VARS])
+    binds = [run_dir, *([workflow_dir] if workflow_dir else [])]
+    return tuple(container_argv(container, argv, binds=binds, env={}, workdir=run_dir,
+                                inherit=list(inherit)))
+
+
 def launch_agents(run: RunDir, plan: ClusterPlan, launcher_name: str, env: dict[str, str],
-                  launched: list[subprocess.Popen]) -> None:
+                  launched: list[subprocess.Popen], container: ContainerSpec | None = None,
+                  workflow_dir: str | None = None) -> None:
     """One `hpcray node` per node, each in its own session (teardown signals the group).
     Appends each to `launched` as it starts, so teardown finds those started before a failure."""
     launcher = get_launcher(launcher_name)
-    argv = (plan.python, "-m", "hpcray", "node", "--run-dir", str(run.path))
+    argv = agent_argv(str(run.path), plan.python, launcher_name, container, workflow_dir)
     req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
                         gpus_per_node=max(n.gpus for n in plan.nodes),
                         cpus_per_node=max(n.cpus for n in plan.nodes))

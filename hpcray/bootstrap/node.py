@@ -209,6 +209,7 @@ class NodeAgent:
         env[NODE_IP_ENV] = ip  # replicas bind their direct sockets here, not on all interfaces
         env[hpcray_env.RUN_DIR] = str(self.run.path)  # replicas write their request rates there
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
+        env[hpcray_env.PORT_BLOCK] = str(self.block.base)  # program services' ports
         head_address = None
         if not self.is_head:
             head = wait_for_head(self.run, plan.head_timeout, self.should_stop)

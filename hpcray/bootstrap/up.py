@@ -70,7 +70,9 @@ class ClusterUp:
                         bootstrap_host=os.uname().nodename, up_pid=os.getpid())
         log.info("allocation %s: %s", alloc.job_id,
                  ", ".join(f"{n.name} (cpus={n.cpus}, gpus={n.gpus})" for n in plan.nodes))
-        launch.launch_agents(self.run, plan, self.launcher, self.env, self.launched)
+        launch.launch_agents(self.run, plan, self.launcher, self.env, self.launched,
+                             self.workflow.allocation.container,
+                             self.request.get("workflow_dir"))
         self.run.mark("launched")
         head = launch.wait_for_head(self.run, plan, self.stop, self.launched)
         self.run.mark("head_up", head.get("time"), head_address=head["address"])
@@ -88,7 +90,8 @@ class ClusterUp:
         if self.workflow.services:
             with self._step("services"):
                 importable(paths)
-                self.services.start(self.run, self.workflow, head, self.env)
+                self.services.start(self.run, self.workflow, head, self.env,
+                                    self.request["workflow_dir"])
         if self.workflow.stages:
             with self._step("stages"):
                 importable(paths)

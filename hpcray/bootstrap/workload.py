@@ -37,12 +37,13 @@ class Services:
         self.manager: ServiceManager | None = None
 
     def start(self, run: RunDir, workflow: Workflow, head: dict[str, Any],
-              env: dict[str, str]) -> None:
+              env: dict[str, str], workflow_dir: str | None = None) -> None:
         """Every service ready before the driver starts; a failure (a ServiceError, raised as
         it is) ends the run before it. Publishes endpoints.json and, into `env`,
         HPCRAY_SERVICE_<NAME>_URL for executable stages and the driver."""
         self.manager = ServiceManager(workflow.services, run,
-                                      http=http_access(run, workflow, head, env))
+                                      http=http_access(run, workflow, head, env),
+                                      workflow_dir=workflow_dir)
         self.manager.start()
         endpoints = self.manager.endpoints()
         write_json_atomic(run.path / "endpoints.json", endpoints)

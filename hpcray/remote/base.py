@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,12 @@ class RemoteEndpoint(ABC):
                  max_concurrency: int = 8, timeout: float = 60.0) -> None:
         self.name, self.url, self.model = name, url.rstrip("/"), model
         self.max_concurrency, self.timeout = max_concurrency, timeout
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(
-            base_url=self.url, headers=headers, verify=True, timeout=timeout,
-            limits=httpx.Limits(max_connections=max_concurrency,
-                                max_keepalive_connections=max_concurrency))
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._limits = httpx.Limits(max_connections=max_concurrency,
+                                    max_keepalive_connections=max_concurrency)
+        self.client = httpx.Client(base_url=self.url, headers=self._headers, verify=True,
+                                   timeout=timeout, limits=self._limits)
+        self._aclient: httpx.AsyncClient | None = None  # made on first use, on its loop
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.url!r}, model={self.model!r})"
@@ -63,8 +64,37 @@ class RemoteEndpoint(ABC):
     def body(self, method: str, payload: Any) -> tuple[str, dict[str, Any]]:
         """(path, JSON body) of the request for `method`."""
 
-    @abstractmethod
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult: ...
+    def reply(self, method: str, data: dict[str, Any], elapsed: float) -> RemoteResult:
+        """The result in a server's JSON reply to `method`, timed `elapsed` seconds: what an
+        adapter using the shared `call`/`acall` implements (one with its own `call` need not)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reply parser")
+
+    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
+        path, body = self.body(method, payload)
+        data, elapsed = self.post(path, body, timeout)
+        return self.reply(method, data, elapsed)
+
+    async def acall(self, method: str, payload: Any, timeout: float | None = None
+                    ) -> RemoteResult:
+        """`call` on the caller's event loop: a server that batches (vLLM) sees every request
+        a replica has in flight, not one at a time. One loop per endpoint."""
+        path, body = self.body(method, payload)
+        start = time.perf_counter()
+        try:
+            reply = await self.aclient.post(path, json=body, timeout=timeout or self.timeout)
+        except httpx.HTTPError as exc:
+            raise self.transport_error(exc) from None
+        elapsed = time.perf_counter() - start
+        self.check(reply)
+        return self.reply(method, self.json_object(reply, path), elapsed)
+
+    @property
+    def aclient(self) -> httpx.AsyncClient:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(base_url=self.url, headers=self._headers,
+                                              verify=True, timeout=self.timeout,
+                                              limits=self._limits)
+        return self._aclient
 
     @abstractmethod
     def stream_event(self, method: str, line: str) -> tuple[str | None, bool] | None:
@@ -85,6 +115,32 @@ class RemoteEndpoint(ABC):
             with self.client.stream("POST", path, json={**body, "stream": True}) as reply:
                 self.check(reply)
                 for line in reply.iter_lines():
+                    event = self.stream_event(method, line)
+                    if event is None:
+                        continue
+                    piece, done = event
+                    if piece:
+                        yield piece
+                    if done:
+                        break
+        except httpx.TransportError as exc:
+            raise RemoteProtocolError(f"{self.where}: the stream stopped: "
+                                      f"{type(exc).__name__}: {exc}") from None
+        if not done:
+            raise RemoteProtocolError(f"{self.where}: the stream stopped before "
+                                      f"{self.end_of_stream}")
+
+    async def astream(self, method: str, payload: Any) -> AsyncIterator[str]:
+        """`stream` on the caller's event loop. Closing it early closes the connection, which
+        makes the server stop generating."""
+        path, body = self.body(method, payload)
+        done = False
+        try:
+            async with self.aclient.stream("POST", path, json={**body, "stream": True}) as reply:
+                if reply.status_code >= 400:
+                    await reply.aread()
+                self.check(reply)
+                async for line in reply.aiter_lines():
                     event = self.stream_event(method, line)
                     if event is None:
                         continue
@@ -129,15 +185,26 @@ class RemoteEndpoint(ABC):
         start = time.perf_counter()
         try:
             reply = self.client.post(path, json=body, timeout=timeout or self.timeout)
-        except httpx.TimeoutException as exc:
-            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for a reply"
-            err = RemoteUnavailable if isinstance(exc, httpx.ConnectTimeout) else RemoteError
-            raise err(f"{self.where}: timed out {what}") from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                httpx.WriteError) as exc:
-            raise RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
+        except (httpx.TimeoutException, httpx.ConnectError, httpx.RemoteProtocolError,
+                httpx.ReadError, httpx.WriteError) as exc:
+            raise self.transport_error(exc) from None
         elapsed = time.perf_counter() - start
         self.check(reply)
+        return self.json_object(reply, path), elapsed
+
+    def transport_error(self, exc: httpx.HTTPError) -> RemoteError:
+        """What a failed exchange means for the caller: unreachable (try another instance)
+        or a reply that never came."""
+        if isinstance(exc, httpx.TimeoutException):
+            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for a reply"
+            err = RemoteUnavailable if isinstance(exc, httpx.ConnectTimeout) else RemoteError
+            return err(f"{self.where}: timed out {what}")
+        if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                            httpx.WriteError)):
+            return RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}")
+        return RemoteError(f"{self.where}: {type(exc).__name__}: {exc}")
+
+    def json_object(self, reply: httpx.Response, path: str) -> dict[str, Any]:
         try:
             data = reply.json()
         except ValueError:
@@ -146,7 +213,7 @@ class RemoteEndpoint(ABC):
         if not isinstance(data, dict):
             raise RemoteProtocolError(f"{self.where}: {path} replied {type(data).__name__}, "
                                       "not a JSON object")
-        return data, elapsed
+        return data
 
     def check(self, reply: httpx.Response) -> None:
         if reply.status_code < 400:
@@ -186,3 +253,8 @@ class RemoteEndpoint(ABC):
 
     def close(self) -> None:
         self.client.close()
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None

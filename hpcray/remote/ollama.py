@@ -48,9 +48,7 @@ class OllamaEndpoint(RemoteEndpoint):
             return "/api/embed", {"model": self.model, "input": payload.get("texts", [])}
         raise self.unsupported(method)
 
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
-        path, body = self.body(method, payload)
-        data, elapsed = self.post(path, body, timeout)
+    def reply(self, method: str, data: dict[str, Any], elapsed: float) -> RemoteResult:
         if method == "embed":
             vectors = self.field(data, "embeddings")
             result = {"embeddings": vectors, "dim": len(vectors[0]) if vectors else 0}

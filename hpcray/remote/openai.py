@@ -40,9 +40,7 @@ class OpenAIEndpoint(RemoteEndpoint):
             return "/embeddings", {"model": self.model, "input": payload.get("texts", [])}
         raise self.unsupported(method)
 
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
-        path, body = self.body(method, payload)
-        data, elapsed = self.post(path, body, timeout)
+    def reply(self, method: str, data: dict[str, Any], elapsed: float) -> RemoteResult:
         if method == "embed":
             vectors = [self.field(item, "embedding") for item in self.field(data, "data")]
             result = {"embeddings": vectors, "dim": len(vectors[0]) if vectors else 0}

@@ -17,7 +17,8 @@ from hpcray import env
 FIRST_PORT = 20000
 BLOCK_SIZE = 200
 N_BLOCKS = 200          # 20000 .. 59999
-WORKER_OFFSET = 20      # offsets 20..199: Ray worker processes (180 per node)
+PROGRAM_OFFSETS = range(20, 52)  # program services' replicas on this node (32 at once)
+WORKER_OFFSET = 52      # offsets 52..199: Ray worker processes (148 per node)
 SERVICE_PORTS = {       # ray start flag -> offset in the block
     "--port": 0,
     "--node-manager-port": 1,
@@ -88,8 +89,8 @@ def _claim_file(index: int) -> Path:
     return CLAIM_DIR / f"block-{index}"
 
 
-def _try_claim(index: int, owner: str) -> bool:
-    path = _claim_file(index)
+def _try_claim(index: int, owner: str, path: Path | None = None) -> bool:
+    path = path or _claim_file(index)
     for _ in range(2):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -135,6 +136,41 @@ def claim_block(cluster_id: str, node_index: int, base: int | None = None) -> Po
 def release_block(block: PortBlock) -> None:
     index = (block.base - FIRST_PORT) // BLOCK_SIZE
     path = _claim_file(index)
+    try:
+        if path.read_text().split()[0] == str(os.getpid()):
+            path.unlink()
+    except (OSError, IndexError):
+        pass
+
+
+def _port_claim_file(port: int) -> Path:
+    return CLAIM_DIR / f"port-{port}"
+
+
+def claim_program_port(owner: str) -> int:
+    """A port for one program service replica: from the program offsets of the block this
+    node's agent claimed (HPCRAY_PORT_BLOCK, inherited by every Ray process of the node),
+    held by this process until release_program_port or its exit. Outside a run's node (no
+    block), a port the kernel picks."""
+    base = os.environ.get(env.PORT_BLOCK)
+    if not base:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    CLAIM_DIR.mkdir(parents=True, exist_ok=True)
+    for offset in PROGRAM_OFFSETS:
+        port = int(base) + offset
+        if not _try_claim(0, owner, _port_claim_file(port)):
+            continue
+        if port_is_free(port):
+            return port
+        release_program_port(port)
+    raise OSError(f"all {len(PROGRAM_OFFSETS)} program-service ports of this node's block "
+                  f"{base} are taken")
+
+
+def release_program_port(port: int) -> None:
+    path = _port_claim_file(port)
     try:
         if path.read_text().split()[0] == str(os.getpid()):
             path.unlink()

@@ -52,6 +52,11 @@ class JobRequest:
     walltime_warning: int = 120
     walltime_signal: bool = True
     select_suffix: str = ""
+    # allocation.container: what the launcher runs on each node (the container's command
+    # line, then the image's Python with `hpcray node`), shown in the script; and that Python
+    agent_argv: tuple[str, ...] = ()
+    agent_python: str | None = None
+    container: str = ""  # "<runtime> image <image>", for the script's comment
 
     @property
     def output(self) -> str:

@@ -105,6 +105,22 @@ class ServiceHandle:
     def embed(self, texts: list[str]) -> Response:
         return self.call("embed", {"texts": texts})
 
+    def request(self, method: str, path: str, *, json: Any = None, body: str | None = None,
+                params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                request_id: str | None = None, timeout: float | None = None) -> Response:
+        """One HTTP exchange with a program service that speaks `api: http`; the result is
+        {"status", "json" | "text", "content_type"} (a 5xx from the program is an error)."""
+        payload: dict[str, Any] = {"method": method, "path": path}
+        if json is not None:
+            payload["json"] = json
+        if body is not None:
+            payload["body"] = body
+        if params:
+            payload["params"] = params
+        if headers:
+            payload["headers"] = headers
+        return self.call("request", payload, request_id=request_id, timeout=timeout)
+
     async def agenerate(self, prompt: str, **params: Any) -> Response:
         return await self.acall("generate", {"prompt": prompt, **params})
 

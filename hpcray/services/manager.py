@@ -18,6 +18,7 @@ from hpcray.rundir import RunDir, write_json_atomic
 from hpcray.runtime.network import host_port
 from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
 from hpcray.runtime.raycompat import delete_app, set_replica_count
+from hpcray.services import program
 from hpcray.services.http_access import HttpAccess
 from hpcray.services.names import OPENAI_APP, app_name
 from hpcray.services.registry import check_args, load_class, replica_bundles, target_of
@@ -25,6 +26,7 @@ from hpcray.spec.services import DEFAULT_MAX_ONGOING, ServiceSpec, check_service
 from hpcray.state import ServiceState
 
 log = logging.getLogger("hpcray.services")
+PROGRAM_START_MARGIN_S = 60.0  # a program replica's actor start, before its own wait
 
 @dataclass
 class ReplicaBT:
@@ -34,6 +36,7 @@ class ReplicaBT:
     launch: float
     init: float
     publish: float
+    url: str | None = None  # a program service's replica: where its program listens
 
 
 @dataclass
@@ -83,9 +86,10 @@ def max_ongoing(spec: ServiceSpec, cls: type) -> int:
 
 class ServiceManager:
     def __init__(self, services: list[ServiceSpec], run: RunDir | None = None,
-                 http: HttpAccess | None = None) -> None:
+                 http: HttpAccess | None = None, workflow_dir: str | None = None) -> None:
         self.levels = check_service_graph(services)
         self.run = run
+        self.workflow_dir = workflow_dir  # bound into program services' containers
         self.http = http  # where Serve's HTTP proxy on the head listens, or None
         self.records = {s.name: ServiceRecord(s.name) for s in services}
         self.specs = {s.name: s for s in services}
@@ -97,10 +101,9 @@ class ServiceManager:
 
         from hpcray.services.replica import ReplicaHost
 
-        assert spec.deployment is not None  # only services with replicas are deployed
-        target = target_of(spec.deployment)
+        target, args = self._target(spec)
         cls = load_class(target)
-        check_args(cls, spec.args, spec.name)
+        check_args(cls, args, spec.name)
         res = spec.resources
         options: dict[str, Any] = {
             "name": spec.name, "num_replicas": spec.replicas,
@@ -118,9 +121,18 @@ class ServiceManager:
             options["placement_group_strategy"] = "STRICT_PACK"
         options["ray_actor_options"] = actor
         token = self.http.token_sha256 if self.http else None
-        args = with_run_dir(spec.args, str(self.run.path)) if self.run else spec.args
         return serve.deployment(ReplicaHost, **options).bind(  # type: ignore[attr-defined]
             target, args, spec.name, spec.transport, token)
+
+    def _target(self, spec: ServiceSpec) -> tuple[str, dict[str, Any]]:
+        """The class a replica builds and its arguments: the workflow's class, or for a
+        program service the replica that runs the program (services/program.py)."""
+        run_dir = str(self.run.path) if self.run else None
+        if spec.command is not None:
+            return program.TARGET, program.deployment_args(spec, run_dir, self.workflow_dir)
+        assert spec.deployment is not None  # only services with replicas are deployed
+        args = with_run_dir(spec.args, run_dir) if run_dir else spec.args
+        return target_of(spec.deployment), args
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> dict[str, ServiceRecord]:
@@ -184,8 +196,8 @@ class ServiceManager:
                 if not spec.replicas:
                     continue
                 try:
-                    assert spec.deployment is not None  # local replicas need one (spec)
-                    check_args(load_class(target_of(spec.deployment)), spec.args, spec.name)
+                    target, args = self._target(spec)
+                    check_args(load_class(target), args, spec.name)
                     why = fits(spec, nodes)
                     if why:
                         problems.append(f"service {spec.name!r} cannot be placed: {why}")
@@ -232,7 +244,10 @@ class ServiceManager:
         from ray import serve
 
         pending = {s.name: s for s in level}
-        deadline = {s.name: time.monotonic() + s.readiness_timeout for s in level}
+        # a program service's replica ends its own wait at readiness_timeout with the
+        # program's output; this one only catches a replica that never began waiting
+        deadline = {s.name: time.monotonic() + s.readiness_timeout + (
+            s.stop_timeout + PROGRAM_START_MARGIN_S if s.command else 0) for s in level}
         while pending:
             status = serve.status().applications
             for name in list(pending):
@@ -269,7 +284,8 @@ class ServiceManager:
                 service=spec.name, replica=info["replica"], node=info["node"],
                 launch=info["created"] - (record.deploy_at or info["created"]),
                 init=info["ready"] - info["created"],
-                publish=info["published"] - max(info["ready"], record.running_at or 0)))
+                publish=info["published"] - max(info["ready"], record.running_at or 0),
+                url=info.get("url")))
         if len(seen) < spec.replicas:
             log.warning("service %s: only %d of %d replicas answered", spec.name, len(seen),
                         spec.replicas)
@@ -341,6 +357,9 @@ class ServiceManager:
                                      "handle": f"hpcray.service({name!r})"}
             if self.http:
                 entry["http"] = self._url(name)
+            if self.specs[name].command is not None:  # where each program listens
+                entry["program"] = {"api": self.specs[name].api, "replicas": [
+                    {"replica": bt.replica, "node": bt.node, "url": bt.url} for bt in record.bt]}
             if self.specs[name].transport == "direct" and self.directory is not None:
                 import ray
 

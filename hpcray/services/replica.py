@@ -92,7 +92,10 @@ class ReplicaHost:
             self.direct.stop()
 
     def bootstrap(self) -> dict[str, Any]:
-        return {"replica": self.replica, "node": self.node, "created": self.created,
+        """BT times, and what the service adds (a program service: its URL)."""
+        own = getattr(self.obj, "bootstrap", None)
+        extra = own() if callable(own) else {}
+        return {**extra, "replica": self.replica, "node": self.node, "created": self.created,
                 "ready": self.ready, "pid": os.getpid()}
 
     def method(self, method: str):

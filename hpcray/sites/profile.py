@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from hpcray.spec.containers import ContainerRuntime, GpuVendor
 from hpcray.spec.models import Directive, SetupLine, StrictModel, _token
 
-GpuVendor = Literal["nvidia", "amd", "intel", "none"]
+__all__ = ["GpuVendor", "SiteProfile"]
 SchedulerName = Literal["slurm", "pbs", "lsf", "flux", "local"]
 LauncherName = Literal["srun", "mpiexec", "jsrun", "blaunch", "flux", "local"]
 
@@ -39,12 +40,25 @@ class SiteProfile(StrictModel):
         True, description="The scheduler can send a warning signal before the walltime.")
     spill_dir: str | None = Field(None, description="Node-local object spilling directory.")
     pbs_select: str = Field("", description="PBS: appended to select=N, e.g. ':system=polaris'.")
+    container_runtime: ContainerRuntime | None = Field(
+        None, description="The runtime a `container:` block uses unless it names its own.")
+    container_options: list[str] = Field(
+        default_factory=list, description="Flags of that runtime's run command put before a "
+        "container's own options (not used when a container names another runtime).")
     docs: str | None = None
 
     @field_validator("default_partition")
     @classmethod
     def _partition(cls, value: str | None) -> str | None:
         return None if value is None else _token(value)
+
+    @field_validator("container_options")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            if any(c in option for c in "\n\r\x00"):
+                raise ValueError(f"container option {option!r} contains a newline")
+        return value
 
     @field_validator("pbs_select")
     @classmethod

@@ -25,12 +25,14 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 from hpcray import plugins
 from hpcray.errors import SpecError
+from hpcray.spec.containers import ContainerSpec
 from hpcray.spec.models import Workflow
 from hpcray.spec.yamlsource import Loc, SourcedYaml
 
@@ -164,6 +166,14 @@ def _find_spec(module_name: str, search_dirs: list[Path]):
     package fails to import here. sys.path is restored afterwards, and the workflow's own
     packages that find_spec imported are forgotten: a later workflow in this process (a
     notebook submitting several) may have its own package of that name."""
+    with _SYS_PATH:  # two threads submitting at once must not see each other's sys.path
+        return _find_spec_locked(module_name, search_dirs)
+
+
+_SYS_PATH = threading.Lock()
+
+
+def _find_spec_locked(module_name: str, search_dirs: list[Path]):
     saved_path, saved_modules = list(sys.path), set(sys.modules)
     sys.path[:0] = [str(d) for d in search_dirs]
     importlib.invalidate_caches()
@@ -233,3 +243,29 @@ def _collect(body: list[ast.stmt], names: set[str]) -> bool:
             if not _collect(blocks, names):
                 return False
     return True
+
+
+def containers(workflow: Workflow) -> Iterator[tuple[Loc, ContainerSpec]]:
+    """Every `container:` block with its field path: the allocation's (the node agents),
+    each stage's and each program service's."""
+    if workflow.allocation.container is not None:
+        yield ("allocation", "container"), workflow.allocation.container
+    for index, stage in enumerate(workflow.stages):
+        if stage.container is not None:
+            yield ("stages", index, "container"), stage.container
+    for index, service in enumerate(workflow.services):
+        spec = getattr(service, "container", None)
+        if spec is not None:
+            yield ("services", index, "container"), spec
+
+
+def check_containers(workflow: Workflow, source: SourcedYaml | None,
+                     problem: Callable[[ContainerSpec], str | None]) -> None:
+    """A SpecError naming `<path>.container.image` (file and line) for the first container
+    whose image `problem` says cannot start (runtime/containers.py's check_image, passed in:
+    the spec layer does not look at the host)."""
+    for loc, spec in containers(workflow):
+        why = problem(spec)
+        if why is not None:
+            raise _error(f"image {spec.image!r} cannot be used: {why}", source,
+                         loc + ("image",))

@@ -9,15 +9,15 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     AliasChoices,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     field_validator,
     model_validator,
 )
 
+from hpcray.spec.base import StrictModel
+from hpcray.spec.containers import ContainerSpec
 from hpcray.spec.walltime import parse_walltime
 
 # Values that end up inside a job script directive or command line.
@@ -66,10 +66,6 @@ Seconds = Annotated[int, BeforeValidator(_walltime),
                     PlainSerializer(lambda v: f"{v}s", return_type=str, when_used="json")]
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
-
-
 class AllocationSpec(StrictModel):
     """What to ask the batch scheduler for."""
 
@@ -96,7 +92,11 @@ class AllocationSpec(StrictModel):
     walltime_warning: int = Field(
         120, ge=10, description="Seconds before the walltime at which hpcray drains, tears down.")
     python: str | None = Field(
-        None, description="Python interpreter inside the allocation; default: the submitter's.")
+        None, description="Python interpreter inside the allocation; default: the submitter's. "
+        "With `container`, the image's interpreter that runs the node agents (default python3).")
+    container: ContainerSpec | None = Field(
+        None, description="Run every node agent, and so Ray and everything it starts, in this "
+        "image (docs/containers.md).")
 
     @field_validator("env")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpcray import plugins
+from hpcray.spec.containers import ContainerSpec
 from hpcray.spec.models import StrictModel
 from hpcray.spec.resources import Resources
 
@@ -78,10 +79,64 @@ class RemoteEndpointSpec(StrictModel):
         return self.name or f"{urlsplit(self.url).hostname}:{urlsplit(self.url).port or ''}"
 
 
+class ProbeSpec(StrictModel):
+    """How hpcray knows a program service is up (readiness) and still well (liveness): exactly
+    one of an HTTP path answering 2xx, a TCP connect to its port, or a line of its output
+    matching a pattern (readiness only; the paper's way: the program announces itself)."""
+
+    http: str | None = Field(None, description="Path on the program's port, e.g. /health.")
+    tcp: bool = Field(False, description="A TCP connect to the program's port.")
+    output: str | None = Field(None, description="Regular expression; the first line of the "
+                               "program's output (stdout or stderr) matching it.")
+
+    @model_validator(mode="after")
+    def _one(self) -> ProbeSpec:
+        given = [k for k in ("http", "tcp", "output") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of http (a path), tcp (true) or output (a "
+                             f"pattern); got {', '.join(given) or 'none'}")
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError(f"http: {self.http!r} must be a path starting with /")
+        if self.output is not None:
+            try:
+                re.compile(self.output)
+            except re.error as exc:
+                raise ValueError(f"output: {self.output!r} is not a regular expression: "
+                                 f"{exc}") from None
+        return self
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]*)\}")
+COMMAND_PLACEHOLDERS = ("port", "host", "run_dir", "replica", "model")
+
+
 class ServiceSpec(StrictModel):
     name: str
     deployment: str | None = Field(None, description="Short name from deployments/ or "
-                                   "'module:Class'; needed for local replicas.")
+                                   "'module:Class'; a Python class as the service.")
+    command: list[str] | None = Field(
+        None, description="A program as the service (no shell): its executable and arguments, "
+        "with {port}, {host}, {run_dir}, {replica} and {model} filled in per replica.")
+    api: Literal["openai", "ollama", "http"] = Field(
+        "http", description="What a program service speaks: openai and ollama join the "
+        "handle's generate/chat/embed and the run's OpenAI API; http is published by URL and "
+        "called with handle.request({...}).")
+    model: str | None = Field(None, description="openai/ollama program services: the model "
+                              "name the server serves; default: the first it lists.")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="Program services: extra environment variables.")
+    readiness: ProbeSpec | None = Field(
+        None, description="Program services: when a replica is up; default an HTTP probe of "
+        "the API's model list (openai, ollama) or a TCP connect (http).")
+    liveness: ProbeSpec | None = Field(
+        None, description="Program services: checked every health_check_period; default the "
+        "readiness probe unless that reads output (then: the process is alive).")
+    restarts: int = Field(0, ge=0, description="Program services: times a replica restarts "
+                          "its program after it exits or fails its liveness probe.")
+    stop_timeout: float = Field(10, gt=0, description="Program services: seconds between "
+                                "SIGTERM and SIGKILL of the program's process group.")
+    container: ContainerSpec | None = Field(
+        None, description="Program services: run the program in this image.")
     args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
     replicas: int = Field(1, ge=0, description="Local replicas; 0 with `remote` only.")
     remote: list[RemoteEndpointSpec] = Field(
@@ -103,6 +158,14 @@ class ServiceSpec(StrictModel):
     after: list[str] = Field(default_factory=list, description="Services that must be ready first.")
     lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec)
 
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError("give the command as a list of arguments (no shell), e.g. "
+                             "[python, server.py, --port, '{port}']")
+        return value
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -117,9 +180,35 @@ class ServiceSpec(StrictModel):
             raise ValueError(f"service {self.name!r} cannot start after itself")
         if self.replicas == 0 and not self.remote:
             raise ValueError("replicas: 0 needs at least one 'remote' endpoint")
-        if self.replicas and self.deployment is None:
-            raise ValueError("local replicas need a 'deployment' (or set replicas: 0 and "
-                             "list 'remote' endpoints)")
+        if self.deployment is not None and self.command is not None:
+            raise ValueError("give either 'deployment' (a Python class) or 'command' (a "
+                             "program), not both")
+        if self.replicas and self.deployment is None and self.command is None:
+            raise ValueError("local replicas need a 'deployment' or a 'command' (or set "
+                             "replicas: 0 and list 'remote' endpoints)")
+        if self.command is None:
+            program_only = [k for k in ("readiness", "liveness", "container", "model")
+                            if getattr(self, k) is not None]
+            program_only += [k for k in ("env", "restarts") if getattr(self, k)]
+            if self.api != "http":
+                program_only.append("api")
+            if program_only:
+                raise ValueError(f"{', '.join(program_only)}: only for program services "
+                                 "(with 'command')")
+        else:
+            if not self.command or not self.command[0]:
+                raise ValueError("command: give the executable and its arguments as a list")
+            for arg in self.command:
+                for name in _PLACEHOLDER.findall(arg):
+                    if name not in COMMAND_PLACEHOLDERS:
+                        raise ValueError(
+                            f"command: unknown placeholder {{{name}}} in {arg!r}; known: "
+                            + ", ".join(f"{{{p}}}" for p in COMMAND_PLACEHOLDERS))
+            if self.api == "ollama" and self.model is None:
+                raise ValueError("api: ollama needs 'model' (the name the server serves)")
+            for key in self.env:
+                if not _ENV_NAME.match(key):
+                    raise ValueError(f"env: {key!r} is not an environment variable name")
         labels = [r.label for r in self.remote]
         if len(set(labels)) != len(labels):
             raise ValueError("two remote endpoints have the same name; give each a 'name'")

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from hpcray.spec.containers import ContainerSpec
 from hpcray.spec.models import StrictModel
 from hpcray.spec.resources import Resources
 
@@ -57,6 +58,9 @@ class StageSpec(StrictModel):
     each: FanOut | None = Field(None, description="Fan-out: one task per item.")
     launch: LaunchSpec | None = Field(None, description="Executables only: start the command "
                                       "on several nodes through the site's launcher (MPI).")
+    container: ContainerSpec | None = Field(
+        None, description="Executables only: run the command in this image (with `launch`: "
+        "each rank in it).")
     stream_from: str | None = Field(
         None, description="One task per output of this stage, started as each output appears.")
     after: list[str] = Field(default_factory=list,
@@ -97,6 +101,10 @@ class StageSpec(StrictModel):
         if self.actors is not None and self.function is None:
             raise ValueError("'actors' keeps instances of a class alive: give 'function' "
                              "('module:Class')")
+        if self.container is not None and self.command is None:
+            raise ValueError("'container' runs an executable in an image: give 'command' (a "
+                             "function stage runs in the Ray worker's own Python; put the whole "
+                             "cluster in an image with allocation.container)")
         if self.launch is not None and self.command is None:
             raise ValueError("'launch' starts a command on several nodes: give 'command'")
         if self.each is not None and self.stream_from is not None:

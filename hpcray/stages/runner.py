@@ -185,10 +185,12 @@ class StageRunner:
                 options, launch = self._placement(spec, self._options(spec))
                 task.placement = launch["placement_group"]
                 ref = _remote("run_command").options(**options).remote(
-                    task.command, env, stem, (self._base, spec.timeout), launch)
+                    task.command, env, stem, (self._base, spec.timeout), launch,
+                    spec.container)
             else:
                 ref = self._remote_for(spec, "run_command").remote(
-                    task.command, env, stem, (self._base, spec.timeout))
+                    task.command, env, stem, (self._base, spec.timeout), None,
+                    spec.container)
         task.submitted = time.time()
         self.inflight[ref] = task
         st.running += 1

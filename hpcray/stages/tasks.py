@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcray import env
-from hpcray.errors import TaskTimeout
+from hpcray import env as hpcray_env
+from hpcray.errors import SpecError, TaskTimeout
+from hpcray.runtime.containers import GPU_VARS, RANK_VARS, container_argv
 from hpcray.runtime.targets import load_target
 from hpcray.runtime.teardown import stop_group
 
@@ -89,16 +91,41 @@ def _deadline(timeout: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
+def in_container(container: Any, argv: list[str], env: dict[str, str], cwd: str,
+                 ranks: bool = False) -> list[str]:
+    """`argv` in the stage's image, run from this Ray worker: the run and workflow
+    directories bound, and the task's environment passed in: its `env`, the GPUs Ray gave
+    it and every HPCRAY_* variable (the job's teardown marker included, which finds what a
+    runtime starts outside this process tree). `ranks`: each MPI rank's own variables pass
+    through from the launcher's step."""
+    passed = {k: v for k, v in os.environ.items()
+              if k.startswith("HPCRAY_") or k in GPU_VARS}
+    run_dir = env.get(hpcray_env.RUN_DIR) or os.environ.get(hpcray_env.RUN_DIR)
+    binds = [d for d in (run_dir, cwd) if d]
+    inherit = [*RANK_VARS, hpcray_env.RANK, hpcray_env.LOCAL_RANK, hpcray_env.NRANKS,
+               hpcray_env.NODE_NAME] if ranks else []
+    return container_argv(container, argv, binds=binds, env={**passed, **env}, workdir=cwd,
+                          inherit=inherit)
+
+
 def run_command(argv: list[str], env: dict[str, str], stem: str,
                 where: tuple[str, float | None],
-                launch: dict[str, Any] | None = None) -> dict[str, Any]:
+                launch: dict[str, Any] | None = None,
+                container: Any = None) -> dict[str, Any]:
     """The executable in its own process group, so a timeout kills all of it. With `launch`
     ({"launcher": name, "placement_group": pg, "per_node": k}), the site's launcher starts
-    it k times on each node the placement group reserved. Output goes to `stem`.out and
-    .err; `where` is (cwd, timeout), the same for every task of a stage."""
+    it k times on each node the placement group reserved. With `container` (a resolved
+    ContainerSpec) it runs in that image (each rank, with `launch`). Output goes to
+    `stem`.out and .err; `where` is (cwd, timeout), the same for every task of a stage."""
     cwd, timeout = where
     out, err = f"{stem}.out", f"{stem}.err"
     info = _where()
+    if container is not None:
+        try:
+            argv = in_container(container, argv, env, cwd, ranks=launch is not None)
+        except SpecError as exc:  # an unresolved spec: recorded like a failed start
+            return {**info, "ok": False, "ended": time.time(), "exit_code": None,
+                    "error": f"container: {exc}"}
     commands: list[tuple[list[str], dict[str, str]]] = [(argv, {})]
     if launch is not None:
         hosts = placed_hosts(launch["placement_group"])

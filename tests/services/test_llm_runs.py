@@ -1,7 +1,7 @@
 """LLM serving on the real CPU engine: one live run with a `vllm_llm` service (vLLM's async
 engine) and a `transformers_llm` service on the same tiny Llama and two LoRA adapters, and
-vLLM's own OpenAI server beside it. Clients run as separate programs
-(tests/fixtures/services/llm_clients.py), as users' programs do."""
+vLLM's own OpenAI server as a program service of two replicas (`vsrv`). Clients run as
+separate programs (tests/fixtures/services/llm_clients.py), as users' programs do."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import FIXTURES, up_until_cancelled
-from tests.services.vllm_server import VllmServer, vllm_available
+from tests.services.vllm_server import vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.skipif(not vllm_available(),
@@ -31,9 +31,19 @@ def models(tmp_path_factory):
     return base, adapters
 
 
+def vllm_program(model) -> str:
+    """vLLM's own OpenAI server as a program service: two replicas, each on its own port."""
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", "tiny", "--host", "{host}", "--port", "{port}",
+            "--dtype", "float32", "--kv-cache-memory-bytes", str(2 ** 30), "--enforce-eager"]
+    return (f"  - {{name: vsrv, command: {json.dumps(argv)}, api: openai, replicas: 2,\n"
+            "     resources: {cpus: 0.2}, readiness_timeout: 600, health_check_timeout: 60,\n"
+            "     env: {HF_HUB_OFFLINE: '1', VLLM_NO_USAGE_STATS: '1'}}\n")
+
+
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
-    """(run directory, vLLM server's API base): both started at once, both stopped after."""
+    """(run directory, the API base of vLLM's own server, one replica of `vsrv`)."""
     base, adapters = models
     root = tmp_path_factory.mktemp("runs")
     lora = "{" + ", ".join(f"{k}: '{v}'" for k, v in adapters.items()) + "}"
@@ -47,13 +57,11 @@ def served(models, tmp_path_factory):
         f"     args: {{model_path: '{base}', max_new_tokens: 16, kv_cache_gib: 1,\n"
         f"             enforce_eager: true, dtype: float32, adapters: {lora}}}}}\n"
         f"  - {{name: tllm, deployment: transformers_llm, resources: {{cpus: 0.5}},\n"
-        f"     args: {{model_path: '{base}', max_new_tokens: 16, adapters: {lora}}}}}\n")
-    server = VllmServer(base, log=root / "vllm-server.log").start()
-    try:
-        with up_until_cancelled(path, root, ready_s=600) as run_dir:
-            yield run_dir, server.ready()
-    finally:
-        server.stop()
+        f"     args: {{model_path: '{base}', max_new_tokens: 16, adapters: {lora}}}}}\n"
+        + vllm_program(base))
+    with up_until_cancelled(path, root, ready_s=900) as run_dir:
+        program = json.loads((run_dir / "endpoints.json").read_text())["services"]["vsrv"]
+        yield run_dir, f"{program['program']['replicas'][0]['url']}/v1"
 
 
 def client(mode: str, run_dir) -> dict:
@@ -164,7 +172,7 @@ def test_two_adapters_on_one_replica_answer_as_peft_does(served, models):
 
     base, adapters = models
     out = client("lora", served[0])
-    assert out["models"] == ["llm", "llm:a1", "llm:a2", "tllm", "tllm:a1", "tllm:a2"]
+    assert out["models"] == ["llm", "llm:a1", "llm:a2", "tllm", "tllm:a1", "tllm:a2", "vsrv"]
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     ids = tokenizer("cell dose", return_tensors="pt")
     expected = {}
@@ -187,6 +195,20 @@ def test_two_adapters_on_one_replica_answer_as_peft_does(served, models):
     status, body = out["unknown_adapter"]
     assert status == 400 and body["error"]["param"] == "adapter"
     assert "adapters: a1, a2" in body["error"]["message"]
+
+
+def test_vllms_own_server_as_a_program_service_with_two_replicas(served):
+    """`vllm serve` run by hpcray: both replicas answer through the handle, its stream comes
+    in pieces, and the run's OpenAI API lists and serves it."""
+    out = client("program", served[0])
+    assert len(out["replicas"]) == 2, out  # both programs answered
+    assert len(set(out["ports"])) == 2
+    assert all(t == out["texts"][0] for t in out["texts"])  # greedy: one answer everywhere
+    assert out["completion_tokens"] == 8
+    assert len(out["pieces"]) > 1 and "".join(out["pieces"]) == out["texts"][0]
+    assert "vsrv" in out["models"]
+    assert out["openai"]["status"] == 200 and out["openai"]["text"] == out["texts"][0]
+    assert out["sse_chunks"] > 1 and out["sse_text"] == out["texts"][0]
 
 
 def test_the_remote_openai_adapter_against_vllms_own_server(served):
