@@ -111,6 +111,8 @@ class ServiceManager:
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
         }
+        if spec.command is not None:  # a program that cannot start is tried `restarts` more
+            options["max_constructor_retry_count"] = spec.restarts + 1  # times, not Serve's 3N
         actor = ray_options(res)
         spread = replica_bundles(spec)
         if spread is not None:  # the replica in bundle 0, its engine's GPU workers after it
