@@ -200,6 +200,11 @@ def run(**options: Any) -> dict[str, Any]:
     searched = time.time()
     trials = _trials(grid)
     failed = [t for t in trials if t["error"]]
+    # every trial of the search, those a resumed search found finished in an earlier job too
+    # (the callback sees only the completions of this job)
+    hpcray.progress("trials", len(trials), cfg.search.trials,
+                    f"search finished: {len(trials) - len(failed)} trial(s) ok, "
+                    f"{len(failed)} failed")
     best = grid.get_best_result(METRIC, MODE, scope="all")
     if best.checkpoint is None:
         raise RuntimeError(f"no trial produced a checkpoint ({len(failed)} failed: "
