@@ -38,6 +38,7 @@ from hpcray.runtime import guard
 from hpcray.runtime.network import host_port
 from hpcray.runtime.ports import claim_program_port, release_program_port
 from hpcray.services.engine_loop import EngineLoop
+from hpcray.services.reported import ServerTimed
 from hpcray.spec.services import ProbeSpec, ServiceSpec
 
 log = logging.getLogger("hpcray.services.program")
@@ -338,17 +339,23 @@ class ProgramService:
                 "{'method': ..., 'path': ..., 'json': ...}), not " + method, field="method")
         return self.endpoint
 
+    async def _forward(self, method: str, payload: Any) -> Any:
+        """One call to the server; a server that reports its model's time (Ollama) splits
+        the round trip with it, else the whole call is timed as inference."""
+        endpoint = self._llm(method)
+        reply = await self._loop.run(lambda: endpoint.acall(method, payload))
+        if reply.server_reported:
+            return ServerTimed(reply.result, reply.inference_s)
+        return reply.result
+
     async def generate(self, payload: Any) -> Any:
-        endpoint = self._llm("generate")
-        return (await self._loop.run(lambda: endpoint.acall("generate", payload))).result
+        return await self._forward("generate", payload)
 
     async def chat(self, payload: Any) -> Any:
-        endpoint = self._llm("chat")
-        return (await self._loop.run(lambda: endpoint.acall("chat", payload))).result
+        return await self._forward("chat", payload)
 
     async def embed(self, payload: Any) -> Any:
-        endpoint = self._llm("embed")
-        return (await self._loop.run(lambda: endpoint.acall("embed", payload))).result
+        return await self._forward("embed", payload)
 
     async def generate_stream(self, payload: Any):
         endpoint = self._llm("generate")

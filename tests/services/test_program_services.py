@@ -19,6 +19,7 @@ from tests.fixtures.containers import Podman
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 PROGRAM = str(FIXTURES / "services" / "http_program.py")
+MODEL_SERVER = str(FIXTURES.parent / "remote" / "modelserver.py")  # OpenAI and Ollama APIs
 
 
 def services(never_ready: bool = False) -> str:
@@ -27,7 +28,11 @@ def services(never_ready: bool = False) -> str:
         return ("  - {name: stuck, command: " + cmd + ", --never-ready],\n"
                 "     readiness: {output: 'listening on'}, readiness_timeout: 5,\n"
                 "     resources: {cpus: 0.05}}\n")
-    return ("  - {name: echo_out, command: " + cmd + "], replicas: 2, restarts: 2,\n"
+    ollama = f"['{sys.executable}', '{MODEL_SERVER}', '{{host}}', '{{port}}', --model, tiny, " \
+             "--infer-ms, '30']"
+    return ("  - {name: ollama, command: " + ollama + ", api: ollama, model: tiny,\n"
+            "     resources: {cpus: 0.05}}\n"
+            "  - {name: echo_out, command: " + cmd + "], replicas: 2, restarts: 2,\n"
             "     readiness: {output: 'listening on'}, resources: {cpus: 0.05}}\n"
             "  - {name: echo_http, command: " + cmd + ", --delay, '1'],\n"
             "     readiness: {http: /health}, resources: {cpus: 0.05}}\n")
@@ -50,8 +55,9 @@ def served_ids(run_dir) -> collections.Counter:
 def test_program_services_ready_by_output_and_probe_and_a_killed_program_restarts(
         tmp_path, run_root):
     """Two runs of the same workflow at once on this node: each gets its own ports. In the
-    full one, a program killed under load is restarted, and the client's ledger reconciles
-    with the programs' own logs."""
+    light one, a program speaking Ollama's API answers the handle and the run's OpenAI API;
+    in the full one, a program killed under load is restarted, and the client's ledger
+    reconciles with the programs' own logs."""
     subs = {mode: submit_beside("services", f"{tmp_path.name}-{mode}",
                                 workflow(f"prog-{mode}", mode), run_root)
             for mode in ("light", "full")}
@@ -71,6 +77,15 @@ def test_program_services_ready_by_output_and_probe_and_a_killed_program_restart
     for name in ("echo_out", "echo_http"):
         assert metrics[name]["bt"] and all(b["init"] > 0 and b["url"] for b in
                                            metrics[name]["bt"])
+
+    ollama = outs["light"]["ollama"]  # a server speaking Ollama's API, with its timing
+    assert ollama["text"] == "echo: cell dose" and ollama["pieces"] == ["echo: ", "cell ",
+                                                                         "dose"]
+    # the server reported about 30 ms of model time: that is the inference part, not the
+    # whole forwarded call
+    assert 0.03 <= ollama["inference_s"] < ollama["round_trip_s"], ollama
+    assert ollama["embed"] == [[2.0, 1.0], [1.0, 1.0]]
+    assert ollama["openai"] == [200, "echo: cell dose"]  # the run's OpenAI API serves it
 
     kill = outs["full"]["kill"]
     assert kill["restarted"] and kill["new_pid"] != kill["old_pid"], kill

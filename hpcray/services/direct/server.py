@@ -54,6 +54,7 @@ from hpcray.services.direct.protocol import (
     unpack_request,
 )
 from hpcray.services.direct.protocol import decode as decode_payload
+from hpcray.services.reported import ServerTimed
 
 log = logging.getLogger("hpcray.services.direct")
 
@@ -386,8 +387,11 @@ class DirectServer:
                 self._fail(envelope, request.id, request.codec, exc,
                            send=send)
             else:
-                self._reply(send, envelope, request, future.result(), received, start,
-                            time.perf_counter_ns())
+                result, end, began = future.result(), time.perf_counter_ns(), start
+                if isinstance(result, ServerTimed):  # the server's own split
+                    began = max(start, end - int(result.inference_s * 1e9))
+                    result = result.value
+                self._reply(send, envelope, request, result, received, began, end)
 
         asyncio.run_coroutine_threadsafe(coro, loop).add_done_callback(done)
 
