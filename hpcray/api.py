@@ -119,7 +119,7 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
         agent = {"agent_python": agent_python,
                  "container": f"{container.runtime} image {container.image}",
                  "agent_argv": agent_argv(str(run_dir), agent_python, site.launcher, container,
-                                          str(workflow_dir or Path.cwd()))}
+                                          str(workflow_dir or Path.cwd()), list(alloc.env))}
     return JobRequest(
         job_name=alloc.job_name or workflow.name, nodes=alloc.nodes, walltime=alloc.walltime,
         run_dir=str(run_dir), python=python, account=alloc.account,

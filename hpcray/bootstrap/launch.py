@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hpcray.rundir import RunDir, read_json
 from hpcray.runtime.auth import auth_env, create_token
 from hpcray.runtime.containers import GPU_VARS, container_argv
 from hpcray.runtime.placement import node_resource
+from hpcray.runtime.ports import CLAIM_DIR
 from hpcray.runtime.tempdir import short_id
 from hpcray.schedulers import AllocationInfo, NodeResources, get_scheduler
 from hpcray.sites import SiteProfile
@@ -79,30 +81,34 @@ def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[
 
 def agent_argv(run_dir: str, python: str, launcher_name: str,
                container: ContainerSpec | None = None,
-               workflow_dir: str | None = None) -> tuple[str, ...]:
+               workflow_dir: str | None = None, exported: Sequence[str] = ()) -> tuple[str, ...]:
     """What the launcher starts on each node: `hpcray node`, or, with allocation.container,
     that in the image (plan.python is then the image's), so Ray and all it starts run there.
-    The run and workflow directories are bound; the node's name, rank and GPU visibility,
-    which only the launcher's step knows, are passed through by name."""
+    The run and workflow directories and the host's port-claim directory (jobs sharing a
+    node claim their port blocks there) are bound; the node's name, rank and GPU
+    visibility, which only the launcher's step knows, the job's temp dir and the variables
+    the workflow exports (`exported`: allocation.env's names) pass through by name."""
     argv = (python, "-m", "hpcray", "node", "--run-dir", run_dir)
     if container is None:
         return argv
     node_vars = [v for v in (hpcray_env.NODE_NAME, get_launcher(launcher_name).node_name_env,
                              "SLURMD_NODENAME", "FLUX_NODE_NAME") if v]
     inherit = dict.fromkeys([*node_vars, hpcray_env.RANK, hpcray_env.LOCAL_RANK,
-                             hpcray_env.NRANKS, *GPU_VARS])
-    binds = [run_dir, *([workflow_dir] if workflow_dir else [])]
+                             hpcray_env.NRANKS, *GPU_VARS, hpcray_env.PORT_CLAIMS,
+                             hpcray_env.TMPDIR, *exported])
+    binds = [run_dir, *([workflow_dir] if workflow_dir else []), str(CLAIM_DIR)]
     return tuple(container_argv(container, argv, binds=binds, env={}, workdir=run_dir,
                                 inherit=list(inherit)))
 
 
 def launch_agents(run: RunDir, plan: ClusterPlan, launcher_name: str, env: dict[str, str],
                   launched: list[subprocess.Popen], container: ContainerSpec | None = None,
-                  workflow_dir: str | None = None) -> None:
+                  workflow_dir: str | None = None, exported: Sequence[str] = ()) -> None:
     """One `hpcray node` per node, each in its own session (teardown signals the group).
     Appends each to `launched` as it starts, so teardown finds those started before a failure."""
     launcher = get_launcher(launcher_name)
-    argv = agent_argv(str(run.path), plan.python, launcher_name, container, workflow_dir)
+    argv = agent_argv(str(run.path), plan.python, launcher_name, container, workflow_dir,
+                      exported)
     req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
                         gpus_per_node=max(n.gpus for n in plan.nodes),
                         cpus_per_node=max(n.cpus for n in plan.nodes))

@@ -72,7 +72,7 @@ class ClusterUp:
                  ", ".join(f"{n.name} (cpus={n.cpus}, gpus={n.gpus})" for n in plan.nodes))
         launch.launch_agents(self.run, plan, self.launcher, self.env, self.launched,
                              self.workflow.allocation.container,
-                             self.request.get("workflow_dir"))
+                             self.request.get("workflow_dir"), list(self.workflow.allocation.env))
         self.run.mark("launched")
         head = launch.wait_for_head(self.run, plan, self.stop, self.launched)
         self.run.mark("head_up", head.get("time"), head_address=head["address"])

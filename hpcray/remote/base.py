@@ -39,14 +39,18 @@ class RemoteEndpoint(ABC):
     methods: tuple[str, ...] = ("generate", "chat", "embed")
 
     def __init__(self, name: str, url: str, model: str, api_key: str | None = None,
-                 max_concurrency: int = 8, timeout: float = 60.0) -> None:
+                 max_concurrency: int = 8, timeout: float = 60.0,
+                 trust_env: bool = True) -> None:
+        """`trust_env=False`: no HTTP proxy from the environment (a server on the
+        allocation's own network, which a site's outbound proxy cannot reach)."""
         self.name, self.url, self.model = name, url.rstrip("/"), model
         self.max_concurrency, self.timeout = max_concurrency, timeout
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limits = httpx.Limits(max_connections=max_concurrency,
                                     max_keepalive_connections=max_concurrency)
+        self._trust_env = trust_env
         self.client = httpx.Client(base_url=self.url, headers=self._headers, verify=True,
-                                   timeout=timeout, limits=self._limits)
+                                   timeout=timeout, limits=self._limits, trust_env=trust_env)
         self._aclient: httpx.AsyncClient | None = None  # made on first use, on its loop
 
     def __repr__(self) -> str:
@@ -93,7 +97,7 @@ class RemoteEndpoint(ABC):
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(base_url=self.url, headers=self._headers,
                                               verify=True, timeout=self.timeout,
-                                              limits=self._limits)
+                                              limits=self._limits, trust_env=self._trust_env)
         return self._aclient
 
     @abstractmethod

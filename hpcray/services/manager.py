@@ -111,8 +111,12 @@ class ServiceManager:
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
         }
-        if spec.command is not None:  # a program that cannot start is tried `restarts` more
-            options["max_constructor_retry_count"] = spec.restarts + 1  # times, not Serve's 3N
+        if spec.command is not None:
+            # a program that cannot start is tried `restarts` more times per replica (Serve
+            # counts failed starts over the whole deployment), not Serve's 3 per replica
+            options["max_constructor_retry_count"] = spec.replicas * (spec.restarts + 1)
+            # Serve waits this long for the replica's stop: the program's own grace and more
+            options["graceful_shutdown_timeout_s"] = spec.stop_timeout + 20
         actor = ray_options(res)
         spread = replica_bundles(spec)
         if spread is not None:  # the replica in bundle 0, its engine's GPU workers after it
@@ -215,8 +219,11 @@ class ServiceManager:
 
         transports = {name: spec.transport for name, spec in self.specs.items() if spec.replicas}
         token = self.http.token_sha256 if self.http else None
+        # a program that speaks plain HTTP is no model: it is not listed
+        models = [n for n in self.records
+                  if self.specs[n].command is None or self.specs[n].api != "http"]
         serve.run(OpenAIIngress.bind(  # type: ignore[attr-defined]  # @serve.deployment's
-            list(self.records), token, transports), name=OPENAI_APP, route_prefix="/v1")
+            models, token, transports), name=OPENAI_APP, route_prefix="/v1")
         log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _probe_remote(self, spec: ServiceSpec) -> None:
@@ -248,8 +255,9 @@ class ServiceManager:
         pending = {s.name: s for s in level}
         # a program service's replica ends its own wait at readiness_timeout with the
         # program's output; this one only catches a replica that never began waiting
-        deadline = {s.name: time.monotonic() + s.readiness_timeout + (
-            s.stop_timeout + PROGRAM_START_MARGIN_S if s.command else 0) for s in level}
+        deadline = {s.name: time.monotonic() + (
+            (s.restarts + 1) * (s.readiness_timeout + s.stop_timeout) + PROGRAM_START_MARGIN_S
+            if s.command else s.readiness_timeout) for s in level}
         while pending:
             status = serve.status().applications
             for name in list(pending):

@@ -35,6 +35,7 @@ from hpcray.remote.base import RemoteEndpoint
 from hpcray.remote.ollama import OllamaEndpoint
 from hpcray.remote.openai import OpenAIEndpoint
 from hpcray.runtime import guard
+from hpcray.runtime.containers import GPU_VARS
 from hpcray.runtime.network import host_port
 from hpcray.runtime.ports import claim_program_port, release_program_port
 from hpcray.services.engine_loop import EngineLoop
@@ -45,8 +46,8 @@ log = logging.getLogger("hpcray.services.program")
 
 TARGET = "hpcray.services.program:ProgramService"
 TAIL_LINES = 20
-GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                  "ZE_AFFINITY_MASK", "ONEAPI_DEVICE_SELECTOR")
+LIVENESS_FAILURES = 3  # consecutive failed liveness probes before a restart (Serve's own count)
+REQUEST_TIMEOUT_S = 600.0  # one forwarded call (an LLM's long generation included)
 _DEFAULT_READY = {"openai": ProbeSpec(http="/v1/models"), "ollama": ProbeSpec(http="/api/tags"),
                   "http": ProbeSpec(tcp=True)}
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -80,31 +81,45 @@ class ProgramProcess:
     the last lines for errors and watching for the readiness pattern."""
 
     def __init__(self, argv: list[str], environ: dict[str, str], log_path: Path,
-                 pattern: str | None, grace: float) -> None:
+                 pattern: str | None, grace: float, cwd: str | None, shown: str) -> None:
         self.argv, self.grace = argv, grace
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.announced = threading.Event()
         self._pattern = re.compile(pattern) if pattern else None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[str] = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in stop
-        self._log.write(f"--- hpcray: starting {argv!r} at {time.strftime('%F %T')}\n")
-        guarded = [sys.executable, guard.__file__, str(os.getpid()), str(grace), "--", *argv]
-        self.proc = subprocess.Popen(  # noqa: S603 - an argv list, no shell
-            guarded, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, text=True, errors="replace")
+        # `shown`: the program's own command, without the container flags that carry values
+        self._write(f"--- hpcray: starting {shown} at {time.strftime('%F %T')}\n")
+        # -I: the guard imports nothing from its own directory or the user's site
+        guarded = [sys.executable, "-I", guard.__file__, str(os.getpid()), str(grace), "--",
+                   *argv]
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - an argv list, no shell
+                guarded, env=environ, cwd=cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                text=True, errors="replace")
+        except BaseException:
+            self._log.close()
+            raise
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name="hpcray-program-output")
         self._reader.start()
 
+    def _write(self, text: str) -> None:
+        """A full disk or a closed log must not stop the reading: a pipe nobody reads
+        blocks the program."""
+        with contextlib.suppress(ValueError, OSError):
+            self._log.write(text)
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self._log.write(line)
+            self._write(line)
             self.tail.append(line.rstrip("\n"))
             if self._pattern is not None and not self.announced.is_set() \
                     and self._pattern.search(line):
                 self.announced.set()
-        self._log.write(f"--- hpcray: the program exited with status {self.proc.wait()}\n")
+        self._write(f"--- hpcray: the program exited with status {self.proc.wait()}\n")
 
     @property
     def pid(self) -> int:
@@ -155,8 +170,10 @@ class ProgramService:
         self.log_path = logs / f"{self.spec.name}-{self.replica}.log"
         self.restarts_left = self.spec.restarts
         self.restarted = 0
+        self.restarting = False  # the monitor is starting the program again
+        self.liveness_failures = 0
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
         self._loop = EngineLoop(f"hpcray-program-{self.spec.name}")
         self.event_loop = self._loop.loop  # the direct server runs requests here
         self.process: ProgramProcess | None = None
@@ -174,32 +191,47 @@ class ProgramService:
         self._monitor.start()
 
     # -- starting -------------------------------------------------------------------------------
-    def argv(self) -> list[str]:
+    def _values(self) -> dict[str, str]:
+        return {"port": str(self.port), "host": self.host, "run_dir": self.run_dir or "",
+                "replica": self.replica, "model": self.spec.model or ""}
+
+    def program_argv(self) -> list[str]:
         assert self.spec.command is not None  # a program service has one (spec)
-        values = {"port": str(self.port), "host": self.host, "run_dir": self.run_dir or "",
-                  "replica": self.replica, "model": self.spec.model or ""}
-        argv = [fill(a, values) for a in self.spec.command]
+        return [fill(a, self._values()) for a in self.spec.command]
+
+    def program_env(self) -> dict[str, str]:
+        """The service's `env`, placeholders filled (OLLAMA_HOST: "{host}:{port}")."""
+        return {k: fill(v, self._values()) for k, v in self.spec.env.items()}
+
+    def argv(self) -> list[str]:
+        argv = self.program_argv()
         if self.spec.container is None:
             return argv
         from hpcray.runtime.containers import container_argv
 
         binds = [d for d in (self.run_dir, self.workflow_dir) if d]
-        inside = {k: os.environ[k] for k in GPU_VISIBILITY if k in os.environ}
+        inside = {k: os.environ[k] for k in GPU_VARS if k in os.environ}
         inside.update({k: os.environ[k] for k in (env.RUN_DIR, env.RAY_MARKER)
                        if k in os.environ})
-        inside.update(self.spec.env)
+        inside.update(self.program_env())
         return container_argv(self.spec.container, argv, binds=binds, env=inside,
                               workdir=self.workflow_dir)
 
     def _environ(self) -> dict[str, str]:
         environ = dict(os.environ)
-        environ.update(self.spec.env)
+        environ.setdefault("PYTHONUNBUFFERED", "1")  # a Python server's lines arrive at once
+        environ.update(self.program_env())
         return environ
 
     def _start(self) -> None:
         ready = readiness_probe(self.spec)
+        shown = repr(self.program_argv())
+        if self.spec.container is not None:
+            shown += (f" in the {self.spec.container.runtime} image "
+                      f"{self.spec.container.image}")
         self.process = ProgramProcess(self.argv(), self._environ(), self.log_path,
-                                      ready.output, self.spec.stop_timeout)
+                                      ready.output, self.spec.stop_timeout,
+                                      self.workflow_dir or self.run_dir, shown)
         self.started = time.time()
         log.info("service %s: replica %s started %s (pid %d) on port %d", self.spec.name,
                  self.replica, self.spec.command[0] if self.spec.command else "?",
@@ -211,9 +243,10 @@ class ProgramService:
         assert self.process is not None
         probe = readiness_probe(self.spec)
         deadline = time.monotonic() + self.spec.readiness_timeout
-        while True:
+        while not self._stopping.is_set():
             code = self.process.exited()
             if code is not None:
+                self.process.stop()  # its last lines read, which usually say why
                 raise ServiceError(
                     f"service {self.spec.name!r}: the program exited with status {code} "
                     f"before it was ready; the end of its output ({self.log_path}):\n"
@@ -229,6 +262,7 @@ class ProgramService:
                     f"{_describe(probe)}); the end of its output ({self.log_path}):\n"
                     f"{self.process.last_lines()}")
             time.sleep(0.1)
+        raise ServiceError(f"service {self.spec.name!r}: stopped while starting")
 
     def _passes(self, probe: ProbeSpec, process: ProgramProcess, timeout: float) -> bool:
         if probe.output is not None:
@@ -240,7 +274,7 @@ class ProgramService:
             except OSError:
                 return False
         try:
-            reply = httpx.get(f"{self.url}{probe.http}", timeout=timeout)
+            reply = httpx.get(f"{self.url}{probe.http}", timeout=timeout, trust_env=False)
         except httpx.HTTPError:
             return False
         return 200 <= reply.status_code < 300
@@ -253,30 +287,33 @@ class ProgramService:
         if api == "openai":
             model = self.spec.model or _first_model(f"{self.url}/v1/models")
             self.endpoint = OpenAIEndpoint(label, f"{self.url}/v1", model, max_concurrency=256,
-                                           timeout=self.spec.health_check_timeout * 20)
+                                           timeout=REQUEST_TIMEOUT_S, trust_env=False)
         elif api == "ollama":
             assert self.spec.model is not None  # the spec requires it
             self.endpoint = OllamaEndpoint(label, self.url, self.spec.model,
-                                           max_concurrency=256, timeout=600)
+                                           max_concurrency=256, timeout=REQUEST_TIMEOUT_S,
+                                           trust_env=False)
 
     # -- supervision ----------------------------------------------------------------------------
     def _supervise(self) -> None:
         """Restart the program when it exits, while restarts are left; when none are, the
-        replica reports itself unhealthy and Serve replaces it."""
-        while not self._stopping.is_set():
-            process = self.process
-            if process is None or process.proc.wait() is None or self._stopping.is_set():
-                return
-            with self._lock:
+        replica reports itself unhealthy and Serve replaces it. Nothing here holds up a
+        stop: the wait for readiness ends when the replica is stopping."""
+        try:
+            while not self._stopping.is_set():
+                process = self.process
+                if process is None:
+                    return
+                code = process.proc.wait()
                 if self._stopping.is_set():
                     return
-                code = process.exited()
                 if self.restarts_left <= 0:
                     log.error("service %s: replica %s's program exited with status %s; no "
                               "restarts left", self.spec.name, self.replica, code)
                     return
                 self.restarts_left -= 1
                 self.restarted += 1
+                self.restarting = True
                 log.warning("service %s: replica %s's program exited with status %s; "
                             "restarting it (%d restart(s) left)", self.spec.name,
                             self.replica, code, self.restarts_left)
@@ -284,44 +321,61 @@ class ProgramService:
                 try:
                     self._start()
                     self._wait_ready()
-                except ServiceError as exc:
-                    log.error("%s", exc)
+                except Exception as exc:  # noqa: BLE001 - logged; the loop decides again
+                    log.error("service %s: replica %s: %s", self.spec.name, self.replica, exc)
+                finally:
+                    self.restarting = False
+                    self.liveness_failures = 0
+        except Exception:  # the health check sees the monitor gone and fails the replica
+            log.exception("service %s: replica %s: the program's monitor stopped",
+                          self.spec.name, self.replica)
 
     def check_health(self) -> None:
         """Serve's periodic check: the program runs (or is being restarted) and passes its
-        liveness probe. A failed probe with restarts left restarts the program."""
+        liveness probe; LIVENESS_FAILURES failures in a row restart it while restarts are
+        left. Raising makes Serve replace the replica."""
         process = self.process
-        if process is None:
-            raise RuntimeError(f"service {self.spec.name!r}: no program")
-        if process.exited() is not None:
-            if self.restarts_left <= 0 and not self._lock.locked():
-                raise RuntimeError(
-                    f"service {self.spec.name!r}: the program exited with status "
-                    f"{process.exited()}; the end of its output:\n{process.last_lines()}")
-            return  # the monitor restarts it
+        if process is None or self._monitor is None or not self._monitor.is_alive():
+            raise RuntimeError(f"service {self.spec.name!r}: the program is not supervised "
+                               f"any more; the end of its output:\n"
+                               f"{process.last_lines() if process else ''}")
+        if self.restarting or process.exited() is not None:
+            return  # the monitor is on it (it ends when no restarts are left: see above)
         probe = liveness_probe(self.spec)
-        if probe is None or self._lock.locked() or self._passes(
-                probe, process, timeout=self.spec.health_check_timeout / 2):
+        if probe is None or self._passes(probe, process,
+                                         timeout=self.spec.health_check_timeout / 2):
+            self.liveness_failures = 0
+            return
+        self.liveness_failures += 1
+        if self.liveness_failures < LIVENESS_FAILURES:
             return
         if self.restarts_left > 0:
-            log.warning("service %s: replica %s failed its liveness probe (%s): restarting",
-                        self.spec.name, self.replica, _describe(probe))
-            os.killpg(process.pid, signal.SIGTERM)  # the monitor starts it again
+            log.warning("service %s: replica %s failed its liveness probe (%s) %d times: "
+                        "restarting it", self.spec.name, self.replica, _describe(probe),
+                        self.liveness_failures)
+            self.liveness_failures = 0
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)  # the monitor starts it again
             return
         raise RuntimeError(f"service {self.spec.name!r}: the program fails its liveness "
                            f"probe ({_describe(probe)})")
 
     def bootstrap(self) -> dict[str, Any]:
         """Where the program listens (published in endpoints.json) and its restarts."""
-        return {"url": self.url, "pid": self.process.pid if self.process else None,
+        return {"url": self.url,
+                "program_pid": self.process.pid if self.process else None,
                 "restarted": self.restarted, "log": str(self.log_path)}
 
     def shutdown(self) -> None:
         """The replica's end: the program's whole tree, then its port."""
         self._stopping.set()
-        with self._lock:
-            if self.process is not None:
-                self.process.stop()
+        process = self.process
+        if process is not None:
+            process.stop()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+            if self.process is not None and self.process is not process:
+                self.process.stop()  # one the monitor started meanwhile
         endpoint, http = self.endpoint, self._http
         if endpoint is not None or http is not None:
             with contextlib.suppress(Exception):
@@ -438,7 +492,7 @@ async def _close(endpoint: RemoteEndpoint | None, http: Any) -> None:
 
 def _first_model(url: str) -> str:
     try:
-        models = httpx.get(url, timeout=30).json().get("data") or []
+        models = httpx.get(url, timeout=30, trust_env=False).json().get("data") or []
         return str(models[0]["id"])
     except (httpx.HTTPError, ValueError, AttributeError, IndexError, KeyError, TypeError):
         raise ServiceError(f"{url} lists no model; give the service a 'model'") from None

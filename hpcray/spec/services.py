@@ -124,7 +124,8 @@ class ServiceSpec(StrictModel):
     model: str | None = Field(None, description="openai/ollama program services: the model "
                               "name the server serves; default: the first it lists.")
     env: dict[str, str] = Field(default_factory=dict,
-                                description="Program services: extra environment variables.")
+                                description="Program services: extra environment variables; "
+                                "the same placeholders as `command` are filled in.")
     readiness: ProbeSpec | None = Field(
         None, description="Program services: when a replica is up; default an HTTP probe of "
         "the API's model list (openai, ollama) or a TCP connect (http).")
@@ -190,6 +191,7 @@ class ServiceSpec(StrictModel):
             program_only = [k for k in ("readiness", "liveness", "container", "model")
                             if getattr(self, k) is not None]
             program_only += [k for k in ("env", "restarts") if getattr(self, k)]
+            program_only += [k for k in ("stop_timeout",) if k in self.model_fields_set]
             if self.api != "http":
                 program_only.append("api")
             if program_only:
@@ -206,9 +208,17 @@ class ServiceSpec(StrictModel):
                             + ", ".join(f"{{{p}}}" for p in COMMAND_PLACEHOLDERS))
             if self.api == "ollama" and self.model is None:
                 raise ValueError("api: ollama needs 'model' (the name the server serves)")
-            for key in self.env:
+            for key, value in self.env.items():
                 if not _ENV_NAME.match(key):
                     raise ValueError(f"env: {key!r} is not an environment variable name")
+                for name in _PLACEHOLDER.findall(value):
+                    if name not in COMMAND_PLACEHOLDERS:
+                        raise ValueError(
+                            f"env: unknown placeholder {{{name}}} in {key}; known: "
+                            + ", ".join(f"{{{p}}}" for p in COMMAND_PLACEHOLDERS))
+            uses_model = any("{model}" in a for a in [*self.command, *self.env.values()])
+            if uses_model and self.model is None:
+                raise ValueError("command: {model} needs the service's 'model'")
         labels = [r.label for r in self.remote]
         if len(set(labels)) != len(labels):
             raise ValueError("two remote endpoints have the same name; give each a 'name'")

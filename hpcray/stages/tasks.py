@@ -98,14 +98,17 @@ def in_container(container: Any, argv: list[str], env: dict[str, str], cwd: str,
     it and every HPCRAY_* variable (the job's teardown marker included, which finds what a
     runtime starts outside this process tree). `ranks`: each MPI rank's own variables pass
     through from the launcher's step."""
+    # a rank's own variables (its rank, node, GPUs) are the launcher's step's, set per
+    # rank: passed by name, never as this worker's values
+    per_rank = [*RANK_VARS, hpcray_env.RANK, hpcray_env.LOCAL_RANK, hpcray_env.NRANKS,
+                hpcray_env.NODE_NAME, *GPU_VARS] if ranks else []
     passed = {k: v for k, v in os.environ.items()
-              if k.startswith("HPCRAY_") or k in GPU_VARS}
+              if (k.startswith("HPCRAY_") or k in GPU_VARS) and k not in per_rank}
     run_dir = env.get(hpcray_env.RUN_DIR) or os.environ.get(hpcray_env.RUN_DIR)
     binds = [d for d in (run_dir, cwd) if d]
-    inherit = [*RANK_VARS, hpcray_env.RANK, hpcray_env.LOCAL_RANK, hpcray_env.NRANKS,
-               hpcray_env.NODE_NAME] if ranks else []
-    return container_argv(container, argv, binds=binds, env={**passed, **env}, workdir=cwd,
-                          inherit=inherit)
+    given = {k: v for k, v in env.items() if k not in per_rank}
+    return container_argv(container, argv, binds=binds, env={**passed, **given}, workdir=cwd,
+                          inherit=list(dict.fromkeys(per_rank)))
 
 
 def run_command(argv: list[str], env: dict[str, str], stem: str,

@@ -64,3 +64,44 @@ def test_explicit_base_checks_ports():
         busy = s.getsockname()[1]
         with pytest.raises(OSError, match="in use"):
             ports.claim_block("x", 0, base=busy - 3)
+
+
+def test_program_ports_come_from_the_nodes_block_below_the_workers(monkeypatch):
+    block = ports.claim_block("job-p", 0)
+    monkeypatch.setenv("HPCRAY_PORT_BLOCK", str(block.base))
+    try:
+        got = [ports.claim_program_port("svc/r") for _ in range(3)]
+        assert len(set(got)) == 3  # one per replica, never shared
+        assert all(block.base + 20 <= p < block.min_worker_port for p in got)
+        ports.release_program_port(got[0])
+        assert ports.claim_program_port("svc/r2") == got[0]  # a released port is taken again
+    finally:
+        ports.release_block(block)
+
+
+def test_a_dead_replicas_port_claim_is_stale_and_another_replicas_is_not_released(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("HPCRAY_PORT_BLOCK", "40000")
+    ports.CLAIM_DIR.mkdir(parents=True, exist_ok=True)
+    first = 40000 + ports.PROGRAM_OFFSETS[0]
+    (ports.CLAIM_DIR / f"port-{first}").write_text("999999999 dead/replica\n")  # no such pid
+    assert ports.claim_program_port("svc/r") == first
+    (ports.CLAIM_DIR / f"port-{first}").write_text("1 another/replica\n")  # a live pid
+    ports.release_program_port(first)  # not ours: kept
+    assert (ports.CLAIM_DIR / f"port-{first}").exists()
+
+
+def test_all_program_ports_taken_is_an_error_naming_the_block(monkeypatch):
+    monkeypatch.setenv("HPCRAY_PORT_BLOCK", "41000")
+    ports.CLAIM_DIR.mkdir(parents=True, exist_ok=True)
+    for offset in ports.PROGRAM_OFFSETS:
+        (ports.CLAIM_DIR / f"port-{41000 + offset}").write_text("1 other\n")
+    with pytest.raises(OSError, match="all 32 program-service ports of this node's block 41000"):
+        ports.claim_program_port("svc/r")
+
+
+def test_outside_a_node_the_kernel_picks_a_free_port(monkeypatch):
+    monkeypatch.delenv("HPCRAY_PORT_BLOCK", raising=False)
+    port = ports.claim_program_port("svc/r")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free

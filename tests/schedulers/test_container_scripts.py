@@ -14,12 +14,14 @@ import pytest
 from hpcray import api
 from hpcray.bootstrap.launch import agent_argv
 from hpcray.launchers import LaunchRequest, get_launcher
+from hpcray.runtime.ports import CLAIM_DIR
 from hpcray.sites import load_site
 from hpcray.spec import loads_workflow
 
 RUN = "/scratch/proj/hpcray-runs/demo-20261126-120000-abcd"
 WF = "/WF"
 AGENT = ["/opt/conda/bin/python", "-m", "hpcray", "node", "--run-dir", RUN]
+CLAIMS = str(CLAIM_DIR)  # the host's port-claim directory, shared by the jobs of a node
 
 WORKFLOW = """\
 name: demo
@@ -49,11 +51,12 @@ def render(site: str, runtime: str | None, tmp_path: Path, monkeypatch) -> str:
 
 def agent_line(text: str) -> list[str]:
     lines = text.splitlines()
-    at = lines.index("# `hpcray up` starts on every node, after the launcher's own arguments:")
+    at = lines.index("# on every node, `hpcray up` has the launcher start:")
     return shlex.split(lines[at + 1].removeprefix("#   "))
 
 
-BINDS_APPTAINER = ["--bind", f"{RUN}:{RUN}", "--bind", f"{WF}:{WF}"]
+BINDS_APPTAINER = ["--bind", f"{RUN}:{RUN}", "--bind", f"{WF}:{WF}", "--bind",
+                   f"{CLAIMS}:{CLAIMS}"]
 
 
 @pytest.mark.parametrize(("site", "runtime", "expected"), [
@@ -61,32 +64,39 @@ BINDS_APPTAINER = ["--bind", f"{RUN}:{RUN}", "--bind", f"{WF}:{WF}"]
                         "--env", "GREETING=it's $HOME", "--pwd", RUN, "/sw/ray.sif", *AGENT]),
     ("perlmutter", None, [
         "podman-hpc", "run", "--rm", "--init", "--network=host", "--uts=host", "--ipc=host",
-        "--gpu", "-v", f"{RUN}:{RUN}", "-v", f"{WF}:{WF}", "-e", "GREETING=it's $HOME",
+        "--gpu", "-v", f"{RUN}:{RUN}", "-v", f"{WF}:{WF}", "-v", f"{CLAIMS}:{CLAIMS}",
+        "-e", "GREETING=it's $HOME",
         "-e", "HPCRAY_NODE_NAME", "-e", "SLURMD_NODENAME", "-e", "FLUX_NODE_NAME",
         "-e", "HPCRAY_RANK", "-e", "HPCRAY_LOCAL_RANK", "-e", "HPCRAY_NRANKS",
         "-e", "CUDA_VISIBLE_DEVICES", "-e", "ROCR_VISIBLE_DEVICES", "-e", "HIP_VISIBLE_DEVICES",
         "-e", "ZE_AFFINITY_MASK", "-e", "ONEAPI_DEVICE_SELECTOR",
-        "-e", "ZE_FLAT_DEVICE_HIERARCHY", "-w", RUN, "ray:2.60", *AGENT]),
+        "-e", "ZE_FLAT_DEVICE_HIERARCHY", "-e", "HPCRAY_PORT_CLAIMS", "-e", "TMPDIR",
+        "-w", RUN, "ray:2.60", *AGENT]),
     ("perlmutter", "shifter", [
         "shifter", "--image=docker:ray:2.60", "--module=gpu", f"--volume={RUN}:{RUN}",
-        f"--volume={WF}:{WF}", f"--workdir={RUN}", "--", "env", "GREETING=it's $HOME",
+        f"--volume={WF}:{WF}", f"--volume={CLAIMS}:{CLAIMS}", f"--workdir={RUN}", "--", "env",
+        "GREETING=it's $HOME",
         *AGENT]),
     ("polaris", None, ["apptainer", "exec", "--nv", *BINDS_APPTAINER,
                        "--env", "GREETING=it's $HOME", "--pwd", RUN, "/sw/ray.sif", *AGENT]),
     ("aurora", None, ["apptainer", "exec", "--bind", "/dev/dri", *BINDS_APPTAINER,
                       "--env", "GREETING=it's $HOME", "--pwd", RUN, "/sw/ray.sif", *AGENT]),
     ("delta", "charliecloud", ["ch-run", "-b", f"{RUN}:{RUN}", "-b", f"{WF}:{WF}",
+                               "-b", f"{CLAIMS}:{CLAIMS}",
                                "--env-no-expand", "--set-env=GREETING=it's $HOME", "-c", RUN,
                                "/sw/ray-dir", "--", *AGENT]),
     ("delta", "enroot", [
         "enroot", "start", "--mount", f"{RUN}:{RUN}:none:x-create=auto,rbind",
-        "--mount", f"{WF}:{WF}:none:x-create=auto,rbind", "--env", "NVIDIA_VISIBLE_DEVICES=all",
+        "--mount", f"{WF}:{WF}:none:x-create=auto,rbind",
+        "--mount", f"{CLAIMS}:{CLAIMS}:none:x-create=auto,rbind",
+        "--env", "NVIDIA_VISIBLE_DEVICES=all",
         "--env", "NVIDIA_DRIVER_CAPABILITIES=compute,utility", "--env", "GREETING=it's $HOME",
         "--env", "HPCRAY_NODE_NAME", "--env", "SLURMD_NODENAME", "--env", "FLUX_NODE_NAME",
         "--env", "HPCRAY_RANK", "--env", "HPCRAY_LOCAL_RANK", "--env", "HPCRAY_NRANKS",
         "--env", "CUDA_VISIBLE_DEVICES", "--env", "ROCR_VISIBLE_DEVICES",
         "--env", "HIP_VISIBLE_DEVICES", "--env", "ZE_AFFINITY_MASK",
         "--env", "ONEAPI_DEVICE_SELECTOR", "--env", "ZE_FLAT_DEVICE_HIERARCHY",
+        "--env", "HPCRAY_PORT_CLAIMS", "--env", "TMPDIR",
         "/sw/ray.sqsh", "env", f"--chdir={RUN}", *AGENT]),
 ])
 def test_script_shows_the_agents_command_in_the_image(site, runtime, expected, tmp_path,
@@ -112,8 +122,8 @@ def test_slurm_script_exactly(tmp_path, monkeypatch):
         "module load PrgEnv-gnu rocm\n"
         "# node agents, and Ray with everything it starts, run in the apptainer image "
         "/sw/ray.sif:\n"
-        "# `hpcray up` starts on every node, after the launcher's own arguments:\n"
-        f"#   apptainer exec --rocm --bind {RUN}:{RUN} --bind {WF}:{WF} "
+        "# on every node, `hpcray up` has the launcher start:\n"
+        f"#   apptainer exec --rocm --bind {RUN}:{RUN} --bind {WF}:{WF} --bind {CLAIMS}:{CLAIMS} "
         f"--env 'GREETING=it'\"'\"'s $HOME' --pwd {RUN} /sw/ray.sif /opt/conda/bin/python -m "
         f"hpcray node --run-dir {RUN}\n"
         f"exec {shlex.quote(sys.executable)} -m hpcray up --run-dir {RUN}\n")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -147,4 +149,9 @@ def test_a_program_service_in_a_podman_image_sees_the_run_directory(
     seen = (sub.run_dir / "from-container.txt").read_text().split()
     assert seen[2] == "/usr/bin/python3"  # the image's python, not this venv's
     log = next((sub.run_dir / "logs" / "services").glob("echo_box-*.log")).read_text()
-    assert "'podman', 'run'" in log and podman.image in log
+    assert f"in the podman image {podman.image}" in log  # the program's line, not podman's
+    # the stop went through podman: no container is left in its store, running or not
+    left = subprocess.run(["podman", "ps", "-a", "--format", "{{.ID}} {{.Status}}"],
+                          env={**os.environ, **podman.env}, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    assert left == "", left

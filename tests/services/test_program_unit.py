@@ -31,6 +31,8 @@ def spec(**fields) -> ServiceSpec:
     ({"readiness": {"http": "/h", "tcp": True}}, "exactly one of"),
     ({"readiness": {"output": "("}}, "not a regular expression"),
     ({"env": {"1BAD": "x"}}, "not an environment variable name"),
+    ({"env": {"OLLAMA_HOST": "{hots}:{port}"}}, r"unknown placeholder \{hots\} in OLLAMA_HOST"),
+    ({"command": ["server", "--model", "{model}"]}, r"\{model\} needs the service's 'model'"),
 ])
 def test_bad_program_entries_are_refused_with_the_reason(fields, message):
     with pytest.raises(ValidationError, match=message):
@@ -38,9 +40,9 @@ def test_bad_program_entries_are_refused_with_the_reason(fields, message):
 
 
 def test_program_fields_on_a_class_service_are_refused():
-    with pytest.raises(ValidationError, match="restarts, api: only for program services"):
+    with pytest.raises(ValidationError, match="restarts, stop_timeout, api: only for program"):
         ServiceSpec.model_validate({"name": "c", "deployment": "noop", "restarts": 2,
-                                    "api": "openai"})
+                                    "api": "openai", "stop_timeout": 5})
 
 
 def test_probe_defaults_follow_the_api():
@@ -97,6 +99,24 @@ def test_one_replica_starts_answers_and_stops_its_program(tmp_path):
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     log = service.log_path.read_text()
     assert "served x" in log and "exited with status" in log
+
+
+@pytest.mark.timeout(60)
+def test_env_placeholders_are_filled_and_the_program_runs_from_the_workflow_dir(tmp_path):
+    """OLLAMA_HOST: "{host}:{port}" is how Ollama takes its address; `./server` is the
+    workflow directory's."""
+    (tmp_path / "server.py").write_text(
+        "import os, sys\nprint('at', os.getcwd(), os.environ['LISTEN'], flush=True)\n"
+        "import time\ntime.sleep(60)\n")
+    service = program.ProgramService(ServiceSpec.model_validate({
+        "name": "where", "command": [sys.executable, "server.py"],
+        "env": {"LISTEN": "{host}:{port}"}, "readiness": {"output": "^at "}}
+    ).model_dump(mode="json"), run_dir=str(tmp_path / "run"), workflow_dir=str(tmp_path))
+    try:
+        line = service.process.last_lines()
+    finally:
+        service.shutdown()
+    assert line == f"at {tmp_path} 127.0.0.1:{service.port}"
 
 
 @pytest.mark.timeout(60)

@@ -38,3 +38,18 @@ def test_an_unresolved_container_is_a_recorded_failure(tmp_path):
     got = run_command(["true"], ENV, str(tmp_path / "t"), (str(tmp_path), None),
                       None, ContainerSpec(image="x"))
     assert not got["ok"] and "no container runtime" in got["error"]
+
+
+def test_each_rank_keeps_its_own_rank_and_gpus(monkeypatch):
+    """The launching worker's GPU and rank variables are not baked into every rank's command
+    line: the launcher sets them per rank, and they pass through by name."""
+    monkeypatch.setenv("ROCR_VISIBLE_DEVICES", "2")
+    monkeypatch.setenv("HPCRAY_RANK", "0")
+    for runtime in ("apptainer", "podman", "enroot"):
+        spec = SPEC.model_copy(update={"runtime": runtime})
+        argv = in_container(spec, ["./mpi_sim"], ENV, "/wf", ranks=True)
+        assert not [a for a in argv if "ROCR_VISIBLE_DEVICES=" in a or "HPCRAY_RANK=" in a], \
+            (runtime, argv)
+        assert any("HPCRAY_STAGE=sim" in a for a in argv)  # the task's own still go in
+        if runtime != "apptainer":  # apptainer passes the caller's environment on by itself
+            assert "ROCR_VISIBLE_DEVICES" in argv and "HPCRAY_RANK" in argv, (runtime, argv)
