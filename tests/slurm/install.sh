@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# Installs Debian's slurm-wlm and munge for the test Slurm when they are missing and we can
-# (root with apt-get). Otherwise the tests marked `slurm` are skipped with this reason.
+# Installs what the real-program tests need when it is missing and we can (root with
+# apt-get): Debian's slurm-wlm and munge for the test Slurm, and podman (with runc and
+# catatonit) and charliecloud for the container tests. Otherwise the tests that need them
+# are skipped with that reason.
 set -euo pipefail
-if command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
+need=()
+if ! command -v slurmd >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  need+=(slurm-wlm munge)
+fi
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+    || [ ! -e /usr/libexec/podman/catatonit ]; then
+  need+=(podman runc catatonit)
+fi
+if ! command -v ch-run >/dev/null 2>&1; then
+  need+=(charliecloud-runtime)
+fi
+if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "slurm-wlm/munge missing and not root with apt-get: Slurm tests will be skipped" >&2
+  echo "${need[*]} missing and not root with apt-get: the tests that need them will be skipped" >&2
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq slurm-wlm munge >/dev/null
+apt-get install -y -qq "${need[@]}" >/dev/null
