@@ -149,3 +149,11 @@ def main(run_dir: str) -> int:
         run.mark("finished", state=RunState.FAILED, error=str(exc),
                  error_type=type(exc).__name__)
         return 1
+    except Exception as exc:  # before the run's own handling began: still a failed run,
+        # never one left `submitted` for a caller that waits on it
+        log.exception("hpcray up failed before the cluster started")
+        run.mark("finished", state=RunState.FAILED,
+                 error=f"hpcray up failed before the cluster started: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                 error_type=type(exc).__name__)
+        return 1

@@ -191,7 +191,6 @@ class ServiceSpec(StrictModel):
             program_only = [k for k in ("readiness", "liveness", "container", "model")
                             if getattr(self, k) is not None]
             program_only += [k for k in ("env", "restarts") if getattr(self, k)]
-            program_only += [k for k in ("stop_timeout",) if k in self.model_fields_set]
             if self.api != "http":
                 program_only.append("api")
             if program_only:
