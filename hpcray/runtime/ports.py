@@ -134,8 +134,11 @@ def claim_block(cluster_id: str, node_index: int, base: int | None = None) -> Po
 
 
 def release_block(block: PortBlock) -> None:
-    index = (block.base - FIRST_PORT) // BLOCK_SIZE
-    path = _claim_file(index)
+    _release(_claim_file((block.base - FIRST_PORT) // BLOCK_SIZE))
+
+
+def _release(path: Path) -> None:
+    """Remove a claim file of this process (another process's claim stays)."""
     try:
         if path.read_text().split()[0] == str(os.getpid()):
             path.unlink()
@@ -170,9 +173,4 @@ def claim_program_port(owner: str) -> int:
 
 
 def release_program_port(port: int) -> None:
-    path = _port_claim_file(port)
-    try:
-        if path.read_text().split()[0] == str(os.getpid()):
-            path.unlink()
-    except (OSError, IndexError):
-        pass
+    _release(_port_claim_file(port))
