@@ -37,6 +37,38 @@ PARTS = ("launch", "init", "publish")
 PROGRAM = REPO / "tests" / "fixtures" / "services" / "http_program.py"
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """One BT record per replica: service, replicas, repeat, replica and the three parts."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["service", "replicas", "repeat", "replica",
+                                               *PARTS])
+        writer.writeheader()
+        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+                         for r in rows)
+
+
+def stacked_bars(bars: dict[str, dict[str, float]], xlabel: str, title: str,
+                 path: Path) -> None:
+    """A bar per label, its BT parts stacked (the paper's Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(bars)
+    for part, color in zip(PARTS, ("tab:orange", "tab:green", "tab:red"), strict=True):
+        values = [means[part] for means in bars.values()]
+        ax.bar(list(bars), values, bottom=bottom, label=part, color=color)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("seconds per replica (mean)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def program_run(work: Path, replicas: int, rt_calls: int) -> tuple[dict, dict | None]:
     """One run: class and program services of N replicas each, requested together."""
     command = json.dumps([sys.executable, str(PROGRAM), "--port", "{port}", "--host", "{host}",
@@ -76,12 +108,7 @@ def programs(ns: list[int], repeats: int, rt_calls: int, console, bar) -> None:
                               "replica": r["replica"], **{p: r[p] for p in PARTS}}
                              for r in records]
                 bar.advance(task)
-    with open(RESULTS / "program_services.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["service", "replicas", "repeat", "replica",
-                                               *PARTS])
-        writer.writeheader()
-        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                         for r in rows)
+    write_rows(RESULTS / "program_services.csv", rows)
     table = Table(title="BT per replica, class vs program service started together in one "
                         "run, seconds: mean (max); ratio = program / class")
     for col in ("replicas", "service", *PARTS, "BT", "ratio"):
@@ -117,24 +144,10 @@ def programs(ns: list[int], repeats: int, rt_calls: int, console, bar) -> None:
                 writer.writerow([name, r["n"], *(round(r.get(k, 0.0), 4) for k in (
                     "p50_ms", "p95_ms", "mean_ms", "inference_ms", "service_ms"))])
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{n}\n{k[:4]}" for n in ns for k in ("class", "program")]
-    bottom = [0.0] * len(labels)
-    for part, color in zip(PARTS, ("tab:orange", "tab:green", "tab:red"), strict=True):
-        values = [means[k, n][part] for n in ns for k in ("class", "program")]
-        ax.bar(labels, values, bottom=bottom, label=part, color=color)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("replicas of each, started together (class NOOP; program HTTP server)")
-    ax.set_ylabel("seconds per replica (mean)")
-    ax.set_title("BT: program services against class services, one run each N")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "program_services.png", dpi=120)
+    bars = {f"{n}\n{k[:4]}": means[k, n] for n in ns for k in ("class", "program")}
+    stacked_bars(bars, "replicas of each, started together (class NOOP; program HTTP server)",
+                 "BT: program services against class services, one run each N",
+                 RESULTS / "program_services.png")
 
 
 def run_once(work: Path, replicas: int, deployment: str = "noop", args: str = "{}") -> list[dict]:
@@ -199,12 +212,7 @@ def main() -> int:
                 bar.advance(task)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "service_bootstrap.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["service", "replicas", "repeat", "replica",
-                                               *PARTS])
-        writer.writeheader()
-        writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                         for r in rows)
+    write_rows(RESULTS / "service_bootstrap.csv", rows)
     table = Table(title="Service bootstrap time per replica, seconds: mean (max)")
     for col in ("service", "replicas", *PARTS, "BT"):
         table.add_column(col, justify="right")
@@ -217,24 +225,10 @@ def main() -> int:
                                 for p in PARTS), f"{statistics.mean(bt):.3f} ({max(bt):.3f})")
     console.print(table)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [str(n) if kind == "noop" else f"LLM\n{n}" for kind, n in configs]
-    bottom = [0.0] * len(labels)
-    for part, color in zip(PARTS, ("tab:orange", "tab:green", "tab:red"), strict=True):
-        values = [means[c][part] for c in configs]
-        ax.bar(labels, values, bottom=bottom, label=part, color=color)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("replicas started together (NOOP; tiny GPT-2 'LLM')")
-    ax.set_ylabel("seconds per replica (mean)")
-    ax.set_title("Service bootstrap time (BT) on Ray Serve, this machine")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "service_bootstrap.png", dpi=120)
+    bars = {(str(n) if kind == "noop" else f"LLM\n{n}"): means[kind, n] for kind, n in configs}
+    stacked_bars(bars, "replicas started together (NOOP; tiny GPT-2 'LLM')",
+                 "Service bootstrap time (BT) on Ray Serve, this machine",
+                 RESULTS / "service_bootstrap.png")
     console.save_text(str(RESULTS / "service_bootstrap.txt"))
     return 0
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from hpcray.spec.base import single_lines
 from hpcray.spec.containers import ContainerRuntime, GpuVendor
 from hpcray.spec.models import Directive, SetupLine, StrictModel, _token
 
@@ -55,10 +56,7 @@ class SiteProfile(StrictModel):
     @field_validator("container_options")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
-        for option in value:
-            if any(c in option for c in "\n\r\x00"):
-                raise ValueError(f"container option {option!r} contains a newline")
-        return value
+        return single_lines(value, "container option")
 
     @field_validator("pbs_select")
     @classmethod

@@ -3,19 +3,17 @@ runs in, and the runtime that starts it (docs/containers.md)."""
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from hpcray.spec.base import StrictModel
+from hpcray.spec.base import ENV_NAME, StrictModel, single_lines
 
 GpuVendor = Literal["nvidia", "amd", "intel", "none"]
 ContainerRuntime = Literal["apptainer", "singularity", "podman-hpc", "shifter", "charliecloud",
                            "enroot", "podman"]
 RUNTIMES: tuple[str, ...] = ("apptainer", "singularity", "podman-hpc", "shifter",
                              "charliecloud", "enroot", "podman")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class ContainerSpec(StrictModel):
@@ -55,7 +53,7 @@ class ContainerSpec(StrictModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, val in value.items():
-            if not _ENV_NAME.match(name):
+            if not ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if any(c in str(val) for c in "\n\r\x00"):
                 raise ValueError(f"the value of {name} contains a newline")
@@ -64,10 +62,7 @@ class ContainerSpec(StrictModel):
     @field_validator("options")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
-        for option in value:
-            if any(c in option for c in "\n\r\x00"):
-                raise ValueError(f"option {option!r} contains a newline")
-        return value
+        return single_lines(value, "option")
 
     @field_validator("image")
     @classmethod

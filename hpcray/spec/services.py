@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpcray import plugins
+from hpcray.spec.base import ENV_NAME
 from hpcray.spec.containers import ContainerSpec
 from hpcray.spec.models import StrictModel
 from hpcray.spec.resources import Resources
@@ -22,7 +23,6 @@ class LifetimeSpec(StrictModel):
     seconds: float | None = Field(None, gt=0)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class RemoteEndpointSpec(StrictModel):
@@ -66,7 +66,7 @@ class RemoteEndpointSpec(StrictModel):
     @field_validator("api_key_env")
     @classmethod
     def _env(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
+        if value is not None and not ENV_NAME.match(value):
             # not echoed: a key pasted here by mistake must not reach a log
             raise ValueError("this is not an environment variable name (letters, digits, _); "
                              "put the key itself in that variable, not in the file")
@@ -208,7 +208,7 @@ class ServiceSpec(StrictModel):
             if self.api == "ollama" and self.model is None:
                 raise ValueError("api: ollama needs 'model' (the name the server serves)")
             for key, value in self.env.items():
-                if not _ENV_NAME.match(key):
+                if not ENV_NAME.match(key):
                     raise ValueError(f"env: {key!r} is not an environment variable name")
                 for name in _PLACEHOLDER.findall(value):
                     if name not in COMMAND_PLACEHOLDERS:
