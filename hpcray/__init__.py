@@ -2,15 +2,46 @@
 
 The public API: submitting and following runs (`submit`, `status`, ...), joining one
 (`connect`), calling its services (`service`), starting one from a driver (`serving`), and
-what a process knows of its run (`context`, `progress`)."""
+what a process knows of its run (`context`, `progress`).
 
-from hpcray.api import cancel, logs, script, status, submit, wait
-from hpcray.bootstrap.connect import connect
-from hpcray.runcontext import RunContext, context, progress
-from hpcray.services.handle import service
-from hpcray.services.serving import serving
-from hpcray.spec import Workflow, load_workflow
+Each name is imported when first used: every Serve replica and task of a run imports this
+package, and most of them need none of the submitting side (about 0.6 s of imports each)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hpcray import lazy
+
+if TYPE_CHECKING:
+    from hpcray.api import cancel, logs, script, status, submit, wait
+    from hpcray.bootstrap.connect import connect
+    from hpcray.runcontext import RunContext, context, progress
+    from hpcray.services.handle import service
+    from hpcray.services.serving import serving
+    from hpcray.spec import Workflow, load_workflow
+
+_WHERE = {
+    "cancel": "hpcray.api", "logs": "hpcray.api", "script": "hpcray.api",
+    "status": "hpcray.api", "submit": "hpcray.api", "wait": "hpcray.api",
+    "connect": "hpcray.bootstrap.connect",
+    "RunContext": "hpcray.runcontext", "context": "hpcray.runcontext",
+    "progress": "hpcray.runcontext",
+    "service": "hpcray.services.handle", "serving": "hpcray.services.serving",
+    "Workflow": "hpcray.spec", "load_workflow": "hpcray.spec",
+}
 
 __all__ = ["RunContext", "Workflow", "cancel", "connect", "context", "load_workflow", "logs",
            "progress", "script", "service", "serving", "status", "submit", "wait"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, or a subpackage (`hpcray.services.scale(...)` after `import hpcray`)."""
+    value = lazy.attribute(__name__, _WHERE, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -39,6 +39,7 @@ from hpcray.state import (
     RunState,
     ServiceState,
     StageState,
+    phases,
     run_state,
 )
 
@@ -379,6 +380,11 @@ class RunStatus:
         return sum(1 for n in self.nodes if n.joined)
 
     @property
+    def phases(self) -> dict[str, float]:
+        """Seconds from the job's start to each phase reached; the teardown's length."""
+        return phases(self.times)
+
+    @property
     def finished(self) -> bool:
         return self.state in TERMINAL
 
@@ -387,7 +393,7 @@ class RunStatus:
         from dataclasses import asdict
 
         return {**asdict(self), "run_dir": str(self.run_dir), "finished": self.finished,
-                "nodes_joined": self.nodes_joined}
+                "nodes_joined": self.nodes_joined, "phases": self.phases}
 
     def summary(self) -> str:
         head = f"{self.run_id} (job {self.job_id}, {self.scheduler}): {self.state}"
@@ -400,6 +406,13 @@ class RunStatus:
             lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
         lines += [s.line() for s in self.services]
         lines += [s.line() for s in self.stages]
+        if self.phases:
+            reached = {k: v for k, v in self.phases.items() if k != "teardown"}
+            line = "  phases (s from the job's start): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in reached.items())
+            if "teardown" in self.phases:
+                line += f"; teardown took {self.phases['teardown']:.1f}"
+            lines.append(line)
         if self.error:
             lines.append(f"  error: {self.error.splitlines()[0]}")
         return "\n".join(lines)

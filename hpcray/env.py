@@ -23,6 +23,7 @@ OPENAI_BASE_URL = "HPCRAY_OPENAI_BASE_URL"  # the run's OpenAI-compatible /v1
 SERVICE_URL_PREFIX = "HPCRAY_SERVICE_"      # HPCRAY_SERVICE_<NAME>_URL per service
 STAGE = "HPCRAY_STAGE"                # a stage task's stage name ...
 TASK_INDEX = "HPCRAY_TASK_INDEX"      # ... and its index
+DRIVER_GATE = "HPCRAY_DRIVER_GATE"    # a driver started early: the pipe (fd) it waits on
 
 # -- set by the local launcher (one process per emulated node) -------------------------------------
 NODE_NAME = "HPCRAY_NODE_NAME"

@@ -160,6 +160,11 @@ class RunDir:
         """Record the time of a lifecycle event (first occurrence wins)."""
         return self.write_with_reserve(lambda: self._mark(event, when, fields))
 
+    def mark_timing(self, event: str, when: float) -> None:
+        """A timing only, from a process of the run that must not use the disk reserve kept
+        for recording the run's end (OSError when the disk is full)."""
+        self._mark(event, when, {})
+
     def _mark(self, event: str, when: float | None, fields: dict[str, Any]) -> dict[str, Any]:
         with self._locked():
             data = self.read()

@@ -122,10 +122,34 @@ class RunRecord(BaseModel):
     driver_exit_code: int | None = None
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    phases: dict[str, float] = Field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
+
+
+# a run's phases: when each was reached, from the job's start (run.json `times`); a driver
+# function's own first line (driver_entry) when it wrote one, else the driver's start
+PHASE_EVENTS = (("cluster up", ("all_joined",)), ("Serve up", ("serve_up",)),
+                ("services ready", ("services_ready",)),
+                ("driver started", ("driver_entry", "driver_start")))
+
+
+def phases(times: dict[str, float]) -> dict[str, float]:
+    """Seconds from the job's start to each phase reached, and the teardown's length:
+    where a run's start-up time went (`run.json` phases, `hpcray status`)."""
+    start = times.get("job_started")
+    out: dict[str, float] = {}
+    if start is None:
+        return out
+    for phase, events in PHASE_EVENTS:
+        at = next((times[e] for e in events if e in times), None)
+        if at is not None:
+            out[phase] = round(at - start, 3)
+    if "teardown_start" in times and "teardown_end" in times:
+        out["teardown"] = round(times["teardown_end"] - times["teardown_start"], 3)
+    return out
 
 
 def run_state(data: dict[str, Any]) -> RunState:

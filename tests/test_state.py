@@ -157,3 +157,17 @@ def assert_states_are_members(run_dir: Path) -> None:
     for attempts in (run_dir / "stages").glob("*/attempts.jsonl"):
         for line in attempts.read_text().splitlines():
             assert json.loads(line)["state"] in AttemptState.__members__.values(), line
+
+
+def test_phases_from_the_job_start_and_the_teardown_length():
+    from hpcray.state import phases
+
+    times = {"submitted": 90.0, "job_started": 100.0, "all_joined": 106.5, "serve_up": 104.0,
+             "services_ready": 112.25, "driver_start": 112.3, "driver_entry": 112.4,
+             "teardown_start": 120.0, "teardown_end": 121.5}
+    assert phases(times) == {"cluster up": 6.5, "Serve up": 4.0, "services ready": 12.25,
+                             "driver started": 12.4, "teardown": 1.5}
+    # a driver command writes no entry of its own: its start stands for it; phases not
+    # reached are absent, and nothing is known before the job started
+    assert phases({"job_started": 1.0, "driver_start": 3.0}) == {"driver started": 2.0}
+    assert phases({"submitted": 1.0}) == {}

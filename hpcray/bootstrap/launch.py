@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,16 +161,20 @@ def wait_for_head(run: RunDir, plan: ClusterPlan, stop: Stop,
 
 
 def wait_for_nodes(run: RunDir, plan: ClusterPlan, head: dict[str, Any], stop: Stop,
-                   join_timeout: float) -> dict[str, str]:
+                   join_timeout: float,
+                   on_connected: Callable[[], None] | None = None) -> dict[str, str]:
     """Connect to the cluster (and stay connected: services are started and stopped from here;
     teardown disconnects) and wait until every node has joined. Returns each node's Ray
-    NodeID, by node name."""
+    NodeID, by node name. `on_connected` runs once connected, before the nodes are awaited
+    (what needs only the head starts while the others join)."""
     os.environ.update(auth_env(Path(plan.token_path)))  # Ray reads it at import
     import ray
 
     ray.init(address=head["address"], logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=False)
     install_handlers(stop)  # ray.init replaced our SIGTERM handler
+    if on_connected is not None:
+        on_connected()
     expected = {node_resource(n.name): n.name for n in plan.nodes}
     joined: dict[str, float] = {}
     ray_node_ids: dict[str, str] = {}
@@ -202,4 +206,4 @@ def wait_for_nodes(run: RunDir, plan: ClusterPlan, head: dict[str, Any], stop: S
                 f"node(s) {', '.join(missing)} did not join within {join_timeout:.0f}s "
                 f"(ray.join_timeout); {len(joined)}/{len(expected)} joined\n"
                 f"{node_report(run, missing)}")
-        time.sleep(0.5)
+        time.sleep(0.2)

@@ -35,6 +35,10 @@ log = logging.getLogger("hpcray.node")
 
 NODE_NAME_VARS = (hpcray_env.NODE_NAME, "SLURMD_NODENAME", "FLUX_NODE_NAME")
 MIN_OBJECT_STORE = 78_643_200
+# how soon an agent sees the stop file: often beside `hpcray up` (one host), less often on
+# the other nodes, where each poll is a stat on the shared filesystem's metadata server
+STOP_POLL_S = 0.1
+STOP_POLL_REMOTE_S = 0.5
 
 
 def detect_node_name(env: dict[str, str] | None = None) -> str:
@@ -251,7 +255,8 @@ class NodeAgent:
                     self._update(usage=node_usage())
                 except OSError as exc:  # a full disk must not take the node down
                     log.warning("cannot record node usage: %s", exc)
-            self.stop.wait(0.5)
+            self.stop.wait(STOP_POLL_S if self.plan.up_host == socket.gethostname()
+                           else STOP_POLL_REMOTE_S)
         return 0
 
 

@@ -54,6 +54,7 @@ class Shutdown:
             # that will never answer; the sweep below stops what is left on every node anyway
             lost = bool(nodes_lost(self.run))
             services.stop(shutdown=not lost, wait=not lost)
+            record(self.run, "services_stopped")
         if "ray" in sys.modules:
             import ray
 

@@ -29,7 +29,7 @@ from hpcray.bootstrap.signals import Stop, install_handlers, start_walltime_time
 from hpcray.bootstrap.workload import Services, importable, run_stages
 from hpcray.errors import HpcrayError
 from hpcray.rundir import RunDir
-from hpcray.state import RunState
+from hpcray.state import RunState, phases
 
 __all__ = ["ClusterUp", "load_resolved", "main", "tail"]
 
@@ -77,12 +77,19 @@ class ClusterUp:
         head = launch.wait_for_head(self.run, plan, self.stop, self.launched)
         self.run.mark("head_up", head.get("time"), head_address=head["address"])
         log.info("head up at %s", head["address"])
-        ray_node_ids = launch.wait_for_nodes(self.run, plan, head, self.stop,
-                                             self.workflow.ray.join_timeout)
+        ray_node_ids = launch.wait_for_nodes(
+            self.run, plan, head, self.stop, self.workflow.ray.join_timeout,
+            on_connected=lambda: self._prepare_services(head))
         self.run.mark("all_joined", state=RunState.RUNNING)
         log.info("all %d node(s) joined in %.1fs", len(plan.nodes), time.time() - t0)
         NodeWatch(self.run, plan, self.stop, ray_node_ids).start()
         return plan, head
+
+    def _prepare_services(self, head: dict[str, Any]) -> None:
+        """Serve started while the other nodes join (bootstrap/workload.py)."""
+        with self._step("services"):
+            self.services.prepare(self.run, self.workflow, head, self.env,
+                                  self.request.get("workflow_dir"))
 
     def _work(self, head: dict[str, Any]) -> None:
         """The services, then the stages: both before the driver."""
@@ -118,6 +125,7 @@ class ClusterUp:
         state, error, error_type, code = RunState.FAILED, None, None, 1
         try:
             plan, head = self._bring_up(t0)
+            self.driver.start_early(plan, head, self.env)
             self._work(head)
             driver_code = self.driver.run_to_end(plan, head, self.env)
             state, error, code = self._end_state(driver_code)
@@ -131,9 +139,18 @@ class ClusterUp:
             error_type = type(exc).__name__
             log.exception("hpcray up failed")
         finally:
+            self.driver.discard()
+            # Serve still starting (its thread): teardown leaves Serve to the node sweep
+            # rather than race it; so does a lost head
+            settled = not self.stop.is_head_lost and self.services.settled(timeout=60)
             Shutdown(self.run, self.stop, self.launched, self.workflow.ray.teardown_grace)(
-                self.plan, self.services.manager)
-            record(self.run, "finished", state=state, error=error, error_type=error_type)
+                self.plan, self.services.manager if settled else None)
+            try:
+                reached = phases(self.run.read().get("times", {}))
+            except (OSError, ValueError):
+                reached = {}
+            record(self.run, "finished", state=state, error=error, error_type=error_type,
+                   phases=reached)
         log.info("run %s: %s", self.run.path.name, state)
         return code
 

@@ -3,6 +3,7 @@ processes) and its stages (each to its end)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -31,28 +32,68 @@ def importable(paths: list[str]) -> None:
 
 
 class Services:
-    """The run's ServiceManager, kept for teardown even when starting it failed."""
+    """The run's ServiceManager, kept for teardown even when starting it failed. Serve
+    itself starts as soon as `hpcray up` is connected (`prepare`, in the background, while
+    the other nodes join); `start` then deploys the services."""
 
     def __init__(self) -> None:
         self.manager: ServiceManager | None = None
+        self._serve_starting: threading.Thread | None = None
+        self._serve_error: BaseException | None = None
+
+    def prepare(self, run: RunDir, workflow: Workflow, head: dict[str, Any],
+                env: dict[str, str], workflow_dir: str | None = None) -> None:
+        """Create the manager, put where the services will answer into `env` (their URLs are
+        known before they start: an early driver's module may read them when imported), and
+        start Serve and the replica directory in a thread."""
+        if not workflow.services or self.manager is not None:
+            return
+        self.manager = manager = ServiceManager(
+            workflow.services, run, http=http_access(run, workflow, head, env),
+            workflow_dir=workflow_dir)
+        for name in manager.records:
+            url = manager.service_url(name)
+            if url is not None:
+                env[hpcray_env.service_url_var(name)] = url
+        if manager.openai_url:
+            env[hpcray_env.OPENAI_BASE_URL] = manager.openai_url
+        env[hpcray_env.ENDPOINTS] = str(run.path / "endpoints.json")
+
+        def start_serve() -> None:
+            try:
+                manager.start_serve()
+            except BaseException as exc:  # noqa: BLE001 - raised again by start()
+                log.error("starting Serve: %s: %s", type(exc).__name__, exc)
+                self._serve_error = exc
+                return
+            with contextlib.suppress(OSError):  # a timing only
+                run.mark("serve_up")
+
+        self._serve_starting = threading.Thread(target=start_serve, name="serve-start",
+                                                daemon=True)
+        self._serve_starting.start()
+
+    def settled(self, timeout: float | None = None) -> bool:
+        """Wait for Serve's start begun by `prepare` (teardown must not race it); whether
+        it is over."""
+        if self._serve_starting is not None:
+            self._serve_starting.join(timeout)
+            return not self._serve_starting.is_alive()
+        return True
 
     def start(self, run: RunDir, workflow: Workflow, head: dict[str, Any],
               env: dict[str, str], workflow_dir: str | None = None) -> None:
         """Every service ready before the driver starts; a failure (a ServiceError, raised as
         it is) ends the run before it. Publishes endpoints.json and, into `env`,
         HPCRAY_SERVICE_<NAME>_URL for executable stages and the driver."""
-        self.manager = ServiceManager(workflow.services, run,
-                                      http=http_access(run, workflow, head, env),
-                                      workflow_dir=workflow_dir)
+        self.prepare(run, workflow, head, env, workflow_dir)
+        self.settled()
+        if self._serve_error is not None:
+            raise self._serve_error
+        assert self.manager is not None  # prepare made it: the workflow has services
         self.manager.start()
-        endpoints = self.manager.endpoints()
-        write_json_atomic(run.path / "endpoints.json", endpoints)
-        for name, entry in endpoints["services"].items():
-            if "http" in entry:
-                env[hpcray_env.service_url_var(name)] = entry["http"]
-        if endpoints["openai"]:
-            env[hpcray_env.OPENAI_BASE_URL] = endpoints["openai"]
-        env[hpcray_env.ENDPOINTS] = str(run.path / "endpoints.json")
+        run.mark("serve_up")  # when nobody started it early: now
+        write_json_atomic(run.path / "endpoints.json", self.manager.endpoints())
         run.mark("services_ready")
 
 

@@ -21,6 +21,9 @@ import time
 import psutil
 
 POLL_S = 0.5
+# what the program left running gets this long to end by itself before it is stopped: a
+# container's monitor (podman's conmon) still removes the container after the program exited
+LEFTOVER_WAIT_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36  # orphans of the program re-parent to the guard, not to init
 
 
@@ -67,9 +70,12 @@ def main(argv: list[str]) -> int:
                 _stop_tree(psutil.Process(child.pid), grace)
             break
         time.sleep(POLL_S)
-    for leftover in me.children(recursive=True):  # daemons the program left behind
-        _stop_tree(leftover, grace)
     code = child.wait()
+    with contextlib.suppress(psutil.NoSuchProcess):  # daemons the program left behind
+        _, lingering = psutil.wait_procs(me.children(recursive=True),
+                                         timeout=min(grace, LEFTOVER_WAIT_S))
+        for leftover in lingering:
+            _stop_tree(leftover, grace)
     return 128 - code if code < 0 else code
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -81,9 +82,55 @@ def terminate(procs: list[psutil.Process], grace: float) -> list[int]:
     return [p.pid for p in procs]
 
 
+RAY_CORE = ("raylet", "gcs_server")  # what `ray start` stops first, and the ones that matter
+
+
+def _ended(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: it exited and waits only for its parent to reap it."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_ended(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """The processes still running after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if not _ended(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if not _ended(p)]
+    return alive
+
+
+def _stop_ray_start(root: psutil.Process, grace: float) -> list[int]:
+    """TERM `ray start`, which stops the raylet and then the GCS (well within a second);
+    once both are gone, KILL it and its other daemons (the monitor, log monitor, client
+    server: they keep no state, and `ray start` would give each a second of its own,
+    one after another)."""
+    try:
+        daemons = root.children()
+        names = {d.pid: d.name() for d in daemons}
+    except psutil.NoSuchProcess:
+        return []
+    core = [d for d in daemons if names[d.pid] in RAY_CORE]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root.terminate()
+    _wait_ended(core, grace)
+    rest = [root, *(d for d in daemons if names[d.pid] not in RAY_CORE)]
+    for proc in rest + core:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if not _ended(proc):
+                proc.kill()
+    psutil.wait_procs([root], timeout=5)  # reaps it when it is our child
+    _wait_ended(rest + core, 5)
+    return [p.pid for p in [root, *daemons]]
+
+
 def teardown(scope: str, roots: Iterable[int] = (), grace: float = 10.0) -> list[int]:
-    """Stop the roots (``ray start``, which stops its own children), then sweep whatever of
-    this job is left on this host, repeating while workers are still spawning."""
+    """Stop the roots (``ray start`` and its daemons, `_stop_ray_start`), then sweep whatever
+    of this job is left on this host (tasks' own processes get TERM and `grace`),
+    repeating while workers are still spawning."""
     killed: list[int] = []
     roots = list(roots)
     root_procs = []
@@ -94,11 +141,12 @@ def teardown(scope: str, roots: Iterable[int] = (), grace: float = 10.0) -> list
             continue
     if root_procs:
         snapshot = job_processes(scope, roots)  # before children are re-parented
-        killed.extend(terminate(root_procs, grace))
-        roots = [p.pid for p in snapshot if p.is_running()]
+        for root in root_procs:
+            killed.extend(_stop_ray_start(root, grace))
+        roots = [p.pid for p in snapshot if not _ended(p)]
         grace = min(grace, 3.0)
     for _ in range(5):
-        procs = [p for p in job_processes(scope, roots) if p.is_running()]
+        procs = [p for p in job_processes(scope, roots) if not _ended(p)]
         if not procs:
             break
         killed.extend(terminate(procs, grace))

@@ -27,6 +27,12 @@ from hpcray.state import ServiceState
 
 log = logging.getLogger("hpcray.services")
 PROGRAM_START_MARGIN_S = 60.0  # a program replica's actor start, before its own wait
+# how often a stopping replica checks for in-flight requests: Serve's default (2 s) is the
+# least every replica's stop takes, even an idle one's
+DRAIN_POLL_S = 0.1
+# a replica's own stop (unpublishing, the class's shutdown(), a program's TERM-to-KILL) gets
+# this much beyond drain_timeout before Serve kills it
+STOP_MARGIN_S = 10.0
 
 @dataclass
 class ReplicaBT:
@@ -110,13 +116,16 @@ class ServiceManager:
             "max_ongoing_requests": max_ongoing(spec, cls),
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
+            "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
+            "graceful_shutdown_timeout_s": spec.drain_timeout + STOP_MARGIN_S,
         }
         if spec.command is not None:
             # a program that cannot start is tried `restarts` more times per replica (Serve
             # counts failed starts over the whole deployment), not Serve's 3 per replica
             options["max_constructor_retry_count"] = spec.replicas * (spec.restarts + 1)
             # Serve waits this long for the replica's stop: the program's own grace and more
-            options["graceful_shutdown_timeout_s"] = spec.stop_timeout + 20
+            options["graceful_shutdown_timeout_s"] = (spec.drain_timeout + spec.stop_timeout
+                                                      + STOP_MARGIN_S)
         actor = ray_options(res)
         spread = replica_bundles(spec)
         if spread is not None:  # the replica in bundle 0, its engine's GPU workers after it
@@ -141,25 +150,37 @@ class ServiceManager:
         return target_of(spec.deployment), args
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> dict[str, ServiceRecord]:
-        """Start every service; returns when all are ready, raises ServiceError otherwise."""
-        import ray
+    def start_serve(self) -> None:
+        """Serve's controller and proxy, and the replica directory, started together: what
+        every service needs, so `hpcray up` calls it as soon as it is connected, while the
+        other nodes still join. `start` calls it if nobody did."""
         from ray import serve
         from ray.serve.config import ProxyLocation
 
+        from hpcray.services.direct.directory import directory
+
+        if self.directory is not None:
+            return
+        self.directory = directory(create=True)  # its actor starts while Serve's do
         if self.http:
             serve.start(proxy_location=ProxyLocation.HeadOnly,
                         http_options={"host": self.http.bind, "port": self.http.port})
         else:
             serve.start(proxy_location=ProxyLocation.Disabled)
-        self._check_all(ray.nodes())
-        from hpcray.services.direct.directory import directory
 
-        self.directory = directory(create=True)
-        assert self.directory is not None  # create=True makes one
+    def start(self) -> dict[str, ServiceRecord]:
+        """Start every service; returns when all are ready, raises ServiceError otherwise.
+        The run's OpenAI API is deployed with the first level, not after the last."""
+        import ray
+        from ray import serve
+
+        self._check_all(ray.nodes())
+        self.start_serve()
+        assert self.directory is not None  # start_serve made one
         ray.get([self.directory.declare.remote(s.name, s.model_dump(mode="json"),
                                                self._route(s.name))
                  for level in self.levels for s in level])
+        ingress = [self._openai_target()] if self.http else []
         for level in self.levels:
             for spec in level:
                 if spec.remote:
@@ -169,6 +190,8 @@ class ServiceManager:
             targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
                                        route_prefix=self._route(s.name),
                                        external_scaler_enabled=True) for s in local]
+            targets += ingress
+            ingress = []
             now = time.time()
             for spec in level:
                 self.records[spec.name].deploy_at = now
@@ -190,7 +213,7 @@ class ServiceManager:
                     timer.start()
             self._save()
         if self.http:
-            self._start_openai()
+            self._wait_openai()
         return self.records
 
     def _check_all(self, nodes: list[dict[str, Any]]) -> None:
@@ -212,7 +235,7 @@ class ServiceManager:
         if problems:
             raise ServiceError("; ".join(problems))
 
-    def _start_openai(self) -> None:
+    def _openai_target(self) -> Any:
         from ray import serve
 
         from hpcray.services.openai_api import OpenAIIngress
@@ -222,8 +245,27 @@ class ServiceManager:
         # a program that speaks plain HTTP is no model: it is not listed
         models = [n for n in self.records
                   if self.specs[n].command is None or self.specs[n].api != "http"]
-        serve.run(OpenAIIngress.bind(  # type: ignore[attr-defined]  # @serve.deployment's
-            models, token, transports), name=OPENAI_APP, route_prefix="/v1")
+        ingress = OpenAIIngress.options(  # type: ignore[attr-defined]  # Serve's decorator
+            graceful_shutdown_wait_loop_s=DRAIN_POLL_S,
+            graceful_shutdown_timeout_s=max((s.drain_timeout for s in self.specs.values()),
+                                            default=5.0) + STOP_MARGIN_S)
+        return serve.RunTarget(ingress.bind(models, token, transports), name=OPENAI_APP,
+                               route_prefix="/v1")
+
+    def _wait_openai(self, timeout: float = 120.0) -> None:
+        """The OpenAI API, deployed with the first services, running (it is by now, mostly)."""
+        from ray import serve
+
+        deadline = time.monotonic() + timeout
+        while True:
+            app = serve.status().applications.get(OPENAI_APP)
+            state = str(app.status) if app else "NOT_STARTED"
+            if state.endswith("RUNNING"):
+                break
+            if state.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
+                raise ServiceError(f"the run's OpenAI API did not start: "
+                                   f"{_messages(app) if app else 'not deployed'}")
+            time.sleep(0.1)
         log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _probe_remote(self, spec: ServiceSpec) -> None:
@@ -355,6 +397,10 @@ class ServiceManager:
     def _url(self, path: str) -> str | None:
         return f"http://{host_port(self.http.host, self.http.port)}/{path}" if self.http else None
 
+    def service_url(self, name: str) -> str | None:
+        """Where a service answers over HTTP (known before it starts), or None without."""
+        return self._url(name)
+
     @property
     def openai_url(self) -> str | None:
         return self._url("v1")
@@ -366,7 +412,7 @@ class ServiceManager:
             entry: dict[str, Any] = {"state": record.state, "replicas": record.replicas,
                                      "handle": f"hpcray.service({name!r})"}
             if self.http:
-                entry["http"] = self._url(name)
+                entry["http"] = self.service_url(name)
             if self.specs[name].command is not None:  # where each program listens
                 entry["program"] = {"api": self.specs[name].api, "replicas": [
                     {"replica": bt.replica, "node": bt.node, "url": bt.url} for bt in record.bt]}
@@ -392,23 +438,25 @@ class ServiceManager:
         return {"services": out, "openai": self.openai_url, "http_auth": auth}
 
     def stop(self, shutdown: bool = True, wait: bool = True) -> None:
-        """Delete this manager's applications; with `shutdown`, Serve too (the run's end). A
-        driver that started services of its own passes False: the workflow's keep running.
-        `wait=False` does not wait for replicas to stop (after a lost node, Serve would wait
-        out its graceful timeout on replicas that will never answer)."""
+        """Delete this manager's applications, all at once; with `shutdown`, Serve too (the
+        run's end). A driver that started services of its own passes False: the workflow's
+        keep running. `wait=False` does not wait for replicas to stop (after a lost node,
+        Serve would wait out its graceful timeout on replicas that will never answer)."""
         from ray import serve
 
         apps = [OPENAI_APP] if self.http else []
         apps += [app_name(n) for n, r in self.records.items() if r.state not in (
             ServiceState.PENDING, ServiceState.EXPIRED)]
-        for app in apps:
+        for app in apps:  # each delete only asks the controller; the replicas stop together
             try:
-                delete_app(app, wait)
+                delete_app(app, wait=False)
             except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
                 log.warning("deleting %s: %s", app, exc)
         for record in self.records.values():
             if record.state not in (ServiceState.PENDING, ServiceState.EXPIRED):
                 record.state = ServiceState.STOPPED
+        if wait:  # each replica's own drain and stop, not serve.shutdown's 30 s at most
+            self._wait_deleted(set(apps))
         if shutdown:
             try:
                 serve.shutdown()
@@ -423,6 +471,23 @@ class ServiceManager:
                 log.warning("stopping the replica directory: %s", exc)
             self.directory = None
         self._save()
+
+    def _wait_deleted(self, apps: set[str]) -> None:
+        """Until none of `apps` is left (or the longest drain of them has passed and more)."""
+        from ray import serve
+
+        longest = max((s.drain_timeout + STOP_MARGIN_S + (s.stop_timeout if s.command else 0)
+                       for s in self.specs.values()), default=0.0) + 30
+        deadline = time.monotonic() + longest
+        try:
+            while time.monotonic() < deadline:
+                if not apps & set(serve.status().applications):
+                    return
+                time.sleep(0.1)
+            log.warning("applications still stopping after %.0fs: %s", longest,
+                        ", ".join(sorted(apps & set(serve.status().applications))))
+        except Exception as exc:  # noqa: BLE001 - teardown goes on; node sweep follows
+            log.warning("waiting for the services to stop: %s", exc)
 
     def _save(self) -> None:
         if self.run is None:

@@ -138,6 +138,9 @@ class ServiceSpec(StrictModel):
                                 "SIGTERM and SIGKILL of the program's process group.")
     container: ContainerSpec | None = Field(
         None, description="Program services: run the program in this image.")
+    drain_timeout: float = Field(5, ge=0, description="Seconds a stopping replica (run end, "
+                                 "cancel, lifetime, scale-down) gives its in-flight requests "
+                                 "before it is stopped; an idle replica stops at once.")
     args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
     replicas: int = Field(1, ge=0, description="Local replicas; 0 with `remote` only.")
     remote: list[RemoteEndpointSpec] = Field(

@@ -186,3 +186,21 @@ def test_up_keeps_its_entry_points():
 
     assert up.load_resolved is load_resolved and callable(up.main)
     assert Path(up.__file__).read_text().count("\n") < 200
+
+
+def test_an_early_driver_runs_only_when_let_go_with_what_the_services_published(monkeypatch):
+    """bootstrap/call.py's gate: the environment written on the pipe is the driver's; a pipe
+    closed without it (the run ended first) means the driver does not run."""
+    import os
+
+    from hpcray.bootstrap.call import wait_at_gate
+
+    monkeypatch.setenv("HPCRAY_ENDPOINTS", "before")
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'{"HPCRAY_ENDPOINTS": "/run/endpoints.json"}\n')
+    os.close(write_end)
+    assert wait_at_gate(read_end) is True
+    assert os.environ["HPCRAY_ENDPOINTS"] == "/run/endpoints.json"
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    assert wait_at_gate(read_end) is False

@@ -76,3 +76,47 @@ def test_root_tree_is_stopped_first(procs):
     teardown("jobA", roots=[root.pid], grace=1.0)
     assert root.wait(timeout=5) is not None
     assert not psutil.pid_exists(root.pid) or psutil.Process(root.pid).status() == "zombie"
+
+
+# `ray start --block` as it stops on TERM: its raylet and GCS first, then it waits on its other
+# daemons one by one (a second each in Ray; here for ever, and one ignores TERM)
+FAKE_RAY_START = f"""
+import os, signal, subprocess, sys, time
+core = [subprocess.Popen([os.path.join(sys.argv[1], name), "600"])
+        for name in ("raylet", "gcs_server")]
+monitor = subprocess.Popen([sys.executable, "-c", {STUBBORN!r}])
+def on_term(*_):
+    for p in core:
+        p.terminate()
+    for p in core:
+        p.wait()
+    while True:
+        time.sleep(1)
+signal.signal(signal.SIGTERM, on_term)
+print(monitor.pid, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_ray_start_is_killed_once_its_raylet_and_gcs_are_gone(procs, tmp_path):
+    """The grace bounds the wait for raylet and GCS only: what `ray start` would still wait
+    on is killed (with a 60 s grace and a 60 s test timeout, waiting it out fails)."""
+    import shutil
+
+    for name in ("raylet", "gcs_server"):
+        shutil.copy(shutil.which("sleep"), tmp_path / name)
+    env = {**os.environ, MARKER: marker_value("jobA", "n0")}
+    root = subprocess.Popen([sys.executable, "-c", FAKE_RAY_START, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    procs.append(root)
+    assert root.stdout is not None
+    monitor = int(root.stdout.readline())
+    daemons = psutil.Process(root.pid).children()
+    names = sorted(d.name() for d in daemons)
+    assert len(daemons) == 3 and names[0] == "gcs_server" and "raylet" in names
+    killed = teardown("jobA/n0", roots=[root.pid], grace=60)
+    # it never exits by itself once TERMed: gone means killed, not waited out
+    assert not psutil.pid_exists(root.pid) or psutil.Process(root.pid).status() == "zombie"
+    assert monitor in killed and root.pid in killed
+    assert not [d for d in daemons if d.is_running() and d.status() != psutil.STATUS_ZOMBIE]

@@ -65,6 +65,8 @@ def test_constructor_error_fails_fast_and_the_driver_never_starts(tmp_path, run_
     assert "service 'model' failed to start" in st.error
     assert "checkpoint of size 7 is corrupt" in st.error  # the constructor's own traceback
     assert "driver_start" not in st.times
+    assert "driver_launched" in st.times  # started early, never let go, stopped (no process)
+    assert not (sub.run_dir / "driver-result.json").exists()  # its function never ran
 
 
 def test_resources_no_node_has_and_bad_arguments_fail_before_deploying(tmp_path, run_root):
@@ -200,3 +202,31 @@ def test_losing_the_head_with_services_fails_fast_and_cleans_up(tmp_path, run_ro
     assert st.state == "failed" and "head node" in st.error
     cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
     assert wait_until(lambda: not ray_processes(cluster), 30)
+
+
+def test_eight_services_a_driver_started_early_and_a_parallel_teardown(tmp_path, run_root):
+    """The driver function's process starts while the services come up, and runs only once
+    they are all ready; the driver's own services are deleted together and leave nothing in
+    Serve; the run's eight go with Serve at the end, and no process is left."""
+    names = [f"s{i}" for i in range(8)]
+    services = "".join(f"  - {{name: {n}, deployment: noop, resources: {{cpus: 0.05}}}}\n"
+                       for n in names)
+    driver = (f"driver:\n  function: drive_services:started_early\n"
+              f"  args: {{services: [{', '.join(names)}]}}\n")
+    sub, st = run_workflow(tmp_path, run_root, services, driver=driver, timeout=280)
+    assert st.state == "completed", hpcray.logs(sub.run_dir)
+    result = json.loads((sub.run_dir / "driver-result.json").read_text())
+    times = st.times
+    # launched before the services were ready, let go after, and its first line after that
+    assert times["driver_launched"] < times["services_ready"] <= times["driver_start"]
+    assert times["driver_start"] <= times["driver_entry"] <= result["entry"] + 1e-3
+    assert result["seen"] == {n: {"state": "ready", "answer": n} for n in names}
+    assert read_json(sub.run_dir / "run.json")["driver_pid"] == result["pid"]
+    assert result["own_answered"] == ["own0", "own1"]
+    assert result["own_apps_left"] == [] and result["own_actors_left"] == []
+    info = read_json(sub.run_dir / "run.json")
+    assert {s["state"] for s in info["services"].values()} == {"stopped"}
+    assert set(info["phases"]) == {"cluster up", "Serve up", "services ready",
+                                   "driver started", "teardown"}
+    assert times["teardown_start"] <= times["services_stopped"] <= times["teardown_end"]
+    assert "phases (s from the job's start): cluster up" in st.summary()
