@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -26,6 +28,8 @@ from hpcray.runtime.gpus import visible_count
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
+from hpcray.sites.filesystems import node_local_reason
+from hpcray.sites.queues import choose_queue, queue_table
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.checks import check_containers, check_targets
 from hpcray.spec.models import Token
@@ -43,6 +47,7 @@ from hpcray.state import (
     run_state,
 )
 
+log = logging.getLogger("hpcray.api")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%:,=\-]+$")
 
 
@@ -73,6 +78,11 @@ def site_gpus(site: SiteProfile) -> int:
     return _detected_gpus() if site.gpus_per_node == "auto" else int(site.gpus_per_node)
 
 
+def site_queues(site: str | SiteProfile) -> str:
+    """A site's queue table (Markdown): limits, per-user limits, which hpcray chooses."""
+    return queue_table(site if isinstance(site, SiteProfile) else load_site(site))
+
+
 def resolve_site(workflow: Workflow, site: str | SiteProfile | None) -> SiteProfile:
     if isinstance(site, SiteProfile):
         return site
@@ -87,30 +97,38 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
     alloc = workflow.allocation
     where = f"site '{site.name}'"
     if site.max_nodes and alloc.nodes > site.max_nodes:
-        raise ResourceError(f"allocation.nodes={alloc.nodes} exceeds the {site.max_nodes} "
-                            f"nodes of {where}")
+        raise ResourceError(f"{alloc.nodes} nodes exceed the {site.max_nodes} nodes of {where}",
+                            field="allocation.nodes")
     have_gpus = site_gpus(site)
     gpus = have_gpus if alloc.gpus_per_node is None else alloc.gpus_per_node
     if gpus > have_gpus:
-        raise ResourceError(f"allocation.gpus_per_node={gpus} but {where} has {have_gpus} GPU(s) "
-                            "per node")
+        raise ResourceError(f"{gpus} GPU(s) per node, but {where} has {have_gpus} per node",
+                            field="allocation.gpus_per_node")
     have_cpus = site_cpus(site)
     if alloc.cpus_per_node and alloc.cpus_per_node > have_cpus:
-        raise ResourceError(f"allocation.cpus_per_node={alloc.cpus_per_node} but {where} has "
-                            f"{have_cpus} usable cores per node")
+        raise ResourceError(f"{alloc.cpus_per_node} CPUs per node, but {where} has "
+                            f"{have_cpus} usable cores per node", field="allocation.cpus_per_node")
+    queue = choose_queue(site, alloc.nodes, alloc.walltime, alloc.partition, alloc.qos)
+    log.info("queue for %d node(s), %s on %s: %s (%s)", alloc.nodes, hhmmss(alloc.walltime),
+             site.name, queue.qos or queue.partition or "the scheduler's default", queue.reason)
     if site.max_walltime and alloc.walltime > site.max_walltime:
-        raise ResourceError(f"allocation.walltime={hhmmss(alloc.walltime)} exceeds the limit of "
-                            f"{where} ({hhmmss(site.max_walltime)})")
-    if site.requires_account and not alloc.account:
-        raise ResourceError(f"{where} requires allocation.account (the project to charge)")
+        raise ResourceError(f"{hhmmss(alloc.walltime)} exceeds the limit of {where} "
+                            f"({hhmmss(site.max_walltime)})", field="allocation.walltime")
+    _check_account(site, alloc.account, gpus)
     if not _SAFE_PATH.match(str(run_dir)):
         raise SpecError(f"run directory {str(run_dir)!r} has characters that cannot go into a "
                         "job script directive; choose a run_root without spaces or quotes")
+    python = alloc.python or sys.executable
+    # a bare name (python3) is looked up on each node's PATH: nothing to check here
+    _check_shared(site, alloc.nodes, {
+        "run_root": (str(run_dir), "the run directory"),
+        **({} if alloc.container is not None or not os.path.isabs(python) else
+           {"allocation.python": (python, "the job's Python")})})
     cpus = alloc.cpus_per_node or have_cpus
     if site.scheduler == "local" and alloc.nodes > 1 and not alloc.cpus_per_node:
         cpus = max(1, have_cpus // alloc.nodes)  # emulated nodes share this machine
     _check_service_totals(workflow, cpus, gpus, where)
-    python = alloc.python or sys.executable
+    exclusive = site.exclusive if alloc.exclusive is None else alloc.exclusive
     agent: dict[str, Any] = {}
     if alloc.container is not None:
         # `hpcray up` stays on the batch host (it runs the launcher); the agents run the
@@ -124,13 +142,123 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
     return JobRequest(
         job_name=alloc.job_name or workflow.name, nodes=alloc.nodes, walltime=alloc.walltime,
         run_dir=str(run_dir), python=python, account=alloc.account,
-        partition=alloc.partition or site.default_partition, qos=alloc.qos,
-        gpus_per_node=gpus, cpus_per_node=cpus,
-        exclusive=site.exclusive if alloc.exclusive is None else alloc.exclusive,
-        directives=tuple(site.directives) + tuple(alloc.directives),
+        partition=queue.partition, qos=queue.qos,
+        gpus_per_node=gpus, cpus_per_node=cpus, exclusive=exclusive,
+        memory=_memory(workflow, site, cpus, gpus, exclusive, queue.partition),
+        directives=tuple(site.directives) + _storage_directives(workflow, site)
+        + tuple(alloc.directives),
         setup=tuple(site.setup) + tuple(alloc.setup), env=tuple(sorted(alloc.env.items())),
         walltime_warning=alloc.walltime_warning, walltime_signal=site.walltime_signal,
         select_suffix=site.pbs_select, **agent)
+
+
+def _located_request(wf: Workflow, site: SiteProfile, run_dir: Path, source: Path | None,
+                     given: dict[str, str]) -> JobRequest:
+    """job_request(), with a ResourceError pointing at its field's line in the file; a
+    field the caller gave (`given`: field -> how, e.g. '--account') is named as given."""
+    try:
+        return job_request(wf, site, run_dir, source.parent if source else None)
+    except ResourceError as exc:
+        if exc.field in given:
+            raise ResourceError(f"{exc.reason} (given as {given[exc.field]})",
+                                field=exc.field) from None
+        if source is None or exc.field is None or exc.path:
+            raise
+        loc = tuple(int(p) if p.isdigit() else p for p in exc.field.split("."))
+        yaml_source = load_yaml_file(source)  # a field left out: its section's line
+        raise exc.located(yaml_source.path, yaml_source.line_of(loc)) from None
+
+
+def _given(wf: Workflow, account: str | None, run_root: str | Path | None,
+           run_dir: str | Path | None = None) -> dict[str, str]:
+    """Fields set elsewhere than in the workflow file, and where."""
+    given = {"allocation.account": "--account"} if account is not None else {}
+    if run_dir is not None:
+        given["run_root"] = "--run-dir"
+    elif run_root is not None:
+        given["run_root"] = "--run-root"
+    elif not wf.run_root:
+        given["run_root"] = (f"${env.RUN_ROOT}" if os.environ.get(env.RUN_ROOT)
+                             else f"the default run root, ./{DEFAULT_RUN_ROOT} in the current "
+                             "directory; set run_root in the workflow or --run-root")
+    return given
+
+
+def _check_account(site: SiteProfile, account: str | None, gpus: int) -> None:
+    where = f"site '{site.name}'"
+    if site.requires_account and not account:
+        raise ResourceError(f"{where} requires the project to charge",
+                            field="allocation.account")
+    suffix = site.gpu_account_suffix
+    if not (account and gpus and suffix) or account.endswith(suffix):
+        return
+    message = (f"'{account}' does not end in '{suffix}': GPU jobs on {where} charge the "
+               f"project's GPU account, whose name does")
+    if site.gpu_account_required:
+        raise ResourceError(message, field="allocation.account")
+    log.warning("allocation.account: %s, unless the project has no separate one", message)
+
+
+def _check_shared(site: SiteProfile, nodes: int, paths: dict[str, tuple[str, str]]) -> None:
+    """What every node reads must be on a shared filesystem: an error for a multi-node job,
+    a warning for one node (its only node may well be the host that wrote it, but the job
+    still reads it after the queue wait, when a node-local /tmp may have been cleaned)."""
+    if site.scheduler == "local":
+        return
+    for name, (path, what) in paths.items():
+        reason = node_local_reason(path, site)
+        if reason is None:
+            continue
+        message = f"{what} {path} is {reason}: the job's nodes cannot read it"
+        if nodes > 1:
+            raise ResourceError(f"{message}; use a path on a shared filesystem", field=name)
+        log.warning("%s: %s (one node: allowed)", name, message)
+
+
+# Ray's own processes (GCS, raylet, dashboard agent, workers' baseline) on one node, in GB
+RAY_BASE_MEMORY_GB = 8
+
+
+def _memory(workflow: Workflow, site: SiteProfile, cpus: int, gpus: int, exclusive: bool,
+            partition: str | None) -> str | None:
+    """--mem for sites that otherwise give a fixed amount per CPU (Delta: 1000 MB, so a
+    4-GPU job would get 64 GB of the node's 256). Whole nodes: all of it (--mem=0).
+    Shared nodes: the node's memory in proportion to the larger of the CPU and GPU share,
+    or what the services reserve plus Ray's own, whichever is more."""
+    if site.scheduler != "slurm" or not site.default_memory_per_cpu_mb:
+        return None
+    if exclusive:
+        return "0"
+    usable = site.memory_per_node_gb
+    if usable is None:
+        return None
+    share = max(cpus / site_cpus(site), gpus / site_gpus(site) if site_gpus(site) else 0)
+    nodes = workflow.allocation.nodes
+    replicas = [(s.resources.memory or 0) / 2**30 for s in workflow.services
+                for _ in range(s.replicas)]
+    # a replica's memory is on one node; the rest, at best, spread evenly
+    need = max(max(replicas, default=0), sum(replicas) / nodes) + RAY_BASE_MEMORY_GB
+    want = max(share * usable, need)
+    if want > usable + 1e-9:
+        raise ResourceError(
+            f"the services reserve {sum(replicas):.0f} GB (at least {need - RAY_BASE_MEMORY_GB:.0f}"
+            f" GB on one node) and Ray needs about {RAY_BASE_MEMORY_GB} GB per node, more than "
+            f"the {usable:g} GB a job may ask for on a node of site '{site.name}'",
+            field="services")
+    if partition and site.queues and partition not in {q.name for q in site.queues}:
+        log.warning("allocation.partition: %s is not in the queue table of site '%s': --mem "
+                    "is sized from the profile's %g GB per node; set allocation.exclusive: "
+                    "true (--mem=0) if its nodes differ", partition, site.name, usable)
+    return f"{math.ceil(want)}G"
+
+
+def _storage_directives(workflow: Workflow, site: SiteProfile) -> tuple[str, ...]:
+    """Node-local storage the job must ask for when Ray spills or keeps its temp dir there
+    (Frontier: /mnt/bb/$USER exists only with -C nvme)."""
+    used = [p for p in (workflow.ray.spill_dir or site.spill_dir, workflow.ray.temp_root) if p]
+    return tuple(dict.fromkeys(
+        storage.directive for storage in site.local_storage
+        if any(path.startswith(storage.path) for path in used)))
 
 
 def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:
@@ -196,7 +324,7 @@ def script(workflow: str | Path | Workflow, site: str | SiteProfile | None = Non
     wf = _containers(wf, source, profile)
     target = Path(run_dir).resolve() if run_dir else new_run_dir(wf, run_root)
     return get_scheduler(profile.scheduler).job_script(
-        job_request(wf, profile, target, source.parent if source else None))
+        _located_request(wf, profile, target, source, _given(wf, account, run_root, run_dir)))
 
 
 def _containers(wf: Workflow, source: Path | None, site: SiteProfile) -> Workflow:
@@ -260,7 +388,7 @@ def prepare(workflow: str | Path | Workflow, site: str | SiteProfile | None = No
     _check_targets(wf, source, profile)
     wf = _containers(wf, source, profile)
     path = new_run_dir(wf, run_root)
-    request = job_request(wf, profile, path, source.parent if source else None)
+    request = _located_request(wf, profile, path, source, _given(wf, account, run_root))
     # (raises before anything is written)
     text = get_scheduler(profile.scheduler).job_script(request)
     run = RunDir(path).create()

@@ -143,11 +143,15 @@ def validate(workflow: str, site: str | None) -> None:
 
 
 @main.command()
-def sites() -> None:
-    """List known site profiles."""
-    for name in list_sites():
-        profile = load_site(name)
-        click.echo(f"{name:12} {profile.scheduler:6} {profile.description}")
+@click.argument("name", required=False)
+def sites(name: str | None) -> None:
+    """List known site profiles; with NAME, that site's queues and their limits."""
+    if name:
+        click.echo(api.site_queues(name), nl=False)
+        return
+    for known in list_sites():
+        profile = load_site(known)
+        click.echo(f"{known:12} {profile.scheduler:6} {profile.description}")
 
 
 @main.command(hidden=True)

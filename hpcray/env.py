@@ -46,7 +46,8 @@ RAY_AUTH_MODE = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 RAY_USAGE_STATS = "RAY_USAGE_STATS_ENABLED"   # "0": nothing leaves the allocation
 RAY_DRAIN_TIMEOUT = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"  # "0": hpcray drains services itself
-TMPDIR = "TMPDIR"                     # the job's temp dir, unless the site gives one
+TMPDIR = "TMPDIR"                     # the node's short temp dir, in place of the site's
+RAY_TMPDIR = "RAY_TMPDIR"             # the same, for Ray's own lookups
 
 
 def service_url_var(service: str) -> str:

@@ -21,7 +21,17 @@ class SpecError(HpcrayError):
 
 
 class ResourceError(HpcrayError):
-    """A request the chosen site cannot satisfy; raised before anything is submitted."""
+    """A request the chosen site cannot satisfy; raised before anything is submitted.
+    `field` names the workflow field at fault; `located` adds its file and line."""
+
+    def __init__(self, message: str, *, field: str | None = None, path: str | None = None,
+                 line: int | None = None) -> None:
+        self.reason, self.field, self.path, self.line = message, field, path, line
+        where = (f"{path}:{line}: " if line else f"{path}: ") if path else ""
+        super().__init__(f"{where}{field + ': ' if field else ''}{message}")
+
+    def located(self, path: str, line: int | None) -> ResourceError:
+        return ResourceError(self.reason, field=self.field, path=path, line=line)
 
 
 class SchedulerError(HpcrayError):

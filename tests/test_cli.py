@@ -21,7 +21,9 @@ def test_script_prints_the_job_script(tmp_path):
     # frontier requires an account: a clear one-line error before anything is submitted
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
-    assert "requires allocation.account" in result.output
+    # (no account in the file: the error points at its allocation section)
+    assert "quickstart.yaml:4: allocation.account: site 'frontier' requires the project" \
+        in result.output
 
 
 def test_script_for_local(tmp_path):
@@ -65,6 +67,20 @@ def test_validate_and_sites():
     out = run("sites").output
     for name in ("frontier", "delta", "polaris", "perlmutter", "aurora", "local"):
         assert name in out
+    queues = run("sites", "aurora").output
+    assert "| debug-scaling | `-q debug-scaling` | 2-256 | 00:05:00 - 01:00:00 |" in queues
+    assert run("sites", "nosuchsite").exit_code == 2
+
+
+def test_a_workflow_no_queue_takes_fails_before_submission_naming_its_line(tmp_path):
+    workflow = tmp_path / "big.yaml"
+    workflow.write_text("name: big\nsite: aurora\nallocation:\n  nodes: 64\n"
+                        "  walltime: 06:00:00\n  account: bio\n")
+    result = run("submit", str(workflow), "--run-root", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"hpcray: error: {workflow}:5: allocation.walltime: no "
+                                    "queue hpcray chooses on site 'aurora' takes 64 nodes")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_status_of_unknown_run(tmp_path):

@@ -22,6 +22,7 @@ from hpcray.bootstrap.signals import Stop
 from hpcray.rundir import RunDir
 from hpcray.runtime.auth import auth_env
 from hpcray.runtime.teardown import stop_group
+from hpcray.runtime.tempdir import temp_dir_for
 from hpcray.spec import Workflow
 
 log = logging.getLogger("hpcray.up")
@@ -63,6 +64,11 @@ class DriverProcess:
                hpcray_env.RAY_ADDRESS: head["address"], hpcray_env.RUN_DIR: str(self.run.path),
                "PYTHONUNBUFFERED": "1"}
         env.pop(hpcray_env.LAUNCHER, None)
+        # the head's short temp dir, as every process Ray starts has (node.py), when the
+        # driver runs beside the head (not on a separate launch node)
+        head_temp = temp_dir_for(plan.temp_root, plan.job_id, plan.head.index)
+        if os.path.isdir(head_temp):
+            env[hpcray_env.TMPDIR] = env[hpcray_env.RAY_TMPDIR] = head_temp
         if gate is not None:
             env[hpcray_env.DRIVER_GATE] = str(gate)
         log.info("driver: %s (cwd %s)%s", " ".join(cmd), cwd,

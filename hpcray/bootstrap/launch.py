@@ -40,7 +40,7 @@ def allocation(workflow: Workflow, site: SiteProfile, request: dict[str, Any],
     alloc = scheduler.allocation_from_env(
         env, default_cpus=int(request["cpus_per_node"]),
         default_gpus=int(request["gpus_per_node"]),
-        requested_nodes=workflow.allocation.nodes)
+        requested_nodes=workflow.allocation.nodes, exclusive=bool(request.get("exclusive")))
     if workflow.allocation.cpus_per_node:
         alloc.nodes = [NodeResources(n.name, workflow.allocation.cpus_per_node, n.gpus)
                        for n in alloc.nodes]
@@ -68,7 +68,8 @@ def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[
         nodes=[NodePlan(n.name, i, n.cpus, n.gpus) for i, n in enumerate(alloc.nodes)],
         token_path=str(token), temp_root=ray.temp_root,
         network_interface=site.network_interface,
-        head_address_format=site.head_address, dashboard=ray.dashboard,
+        head_address_format=site.head_address, address_source=site.address_from,
+        dashboard=ray.dashboard,
         head_timeout=ray.head_timeout, teardown_grace=ray.teardown_grace,
         port_base=ray.port_base,
         object_store_memory=ray.object_store_memory,

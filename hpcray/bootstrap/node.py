@@ -24,11 +24,13 @@ from hpcray.metrics.usage import SAMPLE_S, node_usage
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.runtime import gpus
 from hpcray.runtime.auth import auth_env
+from hpcray.runtime.memory import cgroup_limit, job_memory
 from hpcray.runtime.network import NODE_IP_ENV, host_port, node_address
 from hpcray.runtime.placement import NODE_LABEL, node_label, node_resource
 from hpcray.runtime.ports import PortBlock, claim_block, release_block
 from hpcray.runtime.teardown import MARKER, marker_value, teardown
 from hpcray.runtime.tempdir import temp_dir_for
+from hpcray.schedulers import get_scheduler
 from hpcray.state import NodeState
 
 log = logging.getLogger("hpcray.node")
@@ -49,15 +51,18 @@ def detect_node_name(env: dict[str, str] | None = None) -> str:
     return socket.gethostname()
 
 
-def object_store_bytes(plan: ClusterPlan, nodes_on_host: int = 1) -> int | None:
-    """Fit the object store into /dev/shm (often small on HPC nodes) and into memory."""
+def object_store_bytes(plan: ClusterPlan, nodes_on_host: int = 1,
+                       job_limit: int | None = None) -> int | None:
+    """Fit the object store into /dev/shm (often small on HPC nodes) and into the memory the
+    job holds (`job_limit`, the scheduler's figure, and the cgroup's), not the node's."""
     if plan.object_store_memory:
         return plan.object_store_memory
     try:
         shm_free = shutil.disk_usage("/dev/shm").free
     except OSError:
         return None
-    share = int(min(0.3 * psutil.virtual_memory().available, 0.8 * shm_free) / nodes_on_host)
+    memory = job_memory(job_limit, cgroup_limit())
+    share = int(min(0.3 * memory, 0.8 * shm_free) / nodes_on_host)
     return share if share >= MIN_OBJECT_STORE else None
 
 
@@ -194,22 +199,33 @@ class NodeAgent:
         env.update(plan.extra_env)
         env[MARKER] = marker_value(plan.cluster_id, me.name)
         env[hpcray_env.RAY_USAGE_STATS] = "0"
-        # the job's temporary files (engines' IPC sockets, compiler caches) in its own temp
-        # dir, removed with it, unless the site gives each job one already
-        env.setdefault(hpcray_env.TMPDIR, temp_dir)
+        # the job's temporary files (engines' IPC sockets, compiler caches, multiprocessing's
+        # AF_UNIX sockets) in its own short temp dir, removed with it. A site's per-job TMPDIR
+        # is replaced: ALCF's is long enough that those socket paths pass the 107-byte limit
+        # ("AF_UNIX path too long"); ALCF's Ray recipe sets TMPDIR and RAY_TMPDIR too.
+        if env.get(hpcray_env.TMPDIR) not in (None, temp_dir):
+            log.info("TMPDIR %s of the job replaced by the node's %s", env[hpcray_env.TMPDIR],
+                     temp_dir)
+        env[hpcray_env.TMPDIR] = temp_dir
+        env[hpcray_env.RAY_TMPDIR] = temp_dir
         # hpcray drains services itself before teardown; Ray's own 30 s drain only delays it.
         env.setdefault(hpcray_env.RAY_DRAIN_TIMEOUT, "0")
-        translated = gpus.translate(plan.gpu_vendor, env)
+        translated = gpus.translate(plan.gpu_vendor, env, me.gpus)
         for key, value in translated.changes.items():
+            if env.get(key) not in (None, value):
+                log.info("%s=%s of the job replaced by %s", key, env[key], value)
             if value is None:
                 env.pop(key, None)
             else:
                 env[key] = value
         num_gpus = gpus.node_gpu_count(me.gpus, translated.visible)
+        if plan.gpu_vendor == "intel" and num_gpus and (why := gpus.intel_task_isolation()):
+            log.warning("%s", why)
         if num_gpus != me.gpus:
             log.warning("allocation lists %d GPU(s) on %s but %d are visible; using %d",
                         me.gpus, me.name, translated.visible, num_gpus)
-        ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname())
+        ip = node_address(plan.network_interface, plan.head_address_format, socket.gethostname(),
+                          plan.address_source)
         env[NODE_IP_ENV] = ip  # replicas bind their direct sockets here, not on all interfaces
         env[hpcray_env.RUN_DIR] = str(self.run.path)  # replicas write their request rates there
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
@@ -224,7 +240,9 @@ class NodeAgent:
         local_nodes = len(plan.nodes) if plan.scheduler == "local" else 1
         argv = ray_start_argv(plan, me, ip=ip, block=self.block, temp_dir=temp_dir,
                               num_gpus=num_gpus, head_address=head_address,
-                              object_store=object_store_bytes(plan, local_nodes))
+                              object_store=object_store_bytes(
+                                  plan, local_nodes,
+                                  get_scheduler(plan.scheduler).memory_from_env(os.environ)))
         log.info("starting Ray %s on %s: cpus=%d gpus=%d ip=%s ports=%d-%d temp=%s",
                  "head" if self.is_head else "worker", me.name, me.cpus, num_gpus, ip,
                  self.block.base, self.block.max_worker_port, temp_dir)

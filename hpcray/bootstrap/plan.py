@@ -26,6 +26,7 @@ class ClusterPlan:
     temp_root: str = "/tmp"
     network_interface: str | None = None
     head_address_format: str | None = None
+    address_source: str | None = None
     dashboard: bool = False
     head_timeout: float = 180
     teardown_grace: float = 10

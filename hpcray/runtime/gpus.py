@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+ONEAPI_SELECTOR = "ONEAPI_DEVICE_SELECTOR"
 VISIBLE_VARS = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES",
                 "intel": "ZE_AFFINITY_MASK"}
 
@@ -27,7 +28,9 @@ class GpuEnvironment:
     visible: int | None = None
 
 
-def translate(vendor: str, env: Mapping[str, str]) -> GpuEnvironment:
+def translate(vendor: str, env: Mapping[str, str], planned: int = 0) -> GpuEnvironment:
+    """What the node agent changes in Ray's environment; `planned`: the allocation's GPUs
+    on this node."""
     out = GpuEnvironment()
     if vendor == "nvidia":
         out.visible = visible_count(env.get("CUDA_VISIBLE_DEVICES"))
@@ -43,11 +46,16 @@ def translate(vendor: str, env: Mapping[str, str]) -> GpuEnvironment:
         else:
             out.visible = visible_count(hip)
     elif vendor == "intel":
-        # FLAT exposes each tile as a device; Ray detects Intel GPUs only with dpctl, so the
-        # count is always passed explicitly and Ray must leave ONEAPI_DEVICE_SELECTOR alone.
+        # FLAT exposes each tile as a device. The node's processes are pinned to level_zero
+        # and to the node's tiles as they are numbered after any ZE_AFFINITY_MASK the
+        # launcher set, as ALCF's Ray recipe for Aurora pins ONEAPI_DEVICE_SELECTOR per node.
+        # Ray 2.60 then gives each GPU task its tiles through ZE_AFFINITY_MASK, which
+        # masks below the selector, so the two compose.
         out.changes["ZE_FLAT_DEVICE_HIERARCHY"] = "FLAT"
-        out.changes["RAY_EXPERIMENTAL_NOSET_ONEAPI_DEVICE_SELECTOR"] = "1"
         out.visible = visible_count(env.get("ZE_AFFINITY_MASK"))
+        tiles = planned if out.visible is None else out.visible
+        if tiles:
+            out.changes[ONEAPI_SELECTOR] = "level_zero:" + ",".join(map(str, range(tiles)))
     return out
 
 
@@ -56,3 +64,16 @@ def node_gpu_count(planned: int, visible: int | None) -> int:
     if visible is None:
         return planned
     return min(planned, visible) if planned else visible
+
+
+def intel_task_isolation(find_spec=None) -> str | None:
+    """Why Ray cannot give each GPU task only its own Intel tiles here, or None. Ray 2.60
+    treats the GPU resource as Intel's (and sets ZE_AFFINITY_MASK per task) only when dpctl
+    finds the devices; without dpctl it falls back to NVIDIA's CUDA_VISIBLE_DEVICES, which
+    Intel's runtime ignores, and every task sees all of the node's tiles."""
+    import importlib.util
+
+    if (find_spec or importlib.util.find_spec)("dpctl") is None:
+        return ("dpctl is not importable: Ray cannot pin GPU tasks to their tiles, every GPU "
+                "task sees all of the node's tiles (ALCF's frameworks module provides dpctl)")
+    return None

@@ -34,11 +34,18 @@ def resolve(host: str) -> str:
         raise BootstrapError(f"cannot resolve {host!r}: {exc}") from None
 
 
-def node_address(interface: str | None, address_format: str | None, host: str) -> str:
-    """Interface beats format beats the hostname's own address."""
-    if interface:
+def node_address(interface: str | None, address_format: str | None, host: str,
+                 source: str | None = None) -> str:
+    """This node's address, from what the site profile names as its source (`source`:
+    'interface', 'host_format' or 'hostname'). Without one, an interface beats the host name
+    format, which beats the host name's own address. Polaris names 'host_format': ALCF's Ray
+    recipe uses the <host>.hsn.cm.polaris.alcf.anl.gov names, and its bond0 interface no
+    longer carries worker-to-head traffic."""
+    if source is None:
+        source = "interface" if interface else "host_format" if address_format else "hostname"
+    if source == "interface" and interface:
         return interface_address(interface)
-    if address_format:
+    if source == "host_format" and address_format:
         return resolve(address_format.format(host=host.split(".")[0]))
     return resolve(host)
 

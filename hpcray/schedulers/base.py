@@ -46,6 +46,7 @@ class JobRequest:
     gpus_per_node: int = 0
     cpus_per_node: int | None = None
     exclusive: bool = True
+    memory: str | None = None  # per node, as --mem takes it ("208G"; "0": all of the node's)
     directives: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -137,7 +138,13 @@ class Scheduler(ABC):
     @abstractmethod
     def state(self, job_id: str) -> JobState: ...
 
+    def memory_from_env(self, env: Mapping[str, str]) -> int | None:
+        """Bytes per node the job holds, where the scheduler says (None: not said)."""
+        return None
+
     @abstractmethod
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
-                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
-        """Read the allocation inside the job. Defaults fill what the environment leaves out."""
+                            default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False) -> AllocationInfo:
+        """Read the allocation inside the job. Defaults (the request, from the site profile)
+        fill what the environment leaves out; `exclusive`: the job asked for whole nodes."""

@@ -82,6 +82,7 @@ class Flux(Scheduler):
 
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
                             default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False,
                             resource_list: str | None = None) -> AllocationInfo:
         job_id = env.get("FLUX_JOB_ID")
         if not job_id:

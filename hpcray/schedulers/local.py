@@ -57,7 +57,8 @@ class Local(Scheduler):
             return JobState.UNKNOWN  # finished: run.json has the outcome
 
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
-                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
+                            default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False) -> AllocationInfo:
         # The job script execs `hpcray up`, so its pid is the job's.
         job_id = f"local-{os.getpid()}"
         names = local_node_names(requested_nodes)

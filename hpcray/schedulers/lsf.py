@@ -67,7 +67,8 @@ class Lsf(Scheduler):
         return _STATES.get(out.split()[0] if out else "", JobState.UNKNOWN)
 
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
-                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
+                            default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False) -> AllocationInfo:
         job_id = env.get("LSB_JOBID")
         if not job_id:
             raise SchedulerError("not inside an LSF job: LSB_JOBID unset")

@@ -23,6 +23,17 @@ _STATES = {"Q": JobState.QUEUED, "H": JobState.QUEUED, "W": JobState.QUEUED,
            "E": JobState.RUNNING, "S": JobState.RUNNING, "U": JobState.RUNNING}
 
 
+def pbs_cpus(env: Mapping[str, str], profile_cpus: int, exclusive: bool) -> int:
+    """CPUs per node for Ray (GPUs follow the same rule). A whole-node job's select names no
+    ncpus (hpcray writes `select=N:system=...` with place=excl), so PBS's NCPUS is the
+    chunk's default request, 1 on ALCF's machines, not the node: the profile's count is
+    used. A shared-node job asked for `:ncpus=C`; NCPUS is then what it holds and is used."""
+    ncpus = env.get("NCPUS", "")
+    if exclusive or not ncpus.isdigit():
+        return profile_cpus
+    return int(ncpus)
+
+
 class Pbs(Scheduler):
     name = "pbs"
     directive_prefix = "#PBS"
@@ -85,7 +96,8 @@ class Pbs(Scheduler):
         return _STATES.get(letter, JobState.UNKNOWN)
 
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
-                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
+                            default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False) -> AllocationInfo:
         job_id, nodefile = env.get("PBS_JOBID"), env.get("PBS_NODEFILE")
         if not job_id or not nodefile:
             raise SchedulerError("not inside a PBS job: PBS_JOBID/PBS_NODEFILE unset")
@@ -96,6 +108,7 @@ class Pbs(Scheduler):
             host = line.strip()
             if host and host not in hosts:  # one line per MPI rank slot; keep first order
                 hosts.append(host)
-        cpus = int(env["NCPUS"]) if env.get("NCPUS", "").isdigit() else default_cpus
-        gpus = int(env["NGPUS"]) if env.get("NGPUS", "").isdigit() else default_gpus
+        cpus = pbs_cpus(env, default_cpus, exclusive)
+        gpus = default_gpus if exclusive or not env.get("NGPUS", "").isdigit() \
+            else int(env["NGPUS"])  # as for CPUs: a whole-node select names no ngpus
         return AllocationInfo("pbs", job_id, [NodeResources(h, cpus, gpus) for h in hosts])

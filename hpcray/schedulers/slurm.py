@@ -46,6 +46,26 @@ def _gpu_count(text: str) -> int | None:
     return int(last) if last.isdigit() else None
 
 
+_CONSTRAINT = re.compile(r"^(?:--constraint[= ]|-C\s*)(.+)$")
+
+
+def merge_constraints(directives: list[str]) -> list[str]:
+    """sbatch keeps only the last --constraint: the site's (Perlmutter's gpu), the storage
+    it needs (Frontier's nvme) and the workflow's become one, joined with '&', in the
+    place of the first."""
+    features = [m.group(1).strip() for d in directives if (m := _CONSTRAINT.match(d))]
+    if len(features) < 2:
+        return directives
+    merged, out = "&".join(dict.fromkeys(features)), []
+    for d in directives:
+        if not _CONSTRAINT.match(d):
+            out.append(d)
+        elif merged:
+            out.append(f"--constraint={merged}")
+            merged = ""
+    return out
+
+
 class Slurm(Scheduler):
     name = "slurm"
     directive_prefix = "#SBATCH"
@@ -72,10 +92,11 @@ class Slurm(Scheduler):
             d.append("--exclusive")
         elif req.cpus_per_node:
             d.append(f"--cpus-per-task={req.cpus_per_node}")
+        if req.memory is not None:
+            d.append(f"--mem={req.memory}")
         if req.gpus_per_node:
             d.append(f"--gpus-per-node={req.gpus_per_node}")
-        d.extend(req.directives)
-        return d
+        return merge_constraints([*d, *req.directives])
 
     def submit(self, script_path: Path, run_dir: Path) -> str:
         out = run_command(["sbatch", "--parsable", str(script_path)]).strip()
@@ -95,8 +116,20 @@ class Slurm(Scheduler):
         m = re.search(r"\bJobState=(\S+)", out)
         return _STATES.get(m.group(1), JobState.UNKNOWN) if m else JobState.UNKNOWN
 
+    def memory_from_env(self, env: Mapping[str, str]) -> int | None:
+        """SLURM_MEM_PER_NODE (MB; with --mem=0 the node's whole memory), else
+        SLURM_MEM_PER_CPU times the CPUs on the node (a site's per-CPU default)."""
+        per_node = env.get("SLURM_MEM_PER_NODE", "")
+        if per_node.isdigit() and int(per_node) > 0:
+            return int(per_node) * 2**20
+        per_cpu, cpus = env.get("SLURM_MEM_PER_CPU", ""), env.get("SLURM_CPUS_ON_NODE", "")
+        if per_cpu.isdigit() and cpus.isdigit() and int(per_cpu) > 0:
+            return int(per_cpu) * int(cpus) * 2**20
+        return None
+
     def allocation_from_env(self, env: Mapping[str, str], *, default_cpus: int,
-                            default_gpus: int, requested_nodes: int = 1) -> AllocationInfo:
+                            default_gpus: int, requested_nodes: int = 1,
+                            exclusive: bool = False) -> AllocationInfo:
         job_id = env.get("SLURM_JOB_ID")
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
         if not job_id or not nodelist:

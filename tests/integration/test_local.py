@@ -119,15 +119,22 @@ def test_cluster_without_driver_connect_and_cancel(tmp_path, run_root, cleanup):
 
 
 def test_failing_driver_is_reported_and_torn_down(tmp_path, run_root, cleanup):
-    wf = workflow(tmp_path, "name: broken\nallocation: {walltime: 10m}\n"
-                            "ray: {teardown_grace: 5}\n"
-                            "driver: {command: [python3, -c, 'import sys; sys.exit(3)']}\n")
+    """Also: the driver's temp dir is the head's short one, not the job's (a long per-job
+    TMPDIR breaks multiprocessing's AF_UNIX sockets)."""
+    code = ("import os, sys, tempfile; print('tmp', os.environ['TMPDIR'], "
+            "os.environ['RAY_TMPDIR'], tempfile.gettempdir()); sys.exit(3)")
+    wf = workflow(tmp_path, "name: broken\nallocation: {walltime: 10m, env: {TMPDIR: "
+                            f"{tmp_path}}}}}\nray: {{teardown_grace: 5}}\n"
+                            f"driver: {{command: [python3, -c, \"{code}\"]}}\n")
     sub = hpcray.submit(wf, run_root=run_root)
     cleanup.append(sub.run_dir)
     st = hpcray.wait(sub.run_dir, timeout=180)
     assert st.state == "failed"
     assert "exited with code 3" in st.error
     assert read_json(sub.run_dir / "run.json")["driver_exit_code"] == 3
+    plan = read_json(sub.run_dir / "plan.json")
+    head_temp = f"{plan['temp_root']}/hr{plan['cluster_id'].split('-')[2]}n0"
+    assert f"tmp {head_temp} {head_temp} {head_temp}" in hpcray.logs(sub.run_dir)
     assert_nothing_left(sub.run_dir)
 
 

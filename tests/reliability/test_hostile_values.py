@@ -32,7 +32,7 @@ FIELDS = ["name", "allocation.account", "allocation.partition", "allocation.qos"
 
 def _workflow(field: str, value: str) -> str:
     data = {"name": "hostile", "allocation": {"nodes": 1, "walltime": "10m",
-                                              "account": "proj1", "env": {}},
+                                              "account": "proj1-delta-gpu", "env": {}},
             "driver": {"command": ["echo", "ok"]}}
     *parents, last = field.split(".")
     target = data

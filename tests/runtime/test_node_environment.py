@@ -45,6 +45,43 @@ def test_address_format_for_polaris_style_hostnames():
     assert node_address(None, "{host}", "localhost.example") in ("127.0.0.1", "::1")
 
 
+# A node's interfaces and its names on the high-speed network, as recorded on each machine
+# (addresses from the sites' private ranges; the form is what matters).
+RECORDED = {
+    "frontier": ("frontier08841", {"hsn0": "10.128.2.17", "hsn1": "10.128.66.17",
+                                   "nmn0": "10.100.1.17"}, {}),
+    "perlmutter": ("nid001234", {"hsn0": "10.249.4.10", "nmn0": "10.100.104.10"}, {}),
+    "delta": ("gpua041", {"hsn0": "172.28.23.141", "eno1": "141.142.140.141"}, {}),
+    "polaris": ("x3006c0s13b0n0", {"bond0": "10.140.56.30", "hsn0": "10.201.2.30",
+                                   "hsn1": "10.201.2.31"},
+                {"x3006c0s13b0n0.hsn.cm.polaris.alcf.anl.gov": "10.201.2.30"}),
+    "aurora": ("x4102c5s2b0n0", {"bond0": "10.115.31.60", "hsn0": "10.168.0.60"},
+               {"x4102c5s2b0n0.hsn.cm.aurora.alcf.anl.gov": "10.168.0.60"}),
+}
+EXPECTED = {"frontier": "10.128.2.17", "perlmutter": "10.249.4.10", "delta": "172.28.23.141",
+            "polaris": "10.201.2.30", "aurora": "10.168.0.60"}
+
+
+@pytest.mark.parametrize("site", sorted(RECORDED))
+def test_each_site_takes_the_address_its_recipe_names(site, monkeypatch):
+    """Polaris and Aurora: the host's .hsn.cm name, as ALCF's Ray recipe resolves it (bond0
+    does not carry worker-to-head traffic); the Slurm machines: hsn0."""
+    import socket
+    from types import SimpleNamespace
+
+    from hpcray.sites import load_site
+
+    host, interfaces, names = RECORDED[site]
+    monkeypatch.setattr("psutil.net_if_addrs", lambda: {
+        name: [SimpleNamespace(family=socket.AF_INET, address=addr)]
+        for name, addr in interfaces.items()})
+    monkeypatch.setattr("socket.getaddrinfo", lambda name, *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[name], 0))])
+    profile = load_site(site)
+    assert node_address(profile.network_interface, profile.head_address, host,
+                        profile.address_from) == EXPECTED[site]
+
+
 def test_amd_rocr_is_translated_for_ray():
     env = gpus.translate("amd", {"ROCR_VISIBLE_DEVICES": "4,5,6,7"})
     # ROCR keeps isolating (and renumbering); HIP indexes within it as Ray requires
@@ -54,11 +91,22 @@ def test_amd_rocr_is_translated_for_ray():
                           ).changes == {}
 
 
-def test_intel_flat_hierarchy():
-    env = gpus.translate("intel", {"ZE_AFFINITY_MASK": "0,1,2,3,4,5,6,7,8,9,10,11"})
+def test_intel_flat_hierarchy_and_the_node_pinned_to_its_tiles():
+    env = gpus.translate("intel", {}, planned=12)
     assert env.changes == {"ZE_FLAT_DEVICE_HIERARCHY": "FLAT",
-                           "RAY_EXPERIMENTAL_NOSET_ONEAPI_DEVICE_SELECTOR": "1"}
-    assert env.visible == 12
+                           "ONEAPI_DEVICE_SELECTOR": "level_zero:" + ",".join(
+                               str(i) for i in range(12))}
+    assert env.visible is None
+    # a launcher's mask renumbers the tiles it leaves: the selector counts from 0
+    env = gpus.translate("intel", {"ZE_AFFINITY_MASK": "4,5,6,7"}, planned=12)
+    assert env.changes["ONEAPI_DEVICE_SELECTOR"] == "level_zero:0,1,2,3"
+    assert env.visible == 4
+    assert "ONEAPI_DEVICE_SELECTOR" not in gpus.translate("intel", {}, planned=0).changes
+
+
+def test_intel_task_isolation_needs_dpctl():
+    assert "dpctl is not importable" in gpus.intel_task_isolation(lambda name: None)
+    assert gpus.intel_task_isolation(lambda name: object()) is None
 
 
 def test_nvidia_counts_visible_devices():

@@ -91,6 +91,22 @@ def test_polaris_pbs_nodefile(tmp_path):
     assert a.nodes[0].cpus == 64 and a.nodes[0].gpus == 4
 
 
+@pytest.mark.parametrize(("ncpus", "ngpus", "exclusive", "expected"), [
+    ("1", "0", True, (102, 12)),   # recorded on Aurora: select=2, place=excl, no ncpus asked
+    ("208", None, True, (102, 12)),  # PBS counting hardware threads: the profile still wins
+    ("16", "2", False, (16, 2)),   # shared nodes, select=2:ncpus=16:ngpus=2: what it holds
+    (None, None, False, (102, 12)),  # nothing said: the profile
+])
+def test_pbs_cpus_come_from_the_profile_for_whole_nodes(ncpus, ngpus, exclusive, expected,
+                                                        tmp_path):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x4102c5s2b0n0\nx4102c5s3b0n0\n")
+    env = {"PBS_JOBID": "99.aurora-pbs", "PBS_NODEFILE": str(nodefile),
+           **({"NCPUS": ncpus} if ncpus else {}), **({"NGPUS": ngpus} if ngpus else {})}
+    a = alloc("pbs", env, cpus=102, gpus=12, exclusive=exclusive)
+    assert [(n.cpus, n.gpus) for n in a.nodes] == [expected, expected]
+
+
 def test_aurora_nodefile_with_repeated_slots(tmp_path):
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("x4102c5s2b0n0\nx4102c5s2b0n0\nx4102c5s3b0n0\nx4102c5s3b0n0\n")

@@ -44,6 +44,8 @@ def render(site: str, runtime: str | None, tmp_path: Path, monkeypatch) -> str:
     image = IMAGES[runtime or load_site(site).container_runtime or "podman"]
     text = WORKFLOW.replace("IMAGE", image).replace(
         "RUNTIME", f"runtime: {runtime}" if runtime else "")
+    if site == "delta":  # GPU jobs there charge the project's -delta-gpu account
+        text = text.replace("account: BIO123", "account: bio123-delta-gpu")
     wf = loads_workflow(text, "demo.yaml")
     monkeypatch.setattr("hpcray.api.check_image", lambda c, local=False: None)
     return api.script(wf, site, run_dir=RUN).replace(str(tmp_path), WF)

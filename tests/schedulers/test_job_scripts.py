@@ -46,6 +46,8 @@ def render(site: str) -> str:
         '  directives: ["--mail-type=END"]\n', "")
     if not profile.requires_account:
         text = text.replace("  account: BIO123\n", "")
+    elif profile.gpu_account_required:
+        text = text.replace("account: BIO123", f"account: BIO123{profile.gpu_account_suffix}")
     wf = loads_workflow(text, "demo.yaml")
     return api.script(wf, profile, run_dir=RUN_DIR)
 

@@ -4,6 +4,8 @@ simulated 2-node x 2-GPU Ray cluster with Serve placing a 4-GPU replica."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpcray import api
@@ -52,19 +54,21 @@ def test_before_submission_a_spread_replica_counts_against_the_allocation(tmp_pa
                 f"{{cpus: 2, gpus: {tp}}},\n     args: {{model_path: /m, "
                 f"tensor_parallel_size: {tp}}}}}\n")
 
-    # 8 GPUs on two 4-GPU Polaris nodes: one replica, spread over both
-    text = api.script(loads_workflow(workflow(8, 2), "tp.yaml"), "polaris",
-                      run_root=tmp_path)
+    # 8 GPUs on two 4-GPU Polaris nodes: one replica, spread over both (a run directory
+    # on a shared filesystem: Polaris refuses a multi-node run under /tmp)
+    shared = Path("/lus/eagle/projects/A/runs")
+    text = api.script(loads_workflow(workflow(8, 2), "tp.yaml"), "polaris", run_root=shared)
     assert "#PBS" in text
     with pytest.raises(ResourceError, match="the services need 8 GPUs in all"):
-        api.submit(loads_workflow(workflow(8, 1), "tp.yaml"), "polaris", run_root=tmp_path)
+        api.submit(loads_workflow(workflow(8, 1), "tp.yaml"), "polaris", run_root=shared)
     # a replica of a class that does not spread still has to fit one node
     one = ("name: one\nallocation: {nodes: 2, account: A, gpus_per_node: 4}\nservices:\n"
            "  - {name: m, deployment: transformers_llm, resources: {gpus: 8},\n"
            "     args: {model_path: /m}}\n")
     with pytest.raises(ResourceError, match="one replica needs 8 GPUs, but a node of the "
                                             "allocation has 4"):
-        api.submit(loads_workflow(one, "one.yaml"), "polaris", run_root=tmp_path)
+        api.submit(loads_workflow(one, "one.yaml"), "polaris", run_root=shared)
+    assert not shared.exists()
 
 
 @pytest.mark.slow

@@ -16,18 +16,19 @@ def test_builtin_profiles_load():
     assert set(BUILT_IN) <= set(list_sites())
 
 
-@pytest.mark.parametrize("name,scheduler,launcher,vendor,iface", [
+@pytest.mark.parametrize("name,scheduler,launcher,vendor,address", [
     ("frontier", "slurm", "srun", "amd", "hsn0"),
     ("perlmutter", "slurm", "srun", "nvidia", "hsn0"),
     ("delta", "slurm", "srun", "nvidia", "hsn0"),
-    ("polaris", "pbs", "mpiexec", "nvidia", "bond0"),
-    ("aurora", "pbs", "mpiexec", "intel", "hsn0"),
+    ("polaris", "pbs", "mpiexec", "nvidia", "{host}.hsn.cm.polaris.alcf.anl.gov"),
+    ("aurora", "pbs", "mpiexec", "intel", "{host}.hsn.cm.aurora.alcf.anl.gov"),
     ("local", "local", "local", "none", "lo"),
 ])
-def test_profile_facts(name, scheduler, launcher, vendor, iface):
+def test_profile_facts(name, scheduler, launcher, vendor, address):
     p = load_site(name)
-    assert (p.scheduler, p.launcher, p.gpu_vendor, p.network_interface) == (
-        scheduler, launcher, vendor, iface)
+    source = p.network_interface if p.address_from == "interface" else p.head_address
+    assert (p.scheduler, p.launcher, p.gpu_vendor, source) == (
+        scheduler, launcher, vendor, address)
 
 
 def test_unknown_site_lists_known_ones():

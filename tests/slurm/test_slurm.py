@@ -221,14 +221,28 @@ def test_service_replicas_pinned_to_node2_run_there(slurm_cluster, tmp_path, run
     assert_nothing_left(sub.run_dir)
 
 
+# what ALCF's PBS gives a job: a per-job TMPDIR long enough that AF_UNIX socket paths
+# under it pass 107 bytes (here under the test's own directory)
+SITE_TMPDIR = "pbs.1234567.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov/a-job-private-dir"
+
+
 def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
     """100 function tasks and 20 executables over the 2-node allocation, with a streaming
-    edge and a dependency; every task's record names the node it ran on."""
+    edge and a dependency; every task's record names the node it ran on. Every task sees
+    its node's short temp dir as TMPDIR (and RAY_TMPDIR), not the long one the job's
+    environment set."""
+    from hpcray.bootstrap.plan import ClusterPlan
+    from hpcray.rundir import RunDir
+    from hpcray.runtime.tempdir import temp_dir_for
     from hpcray.stages.records import read_attempts
 
+    site_tmpdir = tmp_path / SITE_TMPDIR
+    header = STAGES_HEADER.replace(
+        "gpus_per_node: 0}", f"gpus_per_node: 0, setup: ['mkdir -p {site_tmpdir}', "
+        f"'export TMPDIR={site_tmpdir}']}}")
     sub, st = run_stages(
-        f"slurm-{tmp_path.name}", "name: stagesx2\n" + STAGES_HEADER
-        + "  - name: work\n    function: stagefns:slow_square\n"
+        f"slurm-{tmp_path.name}", "name: stagesx2\n" + header
+        + "  - name: work\n    function: stagefns:slow_square_noting_tmp\n"
         f"    each: {{items: [{', '.join(str(i) for i in range(100))}]}}\n"
         "    resources: {cpus: 1}\n"
         "  - name: exe\n    command: [sh, -c, 'echo {item}; sleep 0.2']\n"
@@ -241,6 +255,13 @@ def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
     assert len(attempts) == 140 and all(a["state"] == "done" for a in attempts)
     for stage in ("work", "exe"):
         assert {a["node"] for a in attempts if a["stage"] == stage} == {"node1", "node2"}, stage
+    plan = ClusterPlan.load(RunDir(sub.run_dir))
+    expected = {n.name: temp_dir_for(plan.temp_root, plan.job_id, n.index) for n in plan.nodes}
+    seen = [json.loads(line) for line in (sub.run_dir / "tmpdirs.jsonl").read_text().splitlines()]
+    assert len(seen) == 100 and {s["node"] for s in seen} == {"node1", "node2"}
+    for line in seen:
+        short = expected[line["node"]]
+        assert (line["TMPDIR"], line["RAY_TMPDIR"], line["gettempdir"]) == (short,) * 3, line
     assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
     assert_nothing_left(sub.run_dir)
 

@@ -11,7 +11,7 @@ import pytest
 
 import hpcray
 from hpcray.pipelines.cellpainting.synthetic import write_plate
-from tests.conftest import FIXTURES, ONE_NODE, REPO, run_beside, wait_until
+from tests.conftest import ONE_NODE, REPO, run_beside, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -111,6 +111,7 @@ def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_outpu
 
 
 def test_the_example_renders_for_delta_with_an_account():
-    script = hpcray.script(REPO / "examples" / "cellpainting.yaml", "delta", account="bbka-dtai")
-    assert "#SBATCH --account=bbka-dtai" in script
-    assert "hpcray" in script and FIXTURES.exists()
+    script = hpcray.script(REPO / "examples" / "cellpainting.yaml", "delta",
+                           account="bbka-delta-gpu")
+    assert "#SBATCH --account=bbka-delta-gpu" in script
+    assert "#SBATCH --partition=gpuA100x4" in script

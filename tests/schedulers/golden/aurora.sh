@@ -5,7 +5,7 @@
 #PBS -o /scratch/proj/hpcray-runs/demo-20261126-120000-abcd/job.out
 #PBS -j oe
 #PBS -A BIO123
-#PBS -q debug
+#PBS -q capacity
 #PBS -l place=scatter:excl
 #PBS -l filesystems=home:flare
 #PBS -m e
