@@ -25,11 +25,12 @@ from hpcray.metrics.usage import replica_rates
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.runtime.containers import check_image, resolve_workflow_containers
 from hpcray.runtime.gpus import visible_count
+from hpcray.runtime.memory import OBJECT_STORE_SHARE
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.sites.filesystems import node_local_reason
-from hpcray.sites.queues import choose_queue, queue_table
+from hpcray.sites.queues import check_queue_directives, choose_queue, queue_table
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.checks import check_containers, check_targets
 from hpcray.spec.models import Token
@@ -108,6 +109,7 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
     if alloc.cpus_per_node and alloc.cpus_per_node > have_cpus:
         raise ResourceError(f"{alloc.cpus_per_node} CPUs per node, but {where} has "
                             f"{have_cpus} usable cores per node", field="allocation.cpus_per_node")
+    check_queue_directives(site, [*site.directives, *alloc.directives])
     queue = choose_queue(site, alloc.nodes, alloc.walltime, alloc.partition, alloc.qos)
     log.info("queue for %d node(s), %s on %s: %s (%s)", alloc.nodes, hhmmss(alloc.walltime),
              site.name, queue.qos or queue.partition or "the scheduler's default", queue.reason)
@@ -173,6 +175,9 @@ def _given(wf: Workflow, account: str | None, run_root: str | Path | None,
            run_dir: str | Path | None = None) -> dict[str, str]:
     """Fields set elsewhere than in the workflow file, and where."""
     given = {"allocation.account": "--account"} if account is not None else {}
+    if wf.allocation.python is None:
+        given["allocation.python"] = ("the Python that runs hpcray here; set "
+                                      "allocation.python to one every node sees")
     if run_dir is not None:
         given["run_root"] = "--run-dir"
     elif run_root is not None:
@@ -236,14 +241,17 @@ def _memory(workflow: Workflow, site: SiteProfile, cpus: int, gpus: int, exclusi
     nodes = workflow.allocation.nodes
     replicas = [(s.resources.memory or 0) / 2**30 for s in workflow.services
                 for _ in range(s.replicas)]
-    # a replica's memory is on one node; the rest, at best, spread evenly
-    need = max(max(replicas, default=0), sum(replicas) / nodes) + RAY_BASE_MEMORY_GB
+    # a replica's memory is on one node; the rest, at best, spread evenly. It comes out of
+    # what the object store leaves (node.py sizes the store from this same --mem).
+    on_one = max(max(replicas, default=0), sum(replicas) / nodes)
+    need = on_one / (1 - OBJECT_STORE_SHARE) + RAY_BASE_MEMORY_GB
     want = max(share * usable, need)
     if want > usable + 1e-9:
         raise ResourceError(
-            f"the services reserve {sum(replicas):.0f} GB (at least {need - RAY_BASE_MEMORY_GB:.0f}"
-            f" GB on one node) and Ray needs about {RAY_BASE_MEMORY_GB} GB per node, more than "
-            f"the {usable:g} GB a job may ask for on a node of site '{site.name}'",
+            f"the services reserve {sum(replicas):.0f} GB (at least {on_one:.0f} GB on one "
+            f"node); with Ray's object store ({OBJECT_STORE_SHARE:.0%} of the job's memory) "
+            f"and about {RAY_BASE_MEMORY_GB} GB for Ray itself that is {need:.0f} GB, more "
+            f"than the {usable:g} GB a job may ask for on a node of site '{site.name}'",
             field="services")
     if partition and site.queues and partition not in {q.name for q in site.queues}:
         log.warning("allocation.partition: %s is not in the queue table of site '%s': --mem "
@@ -258,7 +266,12 @@ def _storage_directives(workflow: Workflow, site: SiteProfile) -> tuple[str, ...
     used = [p for p in (workflow.ray.spill_dir or site.spill_dir, workflow.ray.temp_root) if p]
     return tuple(dict.fromkeys(
         storage.directive for storage in site.local_storage
-        if any(path.startswith(storage.path) for path in used)))
+        if any(_under(path, storage.path) for path in used)))
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return path.rstrip("/") == root or path.startswith(root + "/")
 
 
 def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:

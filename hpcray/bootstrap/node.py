@@ -24,7 +24,7 @@ from hpcray.metrics.usage import SAMPLE_S, node_usage
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.runtime import gpus
 from hpcray.runtime.auth import auth_env
-from hpcray.runtime.memory import cgroup_limit, job_memory
+from hpcray.runtime.memory import OBJECT_STORE_SHARE, cgroup_limit, job_memory
 from hpcray.runtime.network import NODE_IP_ENV, host_port, node_address
 from hpcray.runtime.placement import NODE_LABEL, node_label, node_resource
 from hpcray.runtime.ports import PortBlock, claim_block, release_block
@@ -62,7 +62,7 @@ def object_store_bytes(plan: ClusterPlan, nodes_on_host: int = 1,
     except OSError:
         return None
     memory = job_memory(job_limit, cgroup_limit())
-    share = int(min(0.3 * memory, 0.8 * shm_free) / nodes_on_host)
+    share = int(min(OBJECT_STORE_SHARE * memory, 0.8 * shm_free) / nodes_on_host)
     return share if share >= MIN_OBJECT_STORE else None
 
 

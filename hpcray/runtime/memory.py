@@ -10,7 +10,10 @@ from pathlib import Path
 
 import psutil
 
-UNLIMITED = 2**60  # cgroup v1 writes 9223372036854771712 for "no limit"
+UNLIMITED = 2**60
+# Ray's object store takes this share of the job's memory (Ray's own default share); the
+# rest is Ray's `memory` resource, where replicas and tasks reserve theirs
+OBJECT_STORE_SHARE = 0.3  # cgroup v1 writes 9223372036854771712 for "no limit"
 
 
 def cgroup_limit(proc_cgroup: str = "/proc/self/cgroup",
@@ -23,14 +26,17 @@ def cgroup_limit(proc_cgroup: str = "/proc/self/cgroup",
         return None
     limits: list[int] = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":
             base, name = Path(root), "memory.max"
         elif "memory" in controllers.split(","):
             base, name = Path(root) / "memory", "memory.limit_in_bytes"
         else:
             continue
-        parts = [p for p in path.split("/") if p]
+        parts = [p for p in path.split("/") if p and p != ".."]  # (a cgroup namespace's ..)
         for depth in range(len(parts), -1, -1):
             try:
                 text = (base.joinpath(*parts[:depth]) / name).read_text().strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from hpcray.errors import BootstrapError
@@ -19,7 +20,9 @@ def short_id(job_id: str) -> str:
 
 
 def temp_dir_for(temp_root: str, job_id: str, node_index: int) -> str:
-    path = f"{temp_root.rstrip('/')}/hr{short_id(job_id)}n{node_index}"
+    """`temp_root` may name variables the node has ($USER in Frontier's /mnt/bb/$USER)."""
+    root = os.path.expandvars(temp_root).rstrip("/")
+    path = f"{root}/hr{short_id(job_id)}n{node_index}"
     check_socket_length(path)
     return path
 

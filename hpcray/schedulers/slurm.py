@@ -53,7 +53,7 @@ def merge_constraints(directives: list[str]) -> list[str]:
     """sbatch keeps only the last --constraint: the site's (Perlmutter's gpu), the storage
     it needs (Frontier's nvme) and the workflow's become one, joined with '&', in the
     place of the first."""
-    features = [m.group(1).strip() for d in directives if (m := _CONSTRAINT.match(d))]
+    features = [m.group(1).strip().strip('"') for d in directives if (m := _CONSTRAINT.match(d))]
     if len(features) < 2:
         return directives
     merged, out = "&".join(dict.fromkeys(features)), []

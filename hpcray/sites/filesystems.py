@@ -43,9 +43,10 @@ def node_local_reason(path: str, site: SiteProfile,
     absolute = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(expanded))),
                             os.path.basename(expanded))
     for prefix in site.node_local_paths:
-        root = os.path.abspath(os.path.expandvars(prefix))
-        if absolute == root or absolute.startswith(root.rstrip("/") + "/"):
-            return f"under {prefix}, which is node-local on site '{site.name}'"
+        expanded = os.path.expandvars(prefix)
+        for root in {os.path.abspath(expanded), os.path.realpath(expanded)}:
+            if absolute == root or absolute.startswith(root.rstrip("/") + "/"):
+                return f"under {prefix}, which is node-local on site '{site.name}'"
     kind = mount_type(absolute, mounts)
     if kind in MEMORY_FILESYSTEMS:
         return f"on a {kind} filesystem, which is node-local"

@@ -5,6 +5,7 @@ queue forever; here it fails with the limits it breaks and the queues that would
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hpcray.errors import ResourceError
@@ -78,6 +79,26 @@ def _none_fits(site: SiteProfile, kind: str, nodes: int, walltime: int) -> Resou
     return ResourceError(message, field=_field(choosable, nodes))
 
 
+_QUEUE_OPTIONS = {
+    "slurm": re.compile(r"^(?:--(?:partition|qos)\b|-[pq](?:\s|$|\S))"),
+    "pbs": re.compile(r"^-q\b"),
+}
+
+
+def check_queue_directives(site: SiteProfile, directives: list[str]) -> None:
+    """A queue named in a raw directive would bypass the table and, coming after the one
+    hpcray writes, win: with a table, queues are named in allocation.partition/qos only."""
+    pattern = _QUEUE_OPTIONS.get(site.scheduler)
+    if not site.queues or pattern is None:
+        return
+    for directive in directives:
+        if pattern.match(directive.strip()):
+            raise ResourceError(
+                f"'{directive}' names a queue outside the check against site '{site.name}'s "
+                f"queue table; use allocation.partition (queue) or allocation.qos instead",
+                field="allocation.directives")
+
+
 def choose_queue(site: SiteProfile, nodes: int, walltime: int, partition: str | None = None,
                  qos: str | None = None) -> QueueChoice:
     """For partitions (PBS queues) and for QOSs apart: a named one is checked against its
@@ -93,6 +114,12 @@ def choose_queue(site: SiteProfile, nodes: int, walltime: int, partition: str | 
         rows = [r for r in site.queues if _kind(r) == kind]
         if named:
             mine = [r for r in rows if r.name == named]
+            other = "partition" if kind == "qos" else "qos"
+            if not mine and any(r.name == named and _kind(r) == other for r in site.queues):
+                raise ResourceError(
+                    f"{named} is a {'QOS' if other == 'qos' else 'queue'} on site "
+                    f"'{site.name}', not a {'QOS' if kind == 'qos' else 'partition'}: name it "
+                    f"as {_flag(site, other)}", field=_flag(site, kind))
             if mine and not any(r.takes(nodes, walltime) for r in mine):
                 raise _outside(site, kind, mine, nodes, walltime)
             reasons.append(f"{named}: named" + ("" if mine else ", not in the queue table"))

@@ -40,6 +40,10 @@ def test_cgroup_v1_and_no_limit(tmp_path):
     assert cgroup_limit(proc, root) == 64 * GB
     proc, root = fake_cgroup(tmp_path / "b", "0::/\n", {"memory.max": "max"})
     assert cgroup_limit(proc, root) is None
+    # a malformed line is skipped; a namespace's .. does not climb out of the root
+    proc, root = fake_cgroup(tmp_path / "c", "garbage\n0::/../../job_3\n", {
+        "job_3/memory.max": str(8 * GB), "memory.max": "max"})
+    assert cgroup_limit(proc, root) == 8 * GB
     assert cgroup_limit(str(tmp_path / "missing"), root) is None
 
 

@@ -19,8 +19,10 @@ def test_short_ids():
     assert short_id("ƒ2bHNxE7Hm") == "2bHNxE7Hm"
 
 
-def test_temp_dir_is_short_and_per_node():
+def test_temp_dir_is_short_and_per_node(monkeypatch):
     assert temp_dir_for("/tmp", "2934711", 0) == "/tmp/hr2934711n0"
+    monkeypatch.setenv("USER", "ada")  # Frontier's NVMe: /mnt/bb/$USER
+    assert temp_dir_for("/mnt/bb/$USER", "2934711", 1) == "/mnt/bb/ada/hr2934711n1"
     assert temp_dir_for("/tmp", "2934711", 1) != temp_dir_for("/tmp", "2934711", 0)
 
 

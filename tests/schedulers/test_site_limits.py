@@ -119,9 +119,28 @@ def test_alcf_queues_take_no_job_under_five_minutes(tmp_path):
 
 
 def test_a_queue_the_table_does_not_list_passes_unchecked(tmp_path):
-    """Sites add queues faster than tables follow: a named one goes to the scheduler."""
+    """Sites add queues faster than tables follow: a named one goes to the scheduler, within
+    the site's longest walltime."""
     text = outcome(tmp_path, "delta", 2, "04:00:00", "  partition: gpuA40x4\n")
     assert "#SBATCH --partition=gpuA40x4" in text
+    text = outcome(tmp_path, "delta", 2, "200:00:00", "  partition: gpuA40x4\n")
+    assert "allocation.walltime: 200:00:00 exceeds the limit of site 'delta' (48:00:00)" in text
+
+
+def test_a_queue_in_a_raw_directive_is_refused(tmp_path):
+    """It would come after the one hpcray writes and win, unchecked (Perlmutter's debug QOS
+    takes 30 minutes)."""
+    for site, directive in [("perlmutter", "--qos=debug"), ("frontier", "-p extended"),
+                            ("polaris", "-q preemptable")]:
+        text = outcome(tmp_path, site, 2, "00:30:00", f"  directives: ['{directive}']\n")
+        assert text.startswith("error: <dir>/demo.yaml:7: allocation.directives: "
+                               f"'{directive}' names a queue outside the check"), text
+
+
+def test_a_qos_named_as_a_partition_is_refused(tmp_path):
+    text = outcome(tmp_path, "perlmutter", 2, "00:30:00", "  partition: debug\n")
+    assert "allocation.partition: debug is a QOS on site 'perlmutter', not a partition: " \
+           "name it as allocation.qos" in text
 
 
 @pytest.mark.parametrize(("extra", "directives"), [
@@ -145,7 +164,8 @@ def test_delta_memory_covers_what_the_services_reserve(tmp_path):
                 "    resources: {cpus: 1, gpus: 0, memory: 64000000000}\n")
     text = outcome(tmp_path, "delta", 1, "02:00:00",
                    "  cpus_per_node: 4\n  gpus_per_node: 0\n" + services)
-    assert "#SBATCH --mem=128G" in text  # 2 x 59.6 GiB + Ray's 8 GB, above 4/64 of 208
+    # 2 x 59.6 GiB out of the 70 % the object store leaves, + Ray's 8 GB: above 4/64 of 208
+    assert "#SBATCH --mem=179G" in text
     text = outcome(tmp_path, "delta", 1, "02:00:00",
                    "  cpus_per_node: 4\n  gpus_per_node: 0\n" + services.replace("2\n", "4\n"))
     assert text.startswith("error: ") and "208 GB a job may ask for" in text
@@ -180,6 +200,11 @@ def test_frontier_nvme_is_asked_for_when_ray_spills_there(tmp_path):
     assert constraints == ["#SBATCH --constraint=nvme&nvme2"]
     text = outcome(tmp_path, "frontier", 2, "01:00:00")
     assert "nvme" not in text
+    text = outcome(tmp_path, "frontier", 2, "01:00:00", "ray:\n  temp_root: /mnt/bb\n")
+    assert "#SBATCH --constraint=nvme" in text
+    text = outcome(tmp_path, "frontier", 2, "01:00:00",
+                   '  directives: [\'-C "hbm"\']\nray:\n  spill_dir: /mnt/bb/$USER\n')
+    assert "#SBATCH --constraint=nvme&hbm" in text
 
 
 def test_a_run_directory_under_tmp_is_refused_for_two_nodes(tmp_path, caplog):
@@ -201,7 +226,7 @@ def test_a_job_python_in_a_node_local_venv_is_refused_for_two_nodes(tmp_path, mo
     assert "#PBS -q debug" in api.script(path, "polaris", run_dir=RUN_DIR)
 
 
-def test_a_value_given_on_the_command_line_is_blamed_as_such(tmp_path):
+def test_a_value_given_on_the_command_line_is_blamed_as_such(tmp_path, monkeypatch):
     path = workflow_file(tmp_path, "delta", 1, "00:30:00")
     with pytest.raises(ResourceError) as info:
         api.script(path, "delta", run_dir=RUN_DIR, account="bbka-delta-cpu")
@@ -212,3 +237,10 @@ def test_a_value_given_on_the_command_line_is_blamed_as_such(tmp_path):
         api.script(path, "frontier", run_root="/tmp/runs")
     assert str(info.value).startswith("run_root: the run directory /tmp/runs/demo-")
     assert str(info.value).endswith("(given as --run-root)")
+    # no allocation.python: the interpreter running hpcray is the job's, and named as such
+    path.write_text(path.read_text().replace("  python: /sw/envs/bio/bin/python\n", ""))
+    monkeypatch.setattr("hpcray.api.sys.executable", "/tmp/venv/bin/python")
+    with pytest.raises(ResourceError) as info:
+        api.script(path, "frontier", run_dir=RUN_DIR)
+    assert str(info.value).startswith("allocation.python: the job's Python /tmp/venv/bin/")
+    assert "(given as the Python that runs hpcray here" in str(info.value)

@@ -38,6 +38,10 @@ def test_node_local_paths_and_memory_filesystems(tmp_path):
     assert f"under {local}" in node_local_reason(
         f"{tmp_path}/home/venv/bin/python", site, str(mounts))
     assert node_local_reason(f"{tmp_path}/home/python", site, str(mounts)) is None
+    # a node-local path named through a link (macOS's /tmp -> /private/tmp)
+    (tmp_path / "scratch-link").symlink_to(local)
+    linked = frontier.model_copy(update={"node_local_paths": [str(tmp_path / "scratch-link")]})
+    assert node_local_reason(f"{local}/runs/x", linked, str(mounts)) is not None
 
 
 def test_a_site_whose_nodes_share_every_path(tmp_path):
