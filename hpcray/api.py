@@ -29,7 +29,7 @@ from hpcray.runtime.memory import OBJECT_STORE_SHARE
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
-from hpcray.sites.filesystems import node_local_reason
+from hpcray.sites.filesystems import is_under, node_local_reason
 from hpcray.sites.queues import check_queue_directives, choose_queue, queue_table
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.checks import check_containers, check_targets
@@ -266,12 +266,7 @@ def _storage_directives(workflow: Workflow, site: SiteProfile) -> tuple[str, ...
     used = [p for p in (workflow.ray.spill_dir or site.spill_dir, workflow.ray.temp_root) if p]
     return tuple(dict.fromkeys(
         storage.directive for storage in site.local_storage
-        if any(_under(path, storage.path) for path in used)))
-
-
-def _under(path: str, root: str) -> bool:
-    root = root.rstrip("/")
-    return path.rstrip("/") == root or path.startswith(root + "/")
+        if any(is_under(path, storage.path) for path in used)))
 
 
 def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:

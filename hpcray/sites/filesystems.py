@@ -14,6 +14,13 @@ from hpcray.sites.profile import SiteProfile
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
 
+def is_under(path: str, root: str) -> bool:
+    """`path` is `root` or inside it (no partial names: /tmpx is not under /tmp)."""
+    root = root.rstrip("/") or "/"
+    path = path.rstrip("/") or "/"
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def mount_type(path: str, mounts: str = "/proc/self/mounts") -> str | None:
     """Filesystem type of the longest mount point that holds `path`."""
     try:
@@ -26,8 +33,7 @@ def mount_type(path: str, mounts: str = "/proc/self/mounts") -> str | None:
         if len(parts) < 3:
             continue
         point = parts[1].replace("\\040", " ")
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
+        if is_under(path, point) and len(point) >= len(best):
             best, kind = point, parts[2]
     return kind
 
@@ -45,7 +51,7 @@ def node_local_reason(path: str, site: SiteProfile,
     for prefix in site.node_local_paths:
         expanded = os.path.expandvars(prefix)
         for root in {os.path.abspath(expanded), os.path.realpath(expanded)}:
-            if absolute == root or absolute.startswith(root.rstrip("/") + "/"):
+            if is_under(absolute, root):
                 return f"under {prefix}, which is node-local on site '{site.name}'"
     kind = mount_type(absolute, mounts)
     if kind in MEMORY_FILESYSTEMS:
