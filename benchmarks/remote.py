@@ -1,22 +1,36 @@
 """Remote endpoints: the handle's overhead over a raw HTTP client, local vs remote vs mixed
 throughput with the RT split, and a remote site's link cut under load.
 
-    python benchmarks/remote.py [--requests 400] [--one-way-ms 0.47]
+    python benchmarks/remote.py [--requests 400] [--one-way-ms 0.47] [--cut-s 3]
+                                [--only link-cut]
 
 A remote site is made on this machine (as root): a network namespace with its own veth link,
 a model server inside it behind a proxy that holds each direction's bytes for the paper's
 cloud-node latency (0.47 ms each way; this kernel has no netem). "Local" is the same server
 on loopback. The handle is hpcray's Federation, the code `hpcray.service(...)` uses for a
-service with remote endpoints. Writes benchmarks/results/remote.{csv,png,txt}.
+service with remote endpoints. Writes benchmarks/results/remote.{csv,png,txt} and the link
+cut's figures to benchmarks/results/remote_link_cut.{json,txt} (`--only link-cut`: those
+alone).
+
+The link cut is counted with request ledgers (hpcray/services/ledger.py): each client thread
+records one outcome per request id it sent, each server records the ids it executed (the
+`X-Request-Id` header), and the two are reconciled: lost = timed out + never given an
+outcome + answered without any server having executed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,10 +38,16 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from benchmarks.results_io import pyplot, save  # noqa: E402
+from benchmarks.results_io import RESULTS, pyplot, save  # noqa: E402
 from hpcray.remote.federation import Federation, Instance  # noqa: E402
 from hpcray.remote.openai import OpenAIEndpoint  # noqa: E402
-from tests.remote.site import loopback_servers, remote_site  # noqa: E402
+from hpcray.services.ledger import ANSWERED, ClientLedger, read_executed, reconcile  # noqa: E402
+from tests.remote.site import (  # noqa: E402
+    LEDGER_SERVICE,
+    executed_file,
+    loopback_servers,
+    remote_site,
+)
 
 BODY = {"model": "noop", "prompt": "hello", "max_tokens": 4}
 
@@ -90,46 +110,122 @@ def load(instances: list[Instance], threads: int, n: int) -> dict:
             "by_instance": {i.name: i.served for i in instances}}
 
 
-def link_cut(site, near_url: str, probe_s: float = 0.5) -> dict:
-    near = _instance(OpenAIEndpoint("local", near_url, "noop", timeout=2))
-    far = _instance(OpenAIEndpoint("remote", site.server.openai(), "noop", timeout=2))
-    fed = Federation("bench", [near, far], probe_s=probe_s)
-    counts = {"sent": 0, "answered": 0, "failed": 0}
-    remote_after: list[float] = []
+class _Resends(logging.Handler):
+    """Counts the federation's resends: a request that never reached an instance's model,
+    sent on to another instance under the same id."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "did not take the request" in str(record.msg):
+            self.count += 1
+
+
+def _answered_by(ledgers: list[ClientLedger]) -> Counter:
+    count: Counter = Counter()
+    for ledger in ledgers:
+        count.update(replica for kind, replica, _ in ledger.as_dict()["outcomes"].values()
+                     if kind == ANSWERED)
+    return count
+
+
+def _wait_for(condition, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"link cut: not within {within_s} s: {what}")
+        time.sleep(0.02)
+
+
+CALL_S = 30  # the link cut's endpoint and call timeout
+
+
+def link_cut(site, near_url: str, ledger_dir: Path, cut_s: float = 3.0, probe_s: float = 0.5,
+             threads: int = 8, warm: int = 50) -> dict:
+    """8 threads call through `cut_s` seconds of a cut link. The cut starts once both
+    instances have answered `warm` requests; the run ends once 'remote' has answered again
+    after the restore (and every call in flight has returned). Both servers record into
+    `ledger_dir` (executed_file)."""
+    # longer than the cut: a request it holds is answered once TCP resends it; a timeout
+    # would be counted lost
+    near_ep = OpenAIEndpoint("local", near_url, "noop", timeout=CALL_S)
+    far_ep = OpenAIEndpoint("remote", site.server.openai(), "noop", timeout=CALL_S)
+    fed = Federation(LEDGER_SERVICE, [_instance(near_ep), _instance(far_ep)], probe_s=probe_s)
+    far = fed.instances[1]
+    ledgers = [ClientLedger(f"t{i}") for i in range(threads)]
+    answers: list[tuple[float, float, str]] = []  # (sent, answered, by whom), monotonic
     lock, stop = threading.Lock(), threading.Event()
-    up_at = [0.0]
+    resends = _Resends()
+    log = logging.getLogger("hpcray.remote")
+    level = log.level
+    log.addHandler(resends)
+    log.setLevel(logging.INFO)
 
-    def worker() -> None:
+    def worker(ledger: ClientLedger) -> None:
         while not stop.is_set():
-            with lock:
-                counts["sent"] += 1
-            try:
-                got = fed.call("generate", {"prompt": "x"}, timeout=5)
+            sent = time.monotonic()
+            got = ledger.call(fed.call, "generate", {"prompt": "x"}, timeout=CALL_S)
+            if got is not None:
                 with lock:
-                    counts["answered"] += 1
-                    if got.instance == "remote" and up_at[0]:
-                        remote_after.append(time.time())
-            except Exception:  # noqa: BLE001 - counted: an explicit failure
-                with lock:
-                    counts["failed"] += 1
+                    answers.append((sent, time.monotonic(), got.instance))
 
-    pool = [threading.Thread(target=worker) for _ in range(8)]
-    for t in pool:
-        t.start()
-    time.sleep(1.5)
-    site.link(up=False)
-    time.sleep(3.0)
-    site.link(up=True)
-    up_at[0] = time.time()
-    time.sleep(4 * probe_s + 1.0)
-    stop.set()
-    for t in pool:
-        t.join(timeout=15)
-    fed.close()
-    first_remote = min((t for t in remote_after if t >= up_at[0]), default=None)
-    return {**counts, "lost": counts["sent"] - counts["answered"] - counts["failed"],
-            "remote_back_after_s": None if first_remote is None else first_remote - up_at[0],
-            "probe_s": probe_s}
+    def remote_again() -> bool:
+        with lock:
+            return any(who == "remote" and sent >= up_mono for sent, _, who in answers)
+
+    pool = [threading.Thread(target=worker, args=(ledger,), daemon=True) for ledger in ledgers]
+    down = False
+    try:
+        for t in pool:
+            t.start()
+        _wait_for(lambda: min(_answered_by(ledgers)[n] for n in ("local", "remote")) >= warm,
+                  60, f"both instances answering {warm} requests")
+        cut_wall, cut_mono = time.time(), time.monotonic()
+        site.link(up=False)
+        down = True
+        time.sleep(cut_s)  # the outage's length, the benchmark's parameter
+        marked_down = any(event == "cooling" and t >= cut_wall for t, event in far.history)
+        up_mono = time.monotonic()
+        site.link(up=True)
+        down = False
+        up_wall = time.time()
+        _wait_for(remote_again, 30, "'remote' answering again after the link came back")
+    finally:
+        stop.set()
+        if down:
+            site.link(up=True)
+        for t in pool:
+            t.join(timeout=CALL_S + 10)  # a call lasts CALL_S at most
+        fed.close()
+        near_ep.close()
+        far_ep.close()
+        log.removeHandler(resends)
+        log.setLevel(level)
+    if any(t.is_alive() for t in pool):
+        raise RuntimeError(f"link cut: a client thread did not return within {CALL_S + 10} s")
+    executed = read_executed(ledger_dir, LEDGER_SERVICE)
+    rec = reconcile(ledgers, executed)
+    failed_but_executed = sum(1 for ledger in ledgers for rid, o in ledger.outcomes.items()
+                              if o.kind != ANSWERED and rid in executed)
+    back = [t for t, event in far.history if event == "back" and t >= up_wall]
+    summary = rec.summary()
+    return {"cut_s": cut_s, "threads": threads, "probe_s": probe_s,
+            "sent": summary["sent"], "executed": summary["executed"],
+            "answered": summary["answered"], "failed": summary["failed"],
+            "failed_but_executed": failed_but_executed,
+            "retried": resends.count,
+            "executed_twice": len(rec.retried) + len(rec.executed_twice_unexplained),
+            "timed_out": summary["timed_out"], "lost": summary["lost"],
+            "problems": summary["problems"],
+            "answered_by": dict(_answered_by(ledgers)),
+            # sent to the remote before the cut, answered by it after the restore (TCP resent
+            # what the cut held up)
+            "held_through_cut": sum(1 for sent, done, who in answers
+                                    if who == "remote" and sent < cut_mono and done > up_mono),
+            "marked_down_during_cut": marked_down,
+            "remote_back_after_s": back[0] - up_wall if back else None}
 
 
 def main() -> int:
@@ -137,52 +233,86 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--one-way-ms", type=float, default=0.47)
+    parser.add_argument("--cut-s", type=float, default=3.0, help="how long the link is down")
+    parser.add_argument("--only", choices=("all", "link-cut"), default="all",
+                        help="link-cut: only the link cut (remote_link_cut.{json,txt}); the "
+                             "throughput files are left as they are")
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console(record=True, width=120)
-    rows = []
-    with loopback_servers() as start, remote_site(args.one_way_ms) as site:
-        near_url = start().openai()
+    rows: list[dict] = []
+    ledger_dir = Path(tempfile.mkdtemp(prefix="hpcray-remote-bench-"))
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, ledger_dir, ignore_errors=True)
+        start = stack.enter_context(loopback_servers())
+        site = stack.enter_context(
+            remote_site(args.one_way_ms, ledger=executed_file(ledger_dir, "remote")))
+        near_url = start(ledger=executed_file(ledger_dir, "local")).openai()
         far_url = site.server.openai()
-        console.print("handle overhead ...")
-        over = overhead(far_url, args.requests)
-        for threads in (1, 4, 16):
-            for name, urls in (("local", [near_url]), ("remote", [far_url]),
-                               ("mixed", [near_url, far_url])):
-                instances = [_instance(OpenAIEndpoint(("local", "remote")[u == far_url], u,
-                                                      "noop", max_concurrency=16))
-                             for u in urls]
-                r = load(instances, threads, args.requests * 2)
-                rows.append({"instances": name, "threads": threads, **{
-                    k: v for k, v in r.items() if k != "by_instance"},
-                    "by_instance": " ".join(f"{k}={v}" for k, v in r["by_instance"].items())})
+        if args.only == "all":
+            console.print("handle overhead ...")
+            over = overhead(far_url, args.requests)
+            for threads in (1, 4, 16):
+                for name, urls in (("local", [near_url]), ("remote", [far_url]),
+                                   ("mixed", [near_url, far_url])):
+                    instances = [_instance(OpenAIEndpoint(("local", "remote")[u == far_url],
+                                                          u, "noop", max_concurrency=16))
+                                 for u in urls]
+                    r = load(instances, threads, args.requests * 2)
+                    rows.append({"instances": name, "threads": threads, **{
+                        k: v for k, v in r.items() if k != "by_instance"},
+                        "by_instance": " ".join(f"{k}={v}"
+                                                for k, v in r["by_instance"].items())})
         console.print("link cut ...")
-        cut = link_cut(site, near_url)
+        cut = link_cut(site, near_url, ledger_dir, cut_s=args.cut_s)
 
-    table = Table(title=f"Remote endpoints (remote = a network namespace + {args.one_way_ms} ms "
-                        "each way; local = loopback)")
-    for col in ("instances", "threads", "req/s", "p50 ms", "p99 ms", "communication ms",
-                "inference ms", "served by"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r["instances"], str(r["threads"]), f"{r['req_per_s']:.0f}",
-                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['communication_ms']:.2f}",
-                      f"{r['inference_ms']:.2f}", r["by_instance"])
-    console.print(table)
-    verdict = "met" if over["overhead_ms"] <= over["allowed_ms"] else "NOT met"
-    console.print(f"handle over raw httpx, same remote endpoint, p50: {over['handle_p50_ms']:.3f}"
-                  f" ms vs {over['raw_p50_ms']:.3f} ms: +{over['overhead_ms']:.3f} ms (allowed "
-                  f"{over['allowed_ms']:.3f} ms: {verdict})")
+    if args.only == "all":
+        table = Table(title=f"Remote endpoints (remote = a network namespace + "
+                            f"{args.one_way_ms} ms each way; local = loopback)")
+        for col in ("instances", "threads", "req/s", "p50 ms", "p99 ms", "communication ms",
+                    "inference ms", "served by"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(r["instances"], str(r["threads"]), f"{r['req_per_s']:.0f}",
+                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                          f"{r['communication_ms']:.2f}", f"{r['inference_ms']:.2f}",
+                          r["by_instance"])
+        console.print(table)
+        verdict = "met" if over["overhead_ms"] <= over["allowed_ms"] else "NOT met"
+        console.print(f"handle over raw httpx, same remote endpoint, p50: "
+                      f"{over['handle_p50_ms']:.3f} ms vs {over['raw_p50_ms']:.3f} ms: "
+                      f"+{over['overhead_ms']:.3f} ms (allowed {over['allowed_ms']:.3f} ms: "
+                      f"{verdict})")
+    line = link_cut_line(cut)
+    console.print(line)
+    if args.only == "all":
+        save("remote", rows, console, lambda path: plot(rows, path))
+    command = " ".join(["python", "benchmarks/remote.py", *sys.argv[1:]])
+    measured = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "remote_link_cut.json").write_text(json.dumps(
+        {"command": command, "measured": measured, "one_way_ms": args.one_way_ms, **cut},
+        indent=2) + "\n")
+    (RESULTS / "remote_link_cut.txt").write_text(f"{measured}: {command}\n{line}\n")
+    console.print(f"wrote {RESULTS}/remote_link_cut.{{json,txt}}")
+    return 0 if not cut["problems"] and cut["lost"] == 0 else 1
+
+
+def link_cut_line(cut: dict) -> str:
+    failed = ", ".join(f"{n} {cause}" for cause, n in sorted(cut["failed"].items())) or "0"
     back = cut["remote_back_after_s"]
-    console.print(f"link cut 3 s under load (8 threads): sent {cut['sent']}, answered "
-                  f"{cut['answered']}, failed explicitly {cut['failed']}, lost {cut['lost']}; "
-                  f"remote serving again {back:.2f} s after the link came back (probe period "
-                  f"{cut['probe_s']} s)" if back is not None else "remote never came back")
-    save("remote", rows, console, lambda path: plot(rows, path))
-    return 0
+    return (f"link cut {cut['cut_s']:g} s under load ({cut['threads']} threads), reconciled "
+            f"with both servers' ledgers: sent {cut['sent']}, executed {cut['executed']}, "
+            f"answered {cut['answered']}, failed explicitly {failed} (of those executed "
+            f"{cut['failed_but_executed']}), retried on the other instance {cut['retried']}, "
+            f"executed twice {cut['executed_twice']}, timed out {cut['timed_out']}, lost "
+            f"{cut['lost']}; problems: {'; '.join(cut['problems']) or 'none'}; "
+            f"{cut['held_through_cut']} held up by the cut and answered after it; remote "
+            + (f"serving again {back:.2f} s after the link came back (probe period "
+               f"{cut['probe_s']} s)" if back is not None else "never came back"))
 
 
 def plot(rows: list[dict], path: Path) -> None:

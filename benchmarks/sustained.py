@@ -10,6 +10,13 @@ window it records requests, errors and p99, and the resident memory of every pro
 run (found by hpcray's teardown marker). Memory growth is measured from the end of the first
 minute (warm-up). Writes benchmarks/results/sustained.{csv,png,txt}; with `--share 0` (no
 requests: what grows by itself), sustained_idle.{csv,png,txt}.
+
+Request ledgers (hpcray/services/ledger.py): the loaded service's replicas record every
+request they execute and each sending thread records every outcome; at the end the two are
+reconciled (executed, answered, failed by cause, retried, timed out, lost). Before the
+load, the ledger's own cost: NOOP round trips on `bare` (no ledger) and `kept` (ledger on
+both ends), 1 replica each, in alternating rounds of the same run; RT p50 of each and their
+ratio, in benchmarks/results/ledger_cost.{csv,png,txt} (`--only ledger-cost`: that alone).
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import hpcray  # noqa: E402
 from benchmarks.results_io import pyplot, save  # noqa: E402
 from hpcray.rundir import read_json  # noqa: E402
 from hpcray.runtime.teardown import marked_processes  # noqa: E402
+from hpcray.services.ledger import ClientLedger, read_executed, reconcile  # noqa: E402
 
 WINDOW_S = 10.0
+CALLS_PER_ROUND = 500
 
 
 NAMES: dict[int, str] = {}
@@ -58,17 +67,26 @@ def main() -> int:
                         help="share of the maximum to send; 0: no requests, the run's memory "
                         "with no load (the baseline for what grows by itself)")
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--cost-rounds", type=int, default=20,
+                        help="alternating rounds of the ledger's cost measurement")
+    parser.add_argument("--only", choices=("all", "ledger-cost"), default="all",
+                        help="ledger-cost: only the ledger's cost (ledger_cost.*)")
     args = parser.parse_args()
 
     from rich.console import Console
 
     console = Console(record=True, width=110)
+    console.print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python "
+                  f"benchmarks/sustained.py {' '.join(sys.argv[1:])}".rstrip())
     with tempfile.TemporaryDirectory(prefix="hpcray-sustained-") as tmp:
         wf = Path(tmp) / "sustained.yaml"
-        wf.write_text("name: sustained\nallocation: {nodes: 1, walltime: 2h}\n"
+        wf.write_text("name: sustained\nallocation: {nodes: 1, walltime: 2h,"
+                      " env: {HPCRAY_LEDGER: 'noop,kept'}}\n"
                       "ray: {object_store_memory: 100000000, teardown_grace: 5}\n"
                       "services:\n  - {name: noop, deployment: noop, replicas: 2,"
-                      " resources: {cpus: 0.25}}\n")
+                      " resources: {cpus: 0.25}}\n"
+                      "  - {name: bare, deployment: noop, resources: {cpus: 0.05}}\n"
+                      "  - {name: kept, deployment: noop, resources: {cpus: 0.05}}\n")
         sub = hpcray.submit(wf, run_root=Path(tmp) / "runs")
         try:
             deadline = time.monotonic() + 240
@@ -78,15 +96,70 @@ def main() -> int:
                 time.sleep(0.5)
             cluster = read_json(sub.run_dir / "run.json")["cluster_id"]
             hpcray.connect(sub.run_dir)
+            if args.share > 0:
+                ledger_cost(args.cost_rounds, console)
+            if args.only == "ledger-cost":
+                return 0
             handle = hpcray.service("noop")
-            windows = measure(handle, args, cluster, console)
+            clients = [ClientLedger(f"t{k}") for k in range(args.threads)]
+            windows = measure(handle, args, cluster, console, clients)
+            reconciled = reconcile(clients, read_executed(sub.run_dir, "noop"))
         finally:
             hpcray.cancel(sub.run_dir)
-    report(windows, args, console)
+    report(windows, args, console, reconciled)
     return 0
 
 
-def measure(handle, args, cluster: str, console) -> list[dict]:
+def ledger_cost(rounds: int, console) -> None:
+    """RT p50 of NOOP without a ledger and with one on both ends, rounds alternating so that
+    the machine's load falls on both alike."""
+    bare, kept = hpcray.service("bare"), hpcray.service("kept")
+    client = ClientLedger("cost")
+    for _ in range(200):  # warm both paths
+        bare.call("echo", 1)
+        client.call(kept.call, "echo", 1)
+    lat: dict[str, list[float]] = {"bare": [], "kept": []}
+    rows = []
+    for r in range(rounds):
+        for name in (("bare", "kept") if r % 2 == 0 else ("kept", "bare")):
+            got = []
+            for _ in range(CALLS_PER_ROUND):
+                start = time.perf_counter()
+                if name == "bare":
+                    bare.call("echo", 1)
+                else:
+                    client.call(kept.call, "echo", 1)
+                got.append(time.perf_counter() - start)
+            got.sort()
+            lat[name] += got
+            rows.append({"round": r, "service": name, "p50_us": got[len(got) // 2] * 1e6,
+                         "p99_us": got[int(len(got) * 0.99)] * 1e6})
+    p50 = {n: sorted(v)[len(v) // 2] * 1e6 for n, v in lat.items()}
+    lost = [o for o in client.outcomes.values() if o.kind != "answered"]
+    console.print(f"ledger cost: NOOP RT p50 {p50['bare']:.0f} us without, {p50['kept']:.0f} us "
+                  f"with ledgers on both ends ({p50['kept'] / p50['bare']:.3f}x, "
+                  f"{rounds} alternating rounds of {CALLS_PER_ROUND} calls each); "
+                  f"{len(lost)} of the ledgered calls not answered")
+    save("ledger_cost", rows, console, lambda path: plot_cost(rows, p50, path))
+    console.print("python benchmarks/sustained.py, continued: the sustained load")
+
+
+def plot_cost(rows: list[dict], p50: dict[str, float], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, label in (("bare", "no ledger"), ("kept", "ledgers on both ends")):
+        mine = [r for r in rows if r["service"] == name]
+        ax.plot([r["round"] for r in mine], [r["p50_us"] for r in mine], marker="o",
+                label=f"{label} (p50 {p50[name]:.0f} us)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("RT p50 (us)")
+    ax.set_title("NOOP round trip with and without request ledgers")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def measure(handle, args, cluster: str, console, clients: list) -> list[dict]:
     stop = threading.Event()
     lock = threading.Lock()
     lat: list[float] = []
@@ -121,26 +194,27 @@ def measure(handle, args, cluster: str, console) -> list[dict]:
     counts.update(ok=0, errors=0)
     interval = args.threads / rate if args.share > 0 else 0.0
 
-    def paced() -> None:
+    def paced(ledger: ClientLedger) -> None:
+        """Each outcome goes into the thread's ledger; the window's counts are a view."""
         nxt = time.monotonic()
         while not stop.is_set():
             nxt += interval
             start = time.perf_counter()
-            try:
-                handle.call("echo", 1, timeout=10)
-                took = time.perf_counter() - start
-                with lock:
+            reply = ledger.call(handle.call, "echo", 1, timeout=10)
+            took = time.perf_counter() - start
+            with lock:
+                if reply is not None:
                     counts["ok"] += 1
                     lat.append(took)
-            except Exception as exc:  # noqa: BLE001 - counted
-                with lock:
+                else:
                     counts["errors"] += 1
-                    errors.append(str(exc))
+                    errors.append(ledger.outcomes[ledger.sent[-1]].detail)
             pause = nxt - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
 
-    threads = [threading.Thread(target=paced) for _ in range(args.threads if interval else 0)]
+    threads = [threading.Thread(target=paced, args=(clients[k],))
+               for k in range(args.threads if interval else 0)]
     for t in threads:
         t.start()
     windows = []
@@ -170,7 +244,7 @@ def measure(handle, args, cluster: str, console) -> list[dict]:
     return windows
 
 
-def report(windows: list[dict], args, console) -> None:
+def report(windows: list[dict], args, console, reconciled) -> None:
     from rich.table import Table
 
     warm = min(len(windows) - 1, int(60 / WINDOW_S) - 1)
@@ -204,6 +278,7 @@ def report(windows: list[dict], args, console) -> None:
              f"{worst:+.1%} ({NAMES.get(grower, grower)}, "
              f"{base.get(grower, 0) / 2**20:.1f} -> {last.get(grower, 0) / 2**20:.1f} MB)"),
             ("its growth in the first / second half after warm-up (MB)", halves),
+            *ledger_rows(reconciled),
             ("target", "no errors, p99 stable, every process within 5%")]:
         table.add_row(name, value)
     console.print(table)
@@ -211,6 +286,17 @@ def report(windows: list[dict], args, console) -> None:
     save("sustained" if args.share > 0 else "sustained_idle",
          [{k: w[k] for k in fields} for w in windows], console,
          lambda path: plot(windows, path))
+
+
+def ledger_rows(r) -> list[tuple[str, str]]:
+    """The two ledgers reconciled: what the replicas executed against what the threads saw."""
+    failed = ", ".join(f"{n} {cause}" for cause, n in r.failed.items()) or "0"
+    return [("ledger: sent / executed / answered", f"{r.sent:,} / {r.executed:,} / "
+             f"{r.answered:,}"),
+            ("ledger: failed explicitly (by cause)", failed),
+            ("ledger: retried after a lost replica / timed out / lost",
+             f"{len(r.retried)} / {r.timed_out} / {r.lost}"),
+            ("ledger: disagreements", "; ".join(r.problems()) or "none")]
 
 
 def plot(windows: list[dict], path: Path) -> None:

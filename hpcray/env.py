@@ -15,6 +15,7 @@ RUN_DIR = "HPCRAY_RUN_DIR"            # the run directory (drivers, replicas, ta
 RAY_MARKER = "HPCRAY_RAY_OF"          # "<cluster id>/<node>": scopes teardown to this job's node
 NODE_IP = "HPCRAY_NODE_IP"            # the node's address on the allocation's network
 HTTP_TOKEN_FILE = "HPCRAY_HTTP_TOKEN_FILE"  # the run's HTTP bearer token, a 0600 file
+HTTP_TOKEN_SHA256 = "HPCRAY_HTTP_TOKEN_SHA256"  # its SHA-256, for Serve's controller and proxy
 PORT_BLOCK = "HPCRAY_PORT_BLOCK"      # first port of the node's block (program services' ports)
 
 # -- set for drivers and executable stages -------------------------------------------------------
@@ -39,6 +40,7 @@ RUN_ROOT = "HPCRAY_RUN_ROOT"          # where run directories go (default ~/.hpc
 SITES_PATH = "HPCRAY_SITES_PATH"      # extra directories of site profiles
 LAUNCHER = "HPCRAY_LAUNCHER"          # overrides the site's launcher inside the job
 PORT_CLAIMS = "HPCRAY_PORT_CLAIMS"    # where node agents claim port blocks (default /tmp)
+LEDGER = "HPCRAY_LEDGER"              # "1" (allocation.env): replicas keep request ledgers
 
 # -- Ray's, set by hpcray for the processes it starts ----------------------------------------------
 RAY_ADDRESS = "RAY_ADDRESS"
@@ -46,6 +48,9 @@ RAY_AUTH_MODE = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 RAY_USAGE_STATS = "RAY_USAGE_STATS_ENABLED"   # "0": nothing leaves the allocation
 RAY_DRAIN_TIMEOUT = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"  # "0": hpcray drains services itself
+RAY_SERVE_PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # the proxy's middlewares
+RAY_AUTOSCALER_METRIC_PORT = "AUTOSCALER_METRIC_PORT"  # Ray's fixed exporter ports, moved into
+RAY_DASHBOARD_METRIC_PORT = "DASHBOARD_METRIC_PORT"    # the job's own port block
 TMPDIR = "TMPDIR"                     # the node's short temp dir, in place of the site's
 RAY_TMPDIR = "RAY_TMPDIR"             # the same, for Ray's own lookups
 

@@ -95,6 +95,11 @@ class RemoteUnavailable(RemoteError):
     reached = False
 
 
+class RemoteTimeout(RemoteError, TimeoutError):
+    """The request was sent and no reply came within the timeout: it may have run there, so
+    it is not sent elsewhere, and a request ledger counts it lost."""
+
+
 class RemoteAuthError(RemoteError):
     """HTTP 401/403: the API key is missing or wrong."""
 

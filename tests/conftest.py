@@ -151,7 +151,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real 2-node Slurm (slurm-wlm + munge) for this test session."""
+    """A real 2-node Slurm (slurm-wlm + munge) for this test session, each node in its own
+    network namespace on its own address (`cluster.addresses`); where namespaces cannot be
+    made (`cluster.separate_addresses` False), both on 127.0.0.1, and the tests submit with a
+    copy of the testslurm profile naming lo (HPCRAY_TEST_SLURM_SITE, a path) instead of hsn0.
+    HPCRAY_TEST_SLURM_NETWORK=shared asks for that layout here too."""
     import testcluster
 
     missing = testcluster.missing_binaries()
@@ -162,16 +166,26 @@ def slurm_cluster():
         pytest.skip(reason="the test Slurm runs its daemons as root")
     root = Path(tempfile.mkdtemp(prefix="hs", dir="/tmp"))
     cluster = None
+    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "HPCRAY_TEST_SLURM_SITE")}
     try:
-        cluster = testcluster.start(root, nodes=2, cpus=2, gpus=1)
-        old = os.environ.get("SLURM_CONF")
+        with contextlib.suppress(Exception):  # namespaces and bridges a killed session left
+            testcluster.clean_leftovers()
+        cluster = testcluster.start(root, nodes=2, cpus=2, gpus=1,
+                                    network=os.environ.get("HPCRAY_TEST_SLURM_NETWORK", "auto"))
         os.environ["SLURM_CONF"] = str(cluster.conf)
+        if not cluster.separate_addresses:
+            profile = root / "sites" / "testslurm.yaml"
+            profile.parent.mkdir()
+            text = (FIXTURES / "sites" / "testslurm.yaml").read_text()
+            assert "network_interface: hsn0" in text, "the testslurm profile changed its form"
+            profile.write_text(text.replace("network_interface: hsn0", "network_interface: lo"))
+            os.environ["HPCRAY_TEST_SLURM_SITE"] = str(profile)
         yield cluster
     finally:
         testcluster.stop(root)
-        if cluster is not None:
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
             else:
-                os.environ["SLURM_CONF"] = old
+                os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)

@@ -230,6 +230,7 @@ class NodeAgent:
         env[hpcray_env.RUN_DIR] = str(self.run.path)  # replicas write their request rates there
         self.block = claim_block(plan.cluster_id, me.index, plan.port_base)
         env[hpcray_env.PORT_BLOCK] = str(self.block.base)  # program services' ports
+        env.update(self.block.ray_port_variables())  # Ray's metric exporters, job-private
         head_address = None
         if not self.is_head:
             head = wait_for_head(self.run, plan.head_timeout, self.should_stop)

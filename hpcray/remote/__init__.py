@@ -10,10 +10,11 @@ from hpcray.remote.base import (
     RemoteProtocolError,
     RemoteResult,
     RemoteServerError,
+    RemoteTimeout,
     RemoteUnavailable,
 )
 from hpcray.remote.factory import endpoint_for
 
 __all__ = ["RemoteAuthError", "RemoteEndpoint", "RemoteError", "RemoteModelError",
-           "RemoteProtocolError", "RemoteResult", "RemoteServerError",
+           "RemoteProtocolError", "RemoteResult", "RemoteServerError", "RemoteTimeout",
            "RemoteUnavailable", "endpoint_for"]

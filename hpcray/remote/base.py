@@ -1,5 +1,9 @@
 """What every remote adapter offers, and the errors it raises. Messages name the endpoint
-by its name and URL (never its API key)."""
+by its name and URL (never its API key).
+
+A call given a `request_id` sends it as the `X-Request-Id` header, the one OpenAI-compatible
+servers and gateways log, so that a request can be found on the server's side (request
+ledgers, hpcray/services/ledger.py); without one no such header is sent."""
 
 from __future__ import annotations
 
@@ -17,9 +21,25 @@ from hpcray.errors import (
     RemoteModelError,
     RemoteProtocolError,
     RemoteServerError,
+    RemoteTimeout,
     RemoteUnavailable,
     ServiceRequestError,
 )
+
+REQUEST_ID_HEADER = "X-Request-Id"
+MAX_REQUEST_ID = 255  # as on the direct path (hpcray/services/direct/protocol.py)
+
+
+def request_id_headers(request_id: str | None) -> dict[str, str] | None:
+    """The header carrying `request_id`, None without one. An id goes into an HTTP header
+    as given, so it must be 1 to 255 visible ASCII characters (no space, no line break)."""
+    if request_id is None:
+        return None
+    if not (0 < len(request_id) <= MAX_REQUEST_ID and request_id.isascii()
+            and request_id.isprintable() and " " not in request_id):
+        raise ServiceRequestError(f"a request id is 1 to {MAX_REQUEST_ID} visible ASCII "
+                                  f"characters without spaces; got {request_id[:40]!r}")
+    return {REQUEST_ID_HEADER: request_id}
 
 
 @dataclass
@@ -29,7 +49,8 @@ class RemoteResult:
     service_s: float         # server time outside the model (load, queue), when reported
     round_trip_s: float
     server_reported: bool    # False: the split of round_trip_s is estimated (see Federation)
-    instance: str | None = None  # a local replica's id, when the local instance answered
+    instance: str | None = None  # who answered: a local replica's id, else the instance's
+    # name (set by the Federation; an endpoint called directly leaves it None)
 
 
 class RemoteEndpoint(ABC):
@@ -73,19 +94,23 @@ class RemoteEndpoint(ABC):
         adapter using the shared `call`/`acall` implements (one with its own `call` need not)."""
         raise NotImplementedError(f"{type(self).__name__} has no reply parser")
 
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
+    def call(self, method: str, payload: Any, timeout: float | None = None,
+             request_id: str | None = None) -> RemoteResult:
+        headers = request_id_headers(request_id)
         path, body = self.body(method, payload)
-        data, elapsed = self.post(path, body, timeout)
+        data, elapsed = self.post(path, body, timeout, headers=headers)
         return self.reply(method, data, elapsed)
 
-    async def acall(self, method: str, payload: Any, timeout: float | None = None
-                    ) -> RemoteResult:
+    async def acall(self, method: str, payload: Any, timeout: float | None = None,
+                    request_id: str | None = None) -> RemoteResult:
         """`call` on the caller's event loop: a server that batches (vLLM) sees every request
         a replica has in flight, not one at a time. One loop per endpoint."""
+        headers = request_id_headers(request_id)
         path, body = self.body(method, payload)
         start = time.perf_counter()
         try:
-            reply = await self.aclient.post(path, json=body, timeout=timeout or self.timeout)
+            reply = await self.aclient.post(path, json=body, timeout=timeout or self.timeout,
+                                             headers=headers)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
         elapsed = time.perf_counter() - start
@@ -112,11 +137,14 @@ class RemoteEndpoint(ABC):
         return self.model in served
 
     # -- shared: streaming and the health probe -------------------------------------------------
-    def stream(self, method: str, payload: Any) -> Iterator[str]:
+    def stream(self, method: str, payload: Any, request_id: str | None = None
+               ) -> Iterator[str]:
+        headers = request_id_headers(request_id)
         path, body = self.body(method, payload)
         done = False
         try:
-            with self.client.stream("POST", path, json={**body, "stream": True}) as reply:
+            with self.client.stream("POST", path, json={**body, "stream": True},
+                                    headers=headers) as reply:
                 self.check(reply)
                 for line in reply.iter_lines():
                     event = self.stream_event(method, line)
@@ -134,13 +162,16 @@ class RemoteEndpoint(ABC):
             raise RemoteProtocolError(f"{self.where}: the stream stopped before "
                                       f"{self.end_of_stream}")
 
-    async def astream(self, method: str, payload: Any) -> AsyncIterator[str]:
+    async def astream(self, method: str, payload: Any, request_id: str | None = None
+                      ) -> AsyncIterator[str]:
         """`stream` on the caller's event loop. Closing it early closes the connection, which
         makes the server stop generating."""
+        headers = request_id_headers(request_id)
         path, body = self.body(method, payload)
         done = False
         try:
-            async with self.aclient.stream("POST", path, json={**body, "stream": True}) as reply:
+            async with self.aclient.stream("POST", path, json={**body, "stream": True},
+                                           headers=headers) as reply:
                 if reply.status_code >= 400:
                     await reply.aread()
                 self.check(reply)
@@ -184,11 +215,13 @@ class RemoteEndpoint(ABC):
         return RemoteProtocolError(f"{self.where}: malformed {what} {text[:120]!r}")
 
     # -- shared HTTP handling -------------------------------------------------------------------
-    def post(self, path: str, body: dict[str, Any], timeout: float | None = None
-             ) -> tuple[dict[str, Any], float]:
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None,
+             headers: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+        """`headers`: added to the client's own (its Authorization) for this request."""
         start = time.perf_counter()
         try:
-            reply = self.client.post(path, json=body, timeout=timeout or self.timeout)
+            reply = self.client.post(path, json=body, timeout=timeout or self.timeout,
+                                     headers=headers)
         except (httpx.TimeoutException, httpx.ConnectError, httpx.RemoteProtocolError,
                 httpx.ReadError, httpx.WriteError) as exc:
             raise self.transport_error(exc) from None
@@ -201,7 +234,7 @@ class RemoteEndpoint(ABC):
         or a reply that never came."""
         if isinstance(exc, httpx.TimeoutException):
             what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for a reply"
-            err = RemoteUnavailable if isinstance(exc, httpx.ConnectTimeout) else RemoteError
+            err = RemoteUnavailable if isinstance(exc, httpx.ConnectTimeout) else RemoteTimeout
             return err(f"{self.where}: timed out {what}")
         if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                             httpx.WriteError)):

@@ -10,10 +10,15 @@ the instance. After FAIL_THRESHOLD failures in a row, or a probe that gets no an
 PROBE_S, an instance cools down; the probe, each PROBE_S, brings it back once it answers.
 Nothing is dropped: every call returns or raises. A call answers with a RemoteResult whose
 `instance` names who answered.
+
+A call's `request_id` goes to the instance (an endpoint sends it as `X-Request-Id`); a
+request sent on to another instance keeps it. An instance whose `call` or `stream` takes no
+`request_id` is called without it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import threading
@@ -28,6 +33,7 @@ from hpcray.remote.base import (
     RemoteModelError,
     RemoteResult,
     RemoteUnavailable,
+    request_id_headers,
 )
 from hpcray.runtime.balance import pick_two
 
@@ -44,8 +50,8 @@ class Instance:
     kind: str                                  # local | openai | ollama
     cap: int
     weight: float
-    call: Callable[[str, Any, float | None], RemoteResult]
-    stream: Callable[[str, Any], Iterator[str]] | None = None
+    call: Callable[..., RemoteResult]          # (method, payload, timeout[, request_id=])
+    stream: Callable[..., Iterator[str]] | None = None  # (method, payload[, request_id=])
     probe: Callable[[float], float] | None = None  # its argument: a timeout in seconds
     methods: tuple[str, ...] | None = None     # what it serves; None: every method
     outstanding: int = 0
@@ -59,6 +65,12 @@ class Instance:
     cannot_stream: set[str] = field(default_factory=set)  # methods it refused to stream
     epoch: int = 0  # bumped when it cools down or comes back: older round trips do not count
     history: list[tuple[float, str]] = field(default_factory=list)  # (time, event)
+    call_takes_id: bool = field(init=False, repr=False)
+    stream_takes_id: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.call_takes_id = _takes_request_id(self.call)
+        self.stream_takes_id = self.stream is not None and _takes_request_id(self.stream)
 
     def state(self) -> str:
         if self.cooling:
@@ -67,6 +79,18 @@ class Instance:
 
     def score(self) -> float:
         return (self.outstanding + 1) * max(self.rtt, 1e-4) / self.weight
+
+
+def _takes_request_id(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as before
+        return False
+    return any(p.name == "request_id" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _id_kwargs(takes_id: bool, request_id: str | None) -> dict[str, str]:
+    return {"request_id": request_id} if takes_id and request_id is not None else {}
 
 
 class Federation:
@@ -143,7 +167,9 @@ class Federation:
         inst.history.append((time.time(), "cooling"))
 
     # -- calling -------------------------------------------------------------------------------
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
+    def call(self, method: str, payload: Any, timeout: float | None = None,
+             request_id: str | None = None) -> RemoteResult:
+        request_id_headers(request_id)  # a malformed id is the caller's error, no instance's
         deadline = None if timeout is None else time.monotonic() + timeout
         tried: set[str] = set()
         for attempt in range(self.retries + 1):
@@ -152,7 +178,8 @@ class Federation:
             start = time.perf_counter()
             try:
                 left = None if deadline is None else max(0.001, deadline - time.monotonic())
-                got = inst.call(method, payload, left)
+                got = inst.call(method, payload, left,
+                                **_id_kwargs(inst.call_takes_id, request_id))
             except (RemoteAuthError, RemoteModelError) as exc:
                 self._release(inst, False, exc)
                 raise
@@ -179,10 +206,12 @@ class Federation:
         network = min(inst.probe_rtt or 0.0, rtt)
         return RemoteResult(got.result, rtt - network, 0.0, rtt, False, inst.name)
 
-    def stream(self, method: str, payload: Any) -> Iterator[str]:
+    def stream(self, method: str, payload: Any, request_id: str | None = None
+               ) -> Iterator[str]:
         """Pieces from one instance. Before the first piece, an instance that is unreachable
         or cannot stream `method` (a NOOP replica) is left for another; after it, a failure
         is raised (the pieces already given cannot be taken back)."""
+        request_id_headers(request_id)
         tried = {i.name for i in self.instances if method in i.cannot_stream or i.stream is None}
         for attempt in range(len(self.instances) + self.retries):
             inst, _ = self._pick(tried, None, strict=True, method=method)
@@ -190,7 +219,8 @@ class Federation:
             tried.add(inst.name)
             started = False
             try:
-                for piece in inst.stream(method, payload):
+                for piece in inst.stream(method, payload,
+                                         **_id_kwargs(inst.stream_takes_id, request_id)):
                     started = True
                     yield piece
             except ServiceRequestError as exc:

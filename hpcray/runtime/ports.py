@@ -32,6 +32,9 @@ SERVICE_PORTS = {       # ray start flag -> offset in the block
 }
 HEAD_ONLY = ("--port",)
 SERVE_HTTP_OFFSET = 10  # Ray Serve's HTTP proxy on the head (offsets 9..19 are hpcray's own)
+# Ray's Prometheus exporters whose ports are not `ray start` flags but environment variables,
+# fixed by default (44217, 44227): two jobs' heads on one node would collide there
+RAY_PORT_VARIABLES = {env.RAY_AUTOSCALER_METRIC_PORT: 11, env.RAY_DASHBOARD_METRIC_PORT: 12}
 CLAIM_DIR = Path(os.environ.get(env.PORT_CLAIMS, "/tmp/hpcray-ports"))
 
 
@@ -60,6 +63,10 @@ class PortBlock:
                  if head or flag not in HEAD_ONLY]
         return flags + [f"--min-worker-port={self.min_worker_port}",
                         f"--max-worker-port={self.max_worker_port}"]
+
+    def ray_port_variables(self) -> dict[str, str]:
+        """The environment of `ray start` that moves Ray's fixed ports into this block."""
+        return {var: str(self.base + off) for var, off in RAY_PORT_VARIABLES.items()}
 
     def all_ports(self) -> range:
         return range(self.base, self.base + BLOCK_SIZE)

@@ -158,13 +158,16 @@ class ServiceManager:
         from ray.serve.config import ProxyLocation
 
         from hpcray.services.direct.directory import directory
+        from hpcray.services.http_access import proxy_start_options
 
         if self.directory is not None:
             return
         self.directory = directory(create=True)  # its actor starts while Serve's do
         if self.http:
+            # with a token, the proxy checks it before anything else (http_access.TokenGate)
             serve.start(proxy_location=ProxyLocation.HeadOnly,
-                        http_options={"host": self.http.bind, "port": self.http.port})
+                        http_options={"host": self.http.bind, "port": self.http.port},
+                        **proxy_start_options(self.http))
         else:
             serve.start(proxy_location=ProxyLocation.Disabled)
 
@@ -256,6 +259,8 @@ class ServiceManager:
         """The OpenAI API, deployed with the first services, running (it is by now, mostly)."""
         from ray import serve
 
+        from hpcray.services.http_access import gate_closed
+
         deadline = time.monotonic() + timeout
         while True:
             app = serve.status().applications.get(OPENAI_APP)
@@ -266,6 +271,10 @@ class ServiceManager:
                 raise ServiceError(f"the run's OpenAI API did not start: "
                                    f"{_messages(app) if app else 'not deployed'}")
             time.sleep(0.1)
+        if self.http and self.http.token_sha256 and not gate_closed(self.http):
+            # the proxy is up by now; a Serve started earlier without the gate would not be
+            raise ServiceError("Serve's HTTP proxy answers without the run's token (was "
+                               "Serve already running?); not serving the run's API")
         log.info("OpenAI-compatible API at %s", self.openai_url)
 
     def _probe_remote(self, spec: ServiceSpec) -> None:

@@ -30,7 +30,8 @@ from hpcray.services.http_access import authorized, refusal
 from hpcray.services.names import app_name
 
 app = FastAPI(title="hpcray services (OpenAI-compatible)")
-# Declared in the OpenAPI description; enforced only when the run has a token (endpoints.token).
+# Declared in the OpenAPI description; enforced only when the run has a token (endpoints.token):
+# first by Serve's proxy (http_access.TokenGate, before the body is read), then again here.
 bearer = HTTPBearer(auto_error=False, description="the run's secrets/http-token, when "
                     "endpoints.token is on")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]

@@ -14,6 +14,7 @@ from hpcray import env
 from hpcray.errors import ServiceRequestError
 from hpcray.metrics.usage import RequestCounter
 from hpcray.services.http_access import authorized, refusal
+from hpcray.services.ledger import executed_log
 from hpcray.services.reported import ServerTimed
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class ReplicaHost:
         # <cluster>/<node> of the Ray node this replica runs on (set by the node agent)
         self.node = env.current_node()
         self._methods: dict[str, Any] = {}
+        self.ledger = executed_log(service, self.replica)  # None unless the run keeps ledgers
         self.direct: DirectServer | None = None
         if transport == "direct":
             self._serve_direct()
@@ -54,7 +56,8 @@ class ReplicaHost:
 
         self.direct = DirectServer(self.method, self.replica, self.bootstrap(),
                                    token=run_token(), streams=self.stream_method,
-                                   loop=getattr(self.obj, "event_loop", None))
+                                   loop=getattr(self.obj, "event_loop", None),
+                                   ledger=self.ledger)
         address = self.direct.start()
         found = directory()
         if found is None:
@@ -125,10 +128,17 @@ class ReplicaHost:
             raise ServiceRequestError(f"request {request.get('id')}: {exc}",
                                       field=exc.field) from None
         start = time.perf_counter()
-        result = fn(request.get("payload"))
-        if asyncio.iscoroutine(result):
-            result = await result
+        try:
+            result = fn(request.get("payload"))
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Exception:
+            if self.ledger is not None:
+                self.ledger.record(str(request.get("id")), ok=False)
+            raise
         done = time.perf_counter()
+        if self.ledger is not None:
+            self.ledger.record(str(request.get("id")))
         if isinstance(result, ServerTimed):  # the server's own split
             start = max(start, done - result.inference_s)
             result = result.value
@@ -151,17 +161,24 @@ class ReplicaHost:
         rid = request.get("id")
         pieces = self.stream_method(request.get("method"))(  # type: ignore[arg-type]
             request.get("payload"))  # a missing method is refused by name there
-        if hasattr(pieces, "__aiter__"):
-            async for piece in pieces:
-                yield {"id": rid, "replica": self.replica, "delta": piece}
-            return
-        end = object()
         try:
-            while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
-                yield {"id": rid, "replica": self.replica, "delta": piece}
-        finally:
-            with contextlib.suppress(ValueError):  # still running on its thread: it ends there
-                pieces.close()
+            if hasattr(pieces, "__aiter__"):
+                async for piece in pieces:
+                    yield {"id": rid, "replica": self.replica, "delta": piece}
+            else:
+                end = object()
+                try:
+                    while (piece := await asyncio.to_thread(next, pieces, end)) is not end:
+                        yield {"id": rid, "replica": self.replica, "delta": piece}
+                finally:
+                    with contextlib.suppress(ValueError):  # still running on its thread
+                        pieces.close()
+        except Exception:
+            if self.ledger is not None:
+                self.ledger.record(str(rid), ok=False)
+            raise
+        if self.ledger is not None:  # the whole stream was sent
+            self.ledger.record(str(rid))
 
     async def __call__(self, http_request) -> Any:
         """HTTP: POST /<service> {"method": str, "payload": any, "id": str?}. A request the

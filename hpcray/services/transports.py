@@ -178,7 +178,8 @@ class ServeTransport:
 
 class FederationTransport(_Blocking):
     """The local replicas (over `local`, as one instance) and each remote endpoint, balanced
-    together by a Federation; a response names the instance that answered."""
+    together by a Federation; a response names the instance that answered. A request id goes
+    with the request to the instance (a remote endpoint's `X-Request-Id` header)."""
 
     def __init__(self, service: str, federation: Any, local: Transport) -> None:
         super().__init__(service)
@@ -188,7 +189,7 @@ class FederationTransport(_Blocking):
     def call(self, method: str, payload: Any, request_id: str | None,
              timeout: float | None) -> Response:
         start = time.perf_counter()
-        got = self.federation.call(method, payload, timeout)
+        got = self.federation.call(method, payload, timeout, request_id=request_id)
         return Response(id=request_id or new_request_id(), replica=got.instance, node=None,
                         result=got.result, inference_s=got.inference_s,
                         service_s=got.service_s,
@@ -200,7 +201,7 @@ class FederationTransport(_Blocking):
                                               payloads))
 
     def stream(self, method: str, payload: Any, request_id: str | None) -> Iterator[Any]:
-        return self.federation.stream(method, payload)
+        return self.federation.stream(method, payload, request_id=request_id)
 
     def close(self) -> None:
         self.federation.close()
@@ -217,13 +218,15 @@ def federation_over(service: str, spec: dict[str, Any], local: Transport) -> Any
 
     instances = []
     if spec["replicas"]:
-        def call_local(method: str, payload: Any, timeout: float | None) -> RemoteResult:
-            r = local.call(method, payload, None, timeout)
+        def call_local(method: str, payload: Any, timeout: float | None,
+                       request_id: str | None = None) -> RemoteResult:
+            r = local.call(method, payload, request_id, timeout)
             return RemoteResult(r.result, r.inference_s, r.service_s, r.round_trip_s, True,
                                 r.replica)
 
-        def stream_local(method: str, payload: Any) -> Iterator[Any]:
-            return local.stream(method, payload, None)
+        def stream_local(method: str, payload: Any,
+                         request_id: str | None = None) -> Iterator[Any]:
+            return local.stream(method, payload, request_id)
 
         per_replica = spec["max_ongoing_requests"] or DEFAULT_MAX_ONGOING
         instances.append(Instance("local", "local", spec["replicas"] * per_replica, 1.0,

@@ -101,6 +101,8 @@ def test_pbs_walltime_timer_drains_and_tears_down(tmp_path):
     data = read_json(run.run_json)
     assert data["state"] == "walltime"
     started = data["times"]["job_started"]
-    assert 15 <= data["times"]["teardown_start"] - started < 40  # at walltime - warning = 20 s
+    # the timer fires at walltime - warning = 20 s; how soon teardown starts after that
+    # depends on the machine's load, so the bound is the claim: before the 60 s limit
+    assert 15 <= data["times"]["teardown_start"] - started < 60
     assert data["driver_exit_code"] != 0  # the driver was stopped, not left running
     assert wait_until(lambda: not ray_processes(data["cluster_id"]), 15)

@@ -1,8 +1,14 @@
 """A small model server for the remote tests: a real HTTP server speaking the OpenAI
 (`/v1/...`) and Ollama (`/api/...`) APIs, with a NOOP model that echoes. Run as
-`python modelserver.py HOST PORT [--api-key K] [--model M] [--infer-ms N]`, in a network
-namespace or on loopback. Prompts starting with `!` ask for a misbehaviour (for bad-input
-tests): `!malformed`, `!truncate` (a stream cut short), `!slow`."""
+`python modelserver.py HOST PORT [--api-key K] [--model M] [--infer-ms N] [--ledger FILE]`,
+in a network namespace or on loopback. Prompts starting with `!` ask for a misbehaviour (for
+bad-input tests): `!malformed`, `!truncate` (a stream cut short), `!slow`.
+
+`--ledger FILE`: the server's side of a request ledger (hpcray/services/ledger.py): one
+`<id> ok|err` line per request it executed that carried an `X-Request-Id` header, appended
+by one write(2) on an O_APPEND descriptor after the model ran and before the reply goes out
+(`err`: a misbehaviour was asked for). Name it `<dir>/ledger/<service>/<instance>.executed`
+and `read_executed(dir, service)` reads it."""
 
 from __future__ import annotations
 
@@ -10,9 +16,13 @@ import argparse
 import json
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from hpcray.services.ledger import ExecutedLog
 
 
-def make_handler(api_key: str | None, model: str, infer_ms: float):
+def make_handler(api_key: str | None, model: str, infer_ms: float,
+                 ledger: ExecutedLog | None = None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # headers and body go out in two writes; without TCP_NODELAY the second waits for the
@@ -62,6 +72,9 @@ def make_handler(api_key: str | None, model: str, infer_ms: float):
             start = time.perf_counter_ns()
             time.sleep(infer_ms / 1e3 + (0.5 if prompt == "!slow" else 0))
             took = time.perf_counter_ns() - start
+            request_id = self.headers.get("X-Request-Id")
+            if ledger is not None and request_id:
+                ledger.record(request_id, ok=prompt not in ("!malformed", "!truncate"))
             if prompt == "!malformed":
                 self._send(200, b'{"choices": [{"tex')
                 return
@@ -123,9 +136,11 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--model", default="noop")
     parser.add_argument("--infer-ms", type=float, default=1.0)
+    parser.add_argument("--ledger", type=Path, help="record executed request ids here")
     args = parser.parse_args()
+    ledger = ExecutedLog(args.ledger) if args.ledger else None
     server = ThreadingHTTPServer((args.host, args.port),
-                                 make_handler(args.api_key, args.model, args.infer_ms))
+                                 make_handler(args.api_key, args.model, args.infer_ms, ledger))
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()

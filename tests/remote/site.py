@@ -1,7 +1,8 @@
 """A remote site on this machine, for the tests and benchmarks/remote.py: a network
 namespace joined by its own veth pair, a model server inside it behind a delaying proxy (the
 kernel here has no netem qdisc), and model servers on loopback. Both context managers remove
-what they made, also on errors."""
+what they made, also on errors. A server given a `ledger` file records the id of each
+request it executed there (tests/remote/modelserver.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ONE_WAY_MS = 0.47  # the paper's cloud node, each way
+
+
+LEDGER_SERVICE = "llm"  # the service name the servers' ledgers are filed under
+
+
+def executed_file(run_dir: Path, instance: str, service: str = LEDGER_SERVICE) -> Path:
+    """Where `instance`'s server records what it executed, as
+    hpcray.services.ledger.read_executed(run_dir, service) reads it."""
+    from hpcray.services.ledger import LEDGER_DIR
+
+    return run_dir / LEDGER_DIR / service / f"{instance}.executed"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,8 +69,13 @@ class RemoteSite:
     address: str      # the namespace's side
     server: Server    # through the delaying proxy
     procs: list = field(default_factory=list, repr=False)
+    ledger: Path | None = None  # where the server records the requests it executed
 
     def link(self, up: bool) -> None:
+        """Cut or restore the site's link. While it is down, new connections to the site
+        fail at once ("no route to host", from the fallback route `remote_site` adds) and
+        packets of open ones go nowhere; without that route they would take the default
+        route, to whatever answers there."""
         subprocess.run(["ip", "link", "set", self.host_veth, "up" if up else "down"],
                        check=True)
 
@@ -70,15 +87,18 @@ def can_make_namespaces() -> bool:
 
 @contextlib.contextmanager
 def loopback_servers() -> Iterator:
-    """start(api_key=None, model='noop', infer_ms=1) -> Server on 127.0.0.1."""
+    """start(api_key=None, model='noop', infer_ms=1, ledger=None) -> Server on 127.0.0.1."""
     procs: list[subprocess.Popen] = []
 
-    def start(api_key: str | None = None, model: str = "noop", infer_ms: float = 1.0) -> Server:
+    def start(api_key: str | None = None, model: str = "noop", infer_ms: float = 1.0,
+              ledger: Path | None = None) -> Server:
         port = free_port()
         argv = [sys.executable, str(HERE / "modelserver.py"), "127.0.0.1", str(port),
                 "--model", model, "--infer-ms", str(infer_ms)]
         if api_key:
             argv += ["--api-key", api_key]
+        if ledger:
+            argv += ["--ledger", str(ledger)]
         procs.append(_start(argv))
         return Server(f"http://127.0.0.1:{port}")
 
@@ -89,14 +109,19 @@ def loopback_servers() -> Iterator:
 
 
 @contextlib.contextmanager
-def remote_site(one_way_ms: float = ONE_WAY_MS, infer_ms: float = 1.0) -> Iterator[RemoteSite]:
+def remote_site(one_way_ms: float = ONE_WAY_MS, infer_ms: float = 1.0,
+                ledger: Path | None = None) -> Iterator[RemoteSite]:
     """Namespace 'hpcr-<id>' joined by a veth pair (10.213.<n>.1 here, .2 there); inside it,
-    the model server on its loopback and the delaying proxy on .2:9000."""
+    the model server on its loopback (recording into `ledger`, when given) and the delaying
+    proxy on .2:9000. Here, an `unreachable` route to 10.213.<n>.0/30 behind the link's own
+    route: with the link down, connections to the site fail at once instead of leaving by
+    the default route (on this sandbox an HTTP interceptor answers them with 404s)."""
     tag = uuid.uuid4().hex[:6]
     ns, veth_h, veth_n = f"hpcr-{tag}", f"hh{tag}", f"hn{tag}"
     net = int(tag[:2], 16)
     here, there = f"10.213.{net}.1", f"10.213.{net}.2"
     procs: list[subprocess.Popen] = []
+    fallback = ["route", "add", "unreachable", f"10.213.{net}.0/30", "metric", "4000"]
 
     def ip(*args: str, netns: bool = False) -> None:
         cmd = (["ip", "netns", "exec", ns] if netns else []) + ["ip", *args]
@@ -108,16 +133,19 @@ def remote_site(one_way_ms: float = ONE_WAY_MS, infer_ms: float = 1.0) -> Iterat
         ip("link", "set", veth_n, "netns", ns)
         ip("addr", "add", f"{here}/30", "dev", veth_h)
         ip("link", "set", veth_h, "up")
+        ip(*fallback)
         ip("addr", "add", f"{there}/30", "dev", veth_n, netns=True)
         ip("link", "set", veth_n, "up", netns=True)
         ip("link", "set", "lo", "up", netns=True)
         run = ["ip", "netns", "exec", ns, sys.executable]
         procs.append(_start([*run, str(HERE / "modelserver.py"), "127.0.0.1", "8000",
-                             "--infer-ms", str(infer_ms)]))
+                             "--infer-ms", str(infer_ms),
+                             *(["--ledger", str(ledger)] if ledger else [])]))
         procs.append(_start([*run, str(HERE / "delayproxy.py"), there, "9000", "127.0.0.1",
                              "8000", str(one_way_ms)]))
-        yield RemoteSite(ns, veth_h, there, Server(f"http://{there}:9000"), procs)
+        yield RemoteSite(ns, veth_h, there, Server(f"http://{there}:9000"), procs, ledger)
     finally:
+        subprocess.run(["ip", "route", "del", *fallback[2:]], capture_output=True)
         _stop(procs)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         deadline = time.monotonic() + 5

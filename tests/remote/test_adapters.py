@@ -1,7 +1,10 @@
 """The OpenAI and Ollama adapters against real HTTP servers on loopback: every method, the
-timing split, and each bad answer surfaced as its own error naming the endpoint."""
+timing split, request ids as `X-Request-Id`, and each bad answer surfaced as its own error
+naming the endpoint."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -13,7 +16,9 @@ from hpcray.remote import (
 )
 from hpcray.remote.ollama import OllamaEndpoint
 from hpcray.remote.openai import OpenAIEndpoint
+from hpcray.services.ledger import read_executed
 from hpcray.services.replica import ServiceRequestError
+from tests.remote.site import LEDGER_SERVICE, executed_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,8 +61,50 @@ def test_a_wrong_key_is_an_authentication_error_without_the_key(loopback_server)
         ep.call("generate", {"prompt": "x"})
     assert "hosted" in str(info.value) and server.openai() in str(info.value)
     assert "HTTP 401" in str(info.value) and "wrong-key-456" not in str(info.value)
+    with pytest.raises(RemoteAuthError) as info:
+        ep.call("generate", {"prompt": "x"}, request_id="id-1")
+    assert "wrong-key-456" not in str(info.value) and "right-key-123" not in str(info.value)
     good = OpenAIEndpoint("hosted", server.openai(), "noop", api_key="right-key-123")
     assert good.call("generate", {"prompt": "x"}).result["text"] == "echo: x"
+
+
+def test_a_request_id_goes_to_the_server_and_none_without_one(loopback_server, tmp_path):
+    """Every way of calling (call, stream, acall, astream) on both APIs sends its id as
+    `X-Request-Id`, next to the key; the server's ledger holds exactly the ids sent, once
+    each, and nothing for requests sent without one or refused."""
+    key = "right-key-123"
+    server = loopback_server(api_key=key, ledger=executed_file(tmp_path, "box"))
+    endpoints = (OpenAIEndpoint("box", server.openai(), "noop", api_key=key),
+                 OllamaEndpoint("box", server.url_root, "noop", api_key=key))
+
+    async def on_a_loop(ep) -> None:
+        got = await ep.acall("generate", {"prompt": "x"}, request_id=f"{ep.kind}-acall")
+        assert got.result["text"] == "echo: x"
+        assert "".join([p async for p in ep.astream("generate", {"prompt": "a"},
+                                                    request_id=f"{ep.kind}-astream")]) == "echo: a"
+        await ep.aclose()
+
+    try:
+        for ep in endpoints:
+            assert ep.call("generate", {"prompt": "x"}).result["text"] == "echo: x"  # no id
+            ep.call("chat", {"messages": [{"role": "user", "content": "y"}]},
+                    request_id=f"{ep.kind}-call")
+            assert "".join(ep.stream("generate", {"prompt": "a b"},
+                                     request_id=f"{ep.kind}-stream")) == "echo: a b"
+            asyncio.run(on_a_loop(ep))
+            with pytest.raises(RemoteProtocolError):
+                ep.call("generate", {"prompt": "!malformed"}, request_id=f"{ep.kind}-bad")
+            for bad in ("a\r\nX-Injected: 1", "has space", "", "x" * 256, "é"):
+                with pytest.raises(ServiceRequestError, match="a request id is"):
+                    ep.call("generate", {"prompt": "x"}, request_id=bad)
+    finally:
+        for ep in endpoints:
+            ep.close()
+    executed = read_executed(tmp_path, LEDGER_SERVICE)
+    assert executed == {f"{kind}-{how}": [("box", "err" if how == "bad" else "ok")]
+                        for kind in ("openai", "ollama")
+                        for how in ("call", "stream", "acall", "astream", "bad")}
+    assert key not in executed_file(tmp_path, "box").read_text()
 
 
 def test_a_model_the_endpoint_does_not_serve(loopback_server):

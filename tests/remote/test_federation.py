@@ -1,19 +1,27 @@
 """Federation over a remote site in a network namespace (behind the delaying proxy) and a
-server on loopback: the added latency, measured; balancing; the link cut under load and
-restored: every request answered or failed explicitly, and the instance back within two
-probe periods."""
+server on loopback: the added latency, measured; balancing; request ids reaching the
+servers; the link cut under load and restored: the clients' request ledgers reconciled with
+what each server executed (nothing lost), and the instance back within two probe periods."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from hpcray.remote.federation import Federation, Instance
 from hpcray.remote.openai import OpenAIEndpoint
-from tests.remote.site import ONE_WAY_MS
+from hpcray.services.ledger import (
+    ANSWERED,
+    ClientLedger,
+    read_executed,
+    reconcile,
+)
+from tests.remote.site import LEDGER_SERVICE, ONE_WAY_MS, executed_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,58 +72,130 @@ def test_requests_spread_over_both_sites_with_the_rt_split(remote_site, loopback
         fed.close()
 
 
+def test_a_request_sent_on_to_another_instance_keeps_its_id(loopback_server, tmp_path):
+    """'gone' refuses connections (never reached a model) and is always tried first; each
+    request then goes to 'near' under the id it was sent with, executed there once."""
+    near = OpenAIEndpoint("near", loopback_server(ledger=executed_file(tmp_path, "near"))
+                          .openai(), "noop")
+    gone = OpenAIEndpoint("gone", "http://127.0.0.1:9/v1", "noop", timeout=2)
+    fed = Federation(LEDGER_SERVICE, [Instance("near", "openai", 8, 1e-6, near.call),
+                                      Instance("gone", "openai", 8, 1.0, gone.call)],
+                     probe_s=60)
+    ledger = ClientLedger("c")
+    try:
+        for i in range(10):
+            ledger.call(fed.call, "generate", {"prompt": f"p{i}"}, timeout=10)
+    finally:
+        fed.close()
+        near.close()
+        gone.close()
+    executed = read_executed(tmp_path, LEDGER_SERVICE)
+    rec = reconcile([ledger], executed)
+    assert rec.problems() == [] and rec.answered == rec.sent == 10, rec.summary()
+    assert executed == {rid: [("near", "ok")] for rid in ledger.sent}
+    assert fed.describe()[1]["failed"] == 10  # every one was tried on 'gone' first
+
+
+def _answered_by(ledgers: list[ClientLedger]) -> Counter:
+    """Answers per instance, as the clients' ledgers hold them now."""
+    count: Counter = Counter()
+    for ledger in ledgers:
+        count.update(replica for kind, replica, _ in ledger.as_dict()["outcomes"].values()
+                     if kind == ANSWERED)
+    return count
+
+
+def _wait_for(condition: Callable[[], bool], within_s: float, what: str) -> None:
+    """Return once `condition()` holds; fail the test when it does not within `within_s`
+    (the poll only looks: nothing is ordered by its period)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within_s} s: {what}")
+        time.sleep(0.02)
+
+
+CALL_S = 30  # the endpoints' and the calls' timeout in the cut-link test
+
+
 @pytest.mark.faults
-def test_a_cut_link_loses_nothing_and_the_site_comes_back(remote_site, loopback_server):
-    probe_s = 0.5
-    near = OpenAIEndpoint("near", loopback_server().openai(), "noop", timeout=2)
-    far = OpenAIEndpoint("far", remote_site.server.openai(), "noop", timeout=2)
-    fed = Federation("llm", [_instance(near), _instance(far)], probe_s=probe_s)
-    sent = answered = failed = 0
-    by_phase: dict[str, set[str]] = {"before": set(), "down": set(), "after": set()}
-    phase = "before"
+def test_a_cut_link_loses_nothing_and_the_site_comes_back(remote_site, loopback_server,
+                                                          tmp_path):
+    """Six client threads, each with its own request ledger, call through a cut and a
+    restore of the remote site's link. Each phase starts on what was observed: the cut once
+    both instances have answered N requests, the restore once the federation has marked
+    'far' down and 'near' has answered N more since, the end once 'far' has answered again.
+    Then the ledgers are reconciled with both servers': every id answered by an instance
+    that executed it, or failed explicitly; a timeout would be a loss."""
+    probe_s, n = 0.5, 20
+    # a request held by the cut is answered once the link is back (TCP resends it): a
+    # timeout longer than the cut keeps it from becoming a loss, which the test would count
+    near = OpenAIEndpoint("near", loopback_server(ledger=executed_file(tmp_path, "near"))
+                          .openai(), "noop", timeout=CALL_S)
+    far = OpenAIEndpoint("far", remote_site.server.openai(), "noop", timeout=CALL_S)
+    fed = Federation(LEDGER_SERVICE, [_instance(near), _instance(far)], probe_s=probe_s)
+    far_inst = fed.instances[1]
+    ledgers = [ClientLedger(f"w{i}") for i in range(6)]
+    answers: list[tuple[float, float, str]] = []  # (sent, answered, by whom), monotonic
     lock = threading.Lock()
     stop = threading.Event()
-    errors: list[str] = []
 
-    def worker() -> None:
-        nonlocal sent, answered, failed
+    def worker(ledger: ClientLedger) -> None:
         while not stop.is_set():
-            with lock:
-                sent += 1
-                current = phase
-            try:
-                got = fed.call("generate", {"prompt": "x"}, timeout=5)
+            sent = time.monotonic()
+            got = ledger.call(fed.call, "generate", {"prompt": "x"}, timeout=CALL_S)
+            if got is not None:
                 with lock:
-                    answered += 1
-                    by_phase[current].add(got.instance)
-            except Exception as exc:  # noqa: BLE001 - counted: an explicit failure
-                with lock:
-                    failed += 1
-                    errors.append(str(exc))
+                    answers.append((sent, time.monotonic(), got.instance))
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
+    def far_is_down() -> bool:
+        return next(i for i in fed.describe() if i["instance"] == "far")["cooling"]
+
+    threads = [threading.Thread(target=worker, args=(ledger,), daemon=True)
+               for ledger in ledgers]
+    link_down = False
     try:
         for t in threads:
             t.start()
-        time.sleep(1.0)
-        with lock:
-            phase = "down"
+        _wait_for(lambda: min(_answered_by(ledgers)[name] for name in ("near", "far")) >= n,
+                  20, f"both instances answer {n} requests")
         remote_site.link(up=False)
-        time.sleep(3.0)
+        link_down = True
+        cut_done, cut_wall = time.monotonic(), time.time()
+        _wait_for(far_is_down, 20, "the federation marking 'far' down")
+        near_when_down = _answered_by(ledgers)["near"]
+        _wait_for(lambda: _answered_by(ledgers)["near"] >= near_when_down + n, 20,
+                  f"'near' answering {n} more while 'far' is down")
+        up_mono = time.monotonic()
         remote_site.link(up=True)
-        up_at = time.time()
-        with lock:
-            phase = "after"
-        time.sleep(3 * probe_s + 1.5)
+        link_down = False
+        up_wall = time.time()
+
+        def far_answered_again() -> bool:
+            with lock:
+                return any(who == "far" and sent >= up_mono for sent, _, who in answers)
+
+        _wait_for(far_answered_again, 10, "'far' answering again after the link came back")
     finally:
         stop.set()
+        if link_down:
+            remote_site.link(up=True)
         for t in threads:
-            t.join(timeout=15)
+            t.join(timeout=CALL_S + 10)  # a call lasts CALL_S at most
         fed.close()
-    far = next(i for i in fed.instances if i.name == "far")
-    assert sent == answered + failed  # nothing lost: answered or failed explicitly
-    assert answered > 100 and by_phase["before"] == {"near", "far"}
-    assert "far" in by_phase["after"], f"the remote site never came back: {fed.describe()[1]}"
-    back = [t for t, event in far.history if event == "back" and t >= up_at]
-    assert back and back[0] - up_at <= 2 * probe_s + far.probe_rtt + 0.5
-    assert all("far" in e or "no instance" in e for e in errors), errors[:3]
+        near.close()
+        far.close()
+    assert not any(t.is_alive() for t in threads)
+
+    rec = reconcile(ledgers, read_executed(tmp_path, LEDGER_SERVICE))
+    assert rec.problems() == [] and rec.lost == 0, rec.summary()
+    # a request that could not reach far went to near under its id; one held by the cut was
+    # answered after it: no explicit failure either
+    assert rec.failed == {} and rec.answered == rec.sent, rec.summary()
+    # while the link was down (sent after the cut, answered before the restore): near only
+    down = {who for sent, done, who in answers if sent > cut_done and done < up_mono}
+    assert down == {"near"}, down
+    went_down = [t for t, event in far_inst.history if event == "cooling" and t >= cut_wall]
+    back = [t for t, event in far_inst.history if event == "back" and t >= up_wall]
+    assert went_down and went_down[0] < up_wall and back, far_inst.history
+    assert back[0] - up_wall <= 2 * probe_s + far_inst.probe_rtt + 0.5, back[0] - up_wall

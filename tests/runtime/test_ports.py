@@ -21,6 +21,16 @@ def test_every_ray_port_flag_is_in_the_block():
     assert len(set(values)) == len(values)
 
 
+def test_rays_fixed_metric_ports_move_into_the_block_apart_from_every_other_port():
+    block = ports.PortBlock(30000)
+    moved = {int(v) for v in block.ray_port_variables().values()}
+    assert set(block.ray_port_variables()) == {"AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"}
+    flags = {int(f.split("=")[1]) for f in block.ray_flags()[:-2]}
+    others = flags | {block.serve_http_port, *(block.base + o for o in ports.PROGRAM_OFFSETS)}
+    assert moved <= set(block.all_ports()) and len(moved) == 2 and not moved & others
+    assert max(moved) < block.min_worker_port
+
+
 def test_worker_nodes_do_not_pass_head_only_flags():
     assert not any(f.startswith("--port=") for f in ports.PortBlock(30000).ray_flags(head=False))
 

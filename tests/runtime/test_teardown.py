@@ -15,7 +15,9 @@ from hpcray.runtime.teardown import MARKER, marked_processes, marker_value, tear
 pytestmark = pytest.mark.timeout(60)
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"
-STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEPER
+# ignores TERM, and says so on stdout once it does (the test waits for that line)
+STUBBORN = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ignoring TERM', flush=True)\n" + SLEEPER)
 # a child that daemonizes (new session, parent exits): it is re-parented, as Ray workers are
 ORPHAN = ("import os, subprocess, sys\n"
           f"subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], start_new_session=True)\n")
@@ -25,7 +27,20 @@ def spawn(code: str, marker: str | None) -> subprocess.Popen:
     env = dict(os.environ)
     if marker:
         env[MARKER] = marker
-    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
+    if code is STUBBORN:  # a gate, not a sleep: TERM is ignored from here on
+        assert proc.stdout is not None and proc.stdout.readline() == "ignoring TERM\n"
+    return proc
+
+
+def wait_for(condition, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.fixture
@@ -45,8 +60,8 @@ def test_teardown_kills_only_this_job(procs):
     procs += [spawn(SLEEPER, a_node0), spawn(STUBBORN, a_node0), spawn(ORPHAN, a_node0),
               spawn(SLEEPER, marker_value("jobA", "n1")),
               spawn(SLEEPER, marker_value("jobB", "n0")), spawn(SLEEPER, None)]
-    time.sleep(1.0)  # let the orphan detach
-    assert len(marked_processes(a_node0)) == 3  # two sleepers + the re-parented grandchild
+    # two sleepers + the re-parented grandchild, once the orphan's parent has exited
+    assert wait_for(lambda: procs[2].poll() is not None and len(marked_processes(a_node0)) == 3)
     killed = teardown(a_node0, grace=1.0)
     assert len(killed) >= 3
     assert marked_processes(a_node0) == []
@@ -59,8 +74,7 @@ def test_teardown_kills_only_this_job(procs):
 
 
 def test_stubborn_process_is_killed_after_grace(procs):
-    procs.append(spawn(STUBBORN, marker_value("jobA", "n0")))
-    time.sleep(0.5)
+    procs.append(spawn(STUBBORN, marker_value("jobA", "n0")))  # returns once TERM is ignored
     start = time.monotonic()
     teardown("jobA", grace=0.5)
     elapsed = time.monotonic() - start
@@ -72,7 +86,6 @@ def test_stubborn_process_is_killed_after_grace(procs):
 def test_root_tree_is_stopped_first(procs):
     root = spawn(SLEEPER, None)  # no marker: found through the process tree only
     procs.append(root)
-    time.sleep(0.3)
     teardown("jobA", roots=[root.pid], grace=1.0)
     assert root.wait(timeout=5) is not None
     assert not psutil.pid_exists(root.pid) or psutil.Process(root.pid).status() == "zombie"

@@ -8,6 +8,7 @@ import pytest
 
 import hpcray
 from hpcray.rundir import read_json
+from hpcray.services.ledger import ClientLedger, read_executed, reconcile
 from tests.conftest import FIXTURES, ONE_NODE, ray_processes, run_beside, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -16,11 +17,16 @@ DRIVER = (f"driver:\n  function: drive_services:main\n  cwd: {FIXTURES / 'servic
           "  args:\n    services: {{{services}}}\n")
 
 
+# one node whose replicas keep request ledgers (hpcray/services/ledger.py)
+ONE_NODE_LEDGERS = ONE_NODE.replace("walltime: 10m}", "walltime: 10m, env: {HPCRAY_LEDGER: '1'}}")
+
+
 def run_workflow(tmp_path, run_root, services: str, driver_services: str | None = None, *,
-                 driver: str = "", name: str = "svc", timeout: float = 240):
+                 driver: str = "", name: str = "svc", timeout: float = 240,
+                 header: str = ONE_NODE):
     """Run a workflow whose file sits next to the test's user code; wait for its end and
     check that no process of it is left."""
-    text = f"name: {name}\n{ONE_NODE}services:\n{services}{driver}"
+    text = f"name: {name}\n{header}services:\n{services}{driver}"
     if driver_services is not None:
         text += DRIVER.format(services=driver_services)
     return run_beside("services", tmp_path.name, text, run_root, timeout)
@@ -34,12 +40,23 @@ def test_noop_replicas_start_in_parallel_and_are_all_used_and_unhealthy_ones_rep
                  "     health_check_period: 1, health_check_timeout: 2}\n")
     sub, st = run_workflow(tmp_path, run_root, services, driver=(
         "driver:\n  function: drive_services:main_and_flaky\n"
-        "  args:\n    services: {noop1: 1, noop2: 2, noop4: 4}\n"))
+        "  args:\n    services: {noop1: 1, noop2: 2, noop4: 4}\n"), header=ONE_NODE_LEDGERS)
+    assert ONE_NODE_LEDGERS != ONE_NODE
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     result = json.loads((sub.run_dir / "driver-result.json").read_text())
     flaky = result["flaky"]
     assert flaky["new"] and flaky["new"] != flaky["first"]  # Serve replaced the replica
-    assert flaky["ok"] + flaky["failed"] == flaky["calls"]  # every call accounted for
+    # the driver's ledger against both replicas': nothing lost, timed out or doubled; a
+    # failure only as an explicit replica loss; every answer right
+    client = ClientLedger("flaky")
+    client.merge(flaky["ledger"])
+    ledger = reconcile([client], read_executed(sub.run_dir, "flaky"),
+                       lost_replicas=[flaky["first"]])
+    assert ledger.problems() == [] and ledger.lost == 0, ledger.summary()
+    assert ledger.sent == flaky["calls"] and ledger.answered >= 1, ledger.summary()
+    assert set(ledger.failed) <= {"replica lost"}, ledger.summary()
+    assert flaky["wrong"] == 0
+    print(f"flaky replica replaced, ledger: {ledger.summary()}")  # docs/reliability.md
     metrics = json.loads((sub.run_dir / "metrics" / "services.json").read_text())
     for n in (1, 2, 4):
         name = f"noop{n}"

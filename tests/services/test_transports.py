@@ -135,7 +135,8 @@ def test_a_federated_call_names_the_local_replica_that_answered():
                                                                {"prompt": "x"})
         assert (got.inference_s, got.service_s) == (0.5, 0.25) and got.round_trip_s >= 1.0
         [(method, payload, request_id, timeout)] = direct.seen
-        assert (method, payload, request_id) == ("generate", {"prompt": "x"}, None)
+        # the handle's id reaches the local replica, as it reaches a remote endpoint
+        assert (method, payload, request_id) == ("generate", {"prompt": "x"}, "my-id")
         assert 0 < timeout <= 5.0  # what is left of the caller's
         assert "".join(p["text"] for p in via.stream("generate", {}, None)) == "ab"
         many = via.call_many("generate", [1, 2, 3], 2, None)

@@ -1,11 +1,14 @@
 """hpcray on a real 2-node Slurm (slurm-wlm + munge on this machine, tests/slurm/testcluster.py).
 
-Both emulated nodes are this host (NodeAddr=127.0.0.1), so what differs between them is what
-Slurm gives each step: SLURMD_NODENAME, CPUs, the fake GPU's CUDA_VISIBLE_DEVICES."""
+Both emulated nodes are this host, each in a network namespace of its own with its address on
+hsn0 (or both on 127.0.0.1 where namespaces cannot be made); besides the address, what differs
+between them is what Slurm gives each step: SLURMD_NODENAME, CPUs, the fake GPU's
+CUDA_VISIBLE_DEVICES."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -55,7 +58,9 @@ def runs(slurm_cluster):
 
 
 def submit(path: Path, run_root: Path, runs: list[Path]) -> hpcray.api.Submission:
-    sub = hpcray.submit(path, site="testslurm", run_root=run_root)
+    # the testslurm profile (hsn0), or the fixture's copy naming lo where nodes share 127.0.0.1
+    sub = hpcray.submit(path, site=os.environ.get("HPCRAY_TEST_SLURM_SITE", "testslurm"),
+                        run_root=run_root)
     runs.append(sub.run_dir)
     assert sub.job_id.isdigit()
     return sub
@@ -103,8 +108,19 @@ def test_two_node_job(slurm_cluster, tmp_path, run_root, runs):
 
 
 def test_two_jobs_at_once_on_the_same_nodes(slurm_cluster, tmp_path, run_root, runs):
+    """Two jobs share both nodes at once. Each driver waits at a gate until the other's has
+    reached it, so they overlap by construction of the test, not by the machine's speed; if
+    Slurm or hpcray kept them apart, the gate would time out and fail both runs."""
+    from tests.conftest import FIXTURES
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
     alloc = "  gpus_per_node: 0\n  cpus_per_node: 1\n"
-    subs = [submit(workflow(tmp_path, f"job{i}", alloc, HELLO), run_root, runs) for i in (1, 2)]
+    subs = []
+    for i in (1, 2):
+        driver = (f"driver:\n  function: gated_hello:main\n  cwd: {FIXTURES / 'gates'}\n"
+                  f"  args: {{gate: '{gate}', name: job{i}, peers: 2, examples: '{EXAMPLES}'}}\n")
+        subs.append(submit(workflow(tmp_path, f"job{i}", alloc, driver), run_root, runs))
     finals = [hpcray.wait(s.run_dir, timeout=240) for s in subs]
     assert [f.state for f in finals] == ["completed", "completed"], [
         hpcray.logs(s.run_dir) for s in subs]
@@ -112,15 +128,13 @@ def test_two_jobs_at_once_on_the_same_nodes(slurm_cluster, tmp_path, run_root, r
         assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
         result = json.loads((sub.run_dir / "driver-result.json").read_text())
         assert sorted(result["nodes"]) == ["node1", "node2"]  # its own two nodes, not four
+        assert result["gate_passed"] == ["job1", "job2"]  # both were up together
         assert_nothing_left(sub.run_dir)
     clusters = [read_json(s.run_dir / "run.json")["cluster_id"] for s in subs]
     assert clusters[0] != clusters[1]
     # job-private port blocks: no block is shared between the two jobs' Ray nodes
     bases = [read_json(f)["port_base"] for s in subs for f in (s.run_dir / "nodes").glob("*.json")]
     assert len(bases) == 4 and len(set(bases)) == 4
-    # the jobs overlapped in time (both were up together)
-    spans = [(f.times["all_joined"], f.times["teardown_start"]) for f in finals]
-    assert max(s for s, _ in spans) < min(e for _, e in spans)
 
 
 def _running(run_dir: Path) -> bool:
@@ -156,11 +170,20 @@ def test_walltime_warning_signal(slurm_cluster, tmp_path, run_root, runs):
 ISOLATE = {
     # no network at all on node2: its agent fails at once, naming the missing address
     "no-network": 'exec unshare --net "$PY" "$@"',
-    # node2 has a loopback of its own but no route to the head: Ray keeps retrying the GCS,
-    # so node2 never joins and the join timeout names it
-    "head-unreachable": 'exec unshare --net bash -c \'ip link set lo up && exec "$0" "$@"\' '
-                        '"$PY" "$@"',
+    # node2 has a loopback of its own (and its hsn0, on a link to nowhere, where the nodes
+    # have their own addresses) but no route to the head: Ray keeps retrying the GCS, so node2
+    # never joins and the join timeout names it
+    "head-unreachable": 'exec unshare --net bash -c \'ip link set lo up{hsn0} && exec "$0" '
+                        '"$@"\' "$PY" "$@"',
 }
+
+
+def _isolated(how: str, cluster) -> str:
+    hsn0 = ""
+    if cluster.separate_addresses:
+        hsn0 = (" && ip link add hsn0 type dummy && "
+                f"ip addr add {cluster.addresses['node2']}/24 dev hsn0 && ip link set hsn0 up")
+    return ISOLATE[how].replace("{hsn0}", hsn0)
 
 
 @pytest.mark.parametrize("how", sorted(ISOLATE))
@@ -172,7 +195,7 @@ def test_worker_that_cannot_join_fails_the_job_naming_it(how, slurm_cluster, tmp
         "#!/bin/bash\n"
         f"PY={Path(hpcray.api.sys.executable)}\n"
         'if [ "$SLURMD_NODENAME" = node2 ] && [ "$3" = node ]; then\n'
-        f"  {ISOLATE[how]}\n"
+        f"  {_isolated(how, slurm_cluster)}\n"
         "fi\n"
         'exec "$PY" "$@"\n')
     wrapper.chmod(0o755)
@@ -319,11 +342,9 @@ def _lose_node(slurm_cluster, run_dir: Path, cluster_id: str, node: str) -> list
 
 
 def _bring_back(slurm_cluster, node: str) -> None:
-    """Restart the lost node's slurmd so the next tests have two nodes again."""
-    import os
-
-    env = {**os.environ, **slurm_cluster.env}
-    subprocess.run(["slurmd", "-N", node, "-f", str(slurm_cluster.conf)], check=True, env=env)
+    """Restart the lost node's slurmd (in its namespace) so the next tests have two nodes
+    again."""
+    slurm_cluster.start_slurmd(node)
     slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
     assert wait_until(lambda: slurm_cluster.idle([node]), 90), \
         slurm_cluster.run("sinfo", "-N", check=False)

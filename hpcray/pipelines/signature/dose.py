@@ -65,9 +65,9 @@ def dose_response(samples: list[Sample], counts: dict[str, dict[str, int]],
                 rate = sum(per_sample.get(s.name, 0) for s in at) / max(
                     1, sum(totals[s.name] for s in at)) * 1000
                 burden.append(f"{d:g}:{rate:.2f}")
+            low, high = fit.interval(0.95)
             level_rows.append(DoseResponse(
-                level, feature, sum(y), fit.rate_ratio,
-                math.exp(fit.slope - 1.96 * fit.se), math.exp(fit.slope + 1.96 * fit.se),
+                level, feature, sum(y), fit.rate_ratio, math.exp(low), math.exp(high),
                 fit.slope, fit.p, 1.0, fit.dispersion, " ".join(burden)))
         for row, q in zip(level_rows, bh_fdr([r.p for r in level_rows]), strict=True):
             row.fdr = q

@@ -224,8 +224,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     dose_curves(out / "dose_response.png", set_rows, features["gene_set"], ok, totals)
     heatmap(out / "heatmap.png", set_rows, features["gene_set"], ok, totals)
 
-    significant = [r for r in set_rows if r.fdr < config.fdr and r.rate_ratio > 1]
-    falling = [r for r in set_rows if r.fdr < config.fdr and r.rate_ratio < 1]
+    significant, falling = dose_responsive(set_rows, config.fdr)
     summary: dict[str, Any] = {
         "samples": len(samples), "annotated": len(counts), "failed": failures,
         "universe": len(universe), "gene_sets_tested": len(set_rows),
@@ -266,6 +265,13 @@ def run(**kwargs: Any) -> dict[str, Any]:
     _write_summary_md(out, summary, set_rows[:10], config.fdr)
     print((out / "summary.md").read_text() + f"\nResults: {out}", flush=True)
     return summary
+
+
+def dose_responsive(set_rows: list, fdr: float) -> tuple[list, list]:
+    """The gene sets the run reports: those whose burden rises with dose at FDR < `fdr`, and
+    those whose burden falls (one rule for the summary and for the tests that judge it)."""
+    return ([r for r in set_rows if r.fdr < fdr and r.rate_ratio > 1],
+            [r for r in set_rows if r.fdr < fdr and r.rate_ratio < 1])
 
 
 def _preflight(samples, annotator) -> dict[str, str]:

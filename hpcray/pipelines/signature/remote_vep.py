@@ -13,7 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hpcray.remote import RemoteEndpoint, RemoteError, RemoteResult, RemoteServerError
+from hpcray.remote import (
+    RemoteEndpoint,
+    RemoteResult,
+    RemoteServerError,
+    RemoteTimeout,
+)
 
 BATCH = 200  # Ensembl's limit per POST /vep/:species/region
 RATE_LIMIT_RETRIES = 5
@@ -65,13 +70,15 @@ class VepRestEndpoint(RemoteEndpoint):
         try:
             return self.client.post(path, json=body, headers={"Accept": "application/json"})
         except httpx.TimeoutException:
-            raise RemoteError(f"{self.where}: timed out waiting for a reply") from None
+            raise RemoteTimeout(f"{self.where}: timed out waiting for a reply") from None
         except httpx.TransportError as exc:
             raise RemoteUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
 
-    def call(self, method: str, payload: Any, timeout: float | None = None) -> RemoteResult:
+    def call(self, method: str, payload: Any, timeout: float | None = None,
+             request_id: str | None = None) -> RemoteResult:
         """`annotate` with the annotation service's payload ({vcf, sample, column, out}):
-        writes the table at `out`, returns the same summary a local annotator returns."""
+        writes the table at `out`, returns the same summary a local annotator returns. One
+        call is many batches: `request_id` is not sent (VEP-REST has no use for it)."""
         from hpcray.pipelines.signature.service import annotate_with
 
         if method != "annotate":

@@ -37,17 +37,27 @@ class DoseFit:
     slope: float          # log rate ratio per dose unit
     rate_ratio: float     # exp(slope): fold change in burden per dose unit
     se: float
-    z: float
+    z: float              # the Wald statistic, referred to t(residual df)
     p: float
     dispersion: float     # Pearson chi2 / df; > 1: overdispersed (the SE is scaled by it)
     converged: bool
+    df: float = math.inf  # residual degrees of freedom the dispersion is estimated from
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The slope's interval on the same t reference as its p-value."""
+        from scipy.stats import t as student_t
+
+        half = float(student_t.ppf(0.5 + level / 2, self.df)) * self.se
+        return self.slope - half, self.slope + half
 
 
 def poisson_dose_fit(counts: Sequence[float], dose: Sequence[float], time: Sequence[float],
                      exposure: Sequence[float]) -> DoseFit | None:
     """log E[count] = b0 + b_dose * dose + b_time * time + log(exposure), a quasi-Poisson
-    GLM (statsmodels); the Wald test of b_dose. None when the counts are all zero or the
-    design cannot be fitted."""
+    GLM (statsmodels); the Wald test of b_dose against Student's t on the residual degrees
+    of freedom, because the dispersion is estimated from them (15 samples leave 12; the
+    normal reference made the reported FDR about 0.07 where 0.05 was claimed, over 200
+    synthetic studies). None when the counts are all zero or the design cannot be fitted."""
     import statsmodels.api as sm
 
     y = np.asarray(counts, dtype=float)
@@ -67,7 +77,8 @@ def poisson_dose_fit(counts: Sequence[float], dose: Sequence[float], time: Seque
     if not math.isfinite(se) or se == 0 or se > 50 or abs(slope) > 50:
         return None  # separation (all variants at one dose): the slope is not estimable
     z = slope / se
-    from scipy.stats import norm
+    from scipy.stats import t as student_t
 
-    return DoseFit(slope, math.exp(slope), se, z, float(2 * norm.sf(abs(z))),
-                   float(fit.scale), bool(fit.converged))
+    df = max(float(fit.df_resid), 1.0)
+    return DoseFit(slope, math.exp(slope), se, z, float(2 * student_t.sf(abs(z), df)),
+                   float(fit.scale), bool(fit.converged), df)

@@ -248,10 +248,10 @@ def _write_vcf(path: Path, sample: str, contigs: dict[str, int],
 def generate(root: str | Path, *, seed: int = 2, background: float = 60.0,
              planted_rate: float = 24.0, genes_per_contig: int = 80) -> Study:
     """Write the study under `root`. `background`: mutations per sample anywhere;
-    `planted_rate`: extra mutations per planted pathway per Gy (in coding exons). Over seeds
-    1-12 the planted sets were found every time, and 2 background sets (seeds 1 and 7)
-    crossed FDR 0.05 by chance, 2 of 38 discoveries, as a 5% FDR allows; seed 2 is one
-    without such a chance hit, so the demo shows the clean case (docs/pipelines/signature.md)."""
+    `planted_rate`: extra mutations per planted pathway per Gy (in coding exons). How often
+    the planted sets are found, and how often a background set is, is measured over seeds
+    1-30 by tests/pipelines/signature/test_calibration.py (docs/pipelines/signature.md);
+    seed 2, the demo's, finds the planted sets and no other."""
     rng = random.Random(seed)
     root = Path(root)
     (root / "vcf").mkdir(parents=True, exist_ok=True)

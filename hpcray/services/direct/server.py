@@ -54,6 +54,7 @@ from hpcray.services.direct.protocol import (
     unpack_request,
 )
 from hpcray.services.direct.protocol import decode as decode_payload
+from hpcray.services.ledger import ExecutedLog
 from hpcray.services.reported import ServerTimed
 
 log = logging.getLogger("hpcray.services.direct")
@@ -95,12 +96,14 @@ class DirectServer:
                  info: dict[str, Any], *, host: str | None = None,
                  token: bytes | None = None,
                  streams: Callable[[str], Callable[[Any], Any]] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 ledger: ExecutedLog | None = None) -> None:
         self.resolve = methods  # method name -> callable, raises ServiceRequestError
         self.resolve_stream = streams  # method name -> its generator function, likewise
         self._service_loop = loop  # coroutines and async streams run here when given
         self.replica = replica.encode()
         self.info = info
+        self.ledger = ledger  # records each request executed, when the run keeps ledgers
         self.ctx = zmq.Context()
         self.auth = None
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -263,14 +266,16 @@ class DirectServer:
         end = clock()
         if codec_b != b"m":
             self._reply(self._route, envelope, unpack_request(frame), result, received, start,
-                        end)
+                        end, ping=average < 0)  # a ping is no request: not recorded
         else:
             try:
                 body = _packb(result, use_bin_type=True)
-            except Exception:  # noqa: BLE001 - _reply says why
+            except Exception:  # noqa: BLE001 - _reply says why (and records it as failed)
                 self._reply(self._route, envelope, unpack_request(frame), result, received,
                             start, end)
                 return
+            if self.ledger is not None and average >= 0:  # a ping is no request
+                self.ledger.record(rid)
             timing = _timing_pack(start - received, end - start, clock() - end) \
                 if frame[6] & TIMING_FLAG else b""
             router = self.router
@@ -341,20 +346,29 @@ class DirectServer:
         finally:
             push.close(linger=0)
 
-    def _reply(self, send, envelope, request, result, received, start, end) -> None:
+    def _reply(self, send, envelope, request, result, received, start, end,
+               ping: bool = False) -> None:
+        """`ping`: a ping, which no ledger records (it is no request)."""
+        ledger = None if ping else self.ledger
         try:
             body = encode(CODECS[request.codec], result)
         except Exception as exc:  # noqa: BLE001
+            if ledger is not None:
+                ledger.record(request.id, ok=False)
             send([*envelope, pack_reply(request.id, self.replica, request.codec, FAILED, b"",
                                         f"the result cannot be sent with codec "
                                         f"{CODECS[request.codec]}: {exc}".encode())])
             return
+        if ledger is not None:
+            ledger.record(request.id)
         timing = TIMING.pack(start - received, end - start, time.perf_counter_ns() - end) \
             if request.timed else b""
         send([*envelope, pack_reply(request.id, self.replica, request.codec, OK, timing, body)])
         self.served += 1
 
     def _fail(self, envelope, rid, codec_b, exc: BaseException, send=None) -> None:
+        if self.ledger is not None:
+            self.ledger.record(rid, ok=False)
         status, message = _failure(exc)
         self._send(envelope, rid, codec_b, status, b"", message, send=send)
 
@@ -439,6 +453,8 @@ class DirectServer:
             threading.Thread(target=self._pump_sync, args=(pieces, stream, stop, key),
                              name="hpcray-direct-stream", daemon=True).start()
         else:
+            if self.ledger is not None:
+                self.ledger.record(request.id, ok=False)
             self._send(envelope, request.id, request.codec, FAILED, b"",
                        f"{request.method}_stream returned {type(pieces).__name__}, not a "
                        "generator".encode())

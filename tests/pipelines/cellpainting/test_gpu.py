@@ -30,5 +30,6 @@ def test_two_concurrent_trials_share_the_gpu(tmp_path):
     summary = json.loads((sub.run_dir / "cellpainting" / "summary.json").read_text())
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
     assert {t["device"] for t in summary["trials"]} == {"cuda"}, summary["trials"]
-    assert 0 <= summary["test_accuracy"] <= 1
+    # every held-out field classified by the served model (an accuracy in [0, 1] proves nothing)
+    assert sum(map(sum, summary["confusion"])) == summary["split"][2] > 0
     assert "trials: 1 CPU and 0.5 GPU each, 2 at a time" in hpcray.logs(sub.run_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -72,13 +73,30 @@ def _text(vcf) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fifteen_samples_four_stages_with_bad_samples_and_a_remote_annotator(tmp_path):
+    """Two passes of the pipeline in one run. The first, over 15 samples and 3 bad ones,
+    uses `annotator`: a local replica and the VEP-REST mirror balanced, as in
+    docs/remote.md. Which of the two annotates a sample is the balancer's choice and is not
+    asserted: with both up the mirror gets a sample, but a probe that takes over 1 s on a
+    loaded machine cools it down and every sample then goes to the local replica (what the
+    balancer guarantees is that nothing is dropped). No weight or cap changes that; only an
+    instance that is the sole one to serve `annotate` is waited for. So the second pass, over
+    the 15 good samples, uses `annotator-rest`, a service whose only instance is the mirror
+    (replicas: 0): every sample is annotated there, by configuration, and the result must be
+    the first pass's. (The first pass keeps the local replica: the contig check of C18 needs
+    the gene model, which a VEP-REST server does not expose.)
+
+    That the planted sets are the only ones found is not asserted here (seed 2 is a study
+    without a chance hit): test_calibration.py judges that claim over 30 studies."""
     from hpcray.pipelines.signature.synthetic import build_models, generate
     from tests.fixtures.signature.vep_rest_mirror import Mirror
 
     study = generate(tmp_path / "data")
     emb, llm = build_models(tmp_path / "data" / "models")
+    good = study.root / "good.tsv"
+    shutil.copy(study.samples, good)
     truncated, empty, renamed = _bad_samples(study.root, study.samples)
     mirror = Mirror(study.gtf, study.fasta)
+    rest = f"{{url: '{mirror.url}', kind: vep_rest, model: homo_sapiens, name: vep-mirror}}"
     try:
         wf = tmp_path / "sig.yaml"
         wf.write_text(f"""
@@ -90,8 +108,10 @@ services:
     deployment: hpcray.pipelines.signature.service:Annotator
     args: {{gene_model: {study.gtf}, fasta: {study.fasta}}}
     resources: {{cpus: 0.25}}
-    remote:
-      - {{url: '{mirror.url}', kind: vep_rest, model: homo_sapiens, name: vep-mirror}}
+    remote: [{rest}]
+  - name: annotator-rest
+    replicas: 0
+    remote: [{rest}]
   - name: emb
     deployment: embedding
     args: {{model_path: {emb}, device: cpu}}
@@ -101,13 +121,22 @@ services:
     args: {{model_path: {llm}, device: cpu}}
     resources: {{cpus: 0.25}}
 driver:
-  function: hpcray.pipelines.signature:run
+  function: two_annotators:run_both
+  cwd: {Path(__file__).parent}
   args:
-    samples: {study.samples}
-    gene_sets: {study.gmt}
-    planted: {study.root / 'planted.txt'}
-    concurrency: 4
-    hypotheses: {{literature: {study.literature}, top: 3, max_tokens: 16}}
+    first:
+      samples: {study.samples}
+      gene_sets: {study.gmt}
+      planted: {study.root / 'planted.txt'}
+      concurrency: 4
+      hypotheses: {{literature: {study.literature}, top: 3, max_tokens: 16}}
+    second:
+      samples: {good}
+      gene_sets: {study.gmt}
+      planted: {study.root / 'planted.txt'}
+      annotator: annotator-rest
+      concurrency: 4
+      output: signature-rest
 """)
         sub = hpcray.submit(wf, run_root=tmp_path / "runs")
         st = hpcray.wait(sub.run_dir, timeout=540)
@@ -122,24 +151,24 @@ driver:
     assert str(truncated) in failed["T16"] and "truncated" in failed["T16"]
     assert f"{empty}: empty sample" in failed["E17"]
     assert str(renamed) in failed["C18"] and "contig names do not match" in failed["C18"]
-    # the planted pathways, and nothing else, respond to dose at FDR < 0.05
+    # the planted pathways respond to dose at FDR < 0.05 (whether anything else does by
+    # chance is a rate, judged over many studies in test_calibration.py)
     assert summary["planted"]["recovered"] == sorted(study.planted)
-    assert summary["planted"]["other"] == []
     with (out / "dose_response_gene_sets.csv").open() as f:
         rows = {r["feature"]: r for r in csv.DictReader(f)}
     for name in study.planted:
         assert float(rows[name]["rate_ratio"]) > 1 and float(rows[name]["fdr"]) < 0.05
     with (out / "enrichment_by_dose.csv").open() as f:
         top_dose = [r for r in csv.DictReader(f) if r["scope"] == "dose=0.5"]
-    assert {r["gene_set"] for r in top_dose if float(r["fdr"]) < 0.05} == set(study.planted)
+    assert set(study.planted) <= {r["gene_set"] for r in top_dose if float(r["fdr"]) < 0.05}
     for name in ("enrichment_samples.csv", "dose_response_genes.csv", "dose_response.png",
                  "heatmap.png", "summary.md", "hypotheses.md"):
         assert (out / name).stat().st_size > 0, name
     assert len(list((out / "annotations").glob("*.tsv"))) == 15
-    # both kinds of annotator served samples, and each sample's enrichment ran as a Ray task
+    # each sample annotated by an instance of the service, and its enrichment a Ray task
     timeline = json.loads((out / "timeline.json").read_text())
-    served_by = {t["where"] for t in timeline if t["stage"] == "annotate"}
-    assert "vep-mirror" in served_by and len(served_by) >= 2, served_by
+    annotated = [t for t in timeline if t["stage"] == "annotate"]
+    assert len(annotated) == 15 and all(t["where"] for t in annotated), annotated
     assert sum(t["stage"] == "enrich" for t in timeline) == 15
     hypotheses = json.loads((out / "hypotheses.json").read_text())
     assert [h["gene_set"] for h in hypotheses] == [
@@ -147,5 +176,19 @@ driver:
     dsb = next(h for h in hypotheses if h["gene_set"] == "DNA_DOUBLE_STRAND_BREAK_REPAIR")
     assert {p["id"] for p in dsb["passages"][:2]} == {"SYN001", "SYN002"}
     assert all(len(h["passages"]) == 3 and h["model_tokens"] > 0 for h in hypotheses)
+    # the second pass: every sample annotated by the VEP-REST mirror, the only instance of
+    # annotator-rest, and the same findings as the first pass
+    rest_out = sub.run_dir / "signature-rest"
+    rest_summary = json.loads((rest_out / "summary.json").read_text())
+    rest_timeline = json.loads((rest_out / "timeline.json").read_text())
+    assert [t["where"] for t in rest_timeline if t["stage"] == "annotate"] == \
+        ["vep-mirror"] * 15
+    assert mirror.requests >= 15  # the server saw them (one POST per 200 variants)
+    assert rest_summary["annotated"] == 15 and rest_summary["failed"] == {}
+    for key in ("variants_annotated", "universe", "dose_responsive_gene_sets", "planted"):
+        assert rest_summary[key] == summary[key], key
+    assert (rest_out / "dose_response_gene_sets.csv").read_text() == \
+        (out / "dose_response_gene_sets.csv").read_text()
     assert_nothing_left_of(sub.run_dir)
-    shutil.rmtree(sub.run_dir / "signature" / "annotations")
+    shutil.rmtree(out / "annotations")
+    shutil.rmtree(rest_out / "annotations")

@@ -58,6 +58,14 @@ def test_the_dose_fit_recovers_a_known_rate_ratio():
     assert fit.p < 1e-6
     flat = poisson_dose_fit([poisson(rng, e / 100) for e in exposure], doses, times, exposure)
     assert flat.p > 0.001
+    # 30 samples, 3 coefficients: the p-value and the interval on t(27), not the normal
+    from scipy.stats import t as student_t
+
+    assert fit.df == 27
+    assert fit.p == pytest.approx(2 * student_t.sf(abs(fit.z), 27))
+    low, high = fit.interval(0.95)
+    assert high - fit.slope == pytest.approx(student_t.ppf(0.975, 27) * fit.se)
+    assert high - low > 2 * 1.96 * fit.se  # wider than the normal interval
 
 
 def test_all_variants_at_one_dose_is_not_estimable():

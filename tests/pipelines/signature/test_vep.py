@@ -115,7 +115,7 @@ def test_a_vep_rest_server_through_the_remote_adapter_gives_the_same_table(mirro
     server.fail_first = 1  # one HTTP 429: waited out and sent again
     endpoint = endpoint_for(RemoteEndpointSpec(url=server.url, kind="vep_rest",
                                                model="homo_sapiens", name="mirror"))
-    assert endpoint.probe() >= 0
+    endpoint.probe()  # the ping answers (a RemoteError otherwise; its seconds are >= 0 anyway)
     vcf = study.vcfs[-1]
     got = endpoint.call("annotate", {"vcf": str(vcf), "out": str(tmp_path / "rest.tsv"),
                                      "sample": "S15"}).result

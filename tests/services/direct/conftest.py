@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -25,6 +26,15 @@ class Model:
     async def asleep(self, seconds):
         await asyncio.sleep(seconds)
         return seconds
+
+    # a handler held until the test lets it go: `entered` once it runs, `release` to end it
+    entered = threading.Event()
+    release = threading.Event()
+
+    def held(self, payload):
+        Model.entered.set()
+        Model.release.wait(60)
+        return "released"
 
     def fail(self, payload):
         raise RuntimeError(f"model failed on {payload!r}")
@@ -106,9 +116,12 @@ def client_for():
 
 SERVE_IN_CHILD = """
 import sys, threading
+from pathlib import Path
 from hpcray.services.direct.server import DirectServer
+from hpcray.services.ledger import ExecutedLog
 from tests.services.direct.conftest import Model, resolver
-server = DirectServer(resolver(Model()), sys.argv[1], {}, host="127.0.0.1")
+ledger = ExecutedLog(Path(sys.argv[2])) if len(sys.argv) > 2 else None
+server = DirectServer(resolver(Model()), sys.argv[1], {}, host="127.0.0.1", ledger=ledger)
 print(server.start(), flush=True)
 threading.Event().wait()
 """
@@ -116,7 +129,8 @@ threading.Event().wait()
 
 @pytest.fixture
 def model_process():
-    """model_process(name) -> (Popen, address): a replica in its own process, to SIGKILL."""
+    """model_process(name, ledger=None) -> (Popen, address): a replica in its own process, to
+    SIGKILL; with `ledger` (a path) it records each request it executed there."""
     import os
     import subprocess
     import sys
@@ -124,10 +138,11 @@ def model_process():
 
     procs = []
 
-    def start(replica: str):
+    def start(replica: str, ledger: Path | None = None):
         root = Path(__file__).resolve().parents[3]
         env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_TOKEN_PATH": ""}
-        proc = subprocess.Popen([sys.executable, "-c", SERVE_IN_CHILD, replica], cwd=root,
+        proc = subprocess.Popen([sys.executable, "-c", SERVE_IN_CHILD, replica,
+                                 *([str(ledger)] if ledger else [])], cwd=root,
                                 env=env, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         return proc, proc.stdout.readline().strip()
