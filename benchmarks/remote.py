@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,12 +40,14 @@ import httpx  # noqa: E402
 from benchmarks.results_io import RESULTS, pyplot, save  # noqa: E402
 from hpcray.remote.federation import Federation, Instance  # noqa: E402
 from hpcray.remote.openai import OpenAIEndpoint  # noqa: E402
-from hpcray.services.ledger import ANSWERED, ClientLedger, read_executed, reconcile  # noqa: E402
+from hpcray.services.ledger import ANSWERED, read_executed, reconcile  # noqa: E402
 from tests.remote.site import (  # noqa: E402
     LEDGER_SERVICE,
+    LedgeredLoad,
     executed_file,
     loopback_servers,
     remote_site,
+    wait_for,
 )
 
 BODY = {"model": "noop", "prompt": "hello", "max_tokens": 4}
@@ -123,22 +124,6 @@ class _Resends(logging.Handler):
             self.count += 1
 
 
-def _answered_by(ledgers: list[ClientLedger]) -> Counter:
-    count: Counter = Counter()
-    for ledger in ledgers:
-        count.update(replica for kind, replica, _ in ledger.as_dict()["outcomes"].values()
-                     if kind == ANSWERED)
-    return count
-
-
-def _wait_for(condition, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"link cut: not within {within_s} s: {what}")
-        time.sleep(0.02)
-
-
 CALL_S = 30  # the link cut's endpoint and call timeout
 
 
@@ -154,57 +139,38 @@ def link_cut(site, near_url: str, ledger_dir: Path, cut_s: float = 3.0, probe_s:
     far_ep = OpenAIEndpoint("remote", site.server.openai(), "noop", timeout=CALL_S)
     fed = Federation(LEDGER_SERVICE, [_instance(near_ep), _instance(far_ep)], probe_s=probe_s)
     far = fed.instances[1]
-    ledgers = [ClientLedger(f"t{i}") for i in range(threads)]
-    answers: list[tuple[float, float, str]] = []  # (sent, answered, by whom), monotonic
-    lock, stop = threading.Lock(), threading.Event()
     resends = _Resends()
     log = logging.getLogger("hpcray.remote")
     level = log.level
     log.addHandler(resends)
     log.setLevel(logging.INFO)
-
-    def worker(ledger: ClientLedger) -> None:
-        while not stop.is_set():
-            sent = time.monotonic()
-            got = ledger.call(fed.call, "generate", {"prompt": "x"}, timeout=CALL_S)
-            if got is not None:
-                with lock:
-                    answers.append((sent, time.monotonic(), got.instance))
-
-    def remote_again() -> bool:
-        with lock:
-            return any(who == "remote" and sent >= up_mono for sent, _, who in answers)
-
-    pool = [threading.Thread(target=worker, args=(ledger,), daemon=True) for ledger in ledgers]
     down = False
     try:
-        for t in pool:
-            t.start()
-        _wait_for(lambda: min(_answered_by(ledgers)[n] for n in ("local", "remote")) >= warm,
-                  60, f"both instances answering {warm} requests")
-        cut_wall, cut_mono = time.time(), time.monotonic()
-        site.link(up=False)
-        down = True
-        time.sleep(cut_s)  # the outage's length, the benchmark's parameter
-        marked_down = any(event == "cooling" and t >= cut_wall for t, event in far.history)
-        up_mono = time.monotonic()
-        site.link(up=True)
-        down = False
-        up_wall = time.time()
-        _wait_for(remote_again, 30, "'remote' answering again after the link came back")
+        with LedgeredLoad(fed.call, threads=threads, timeout_s=CALL_S) as load:
+            wait_for(lambda: min(load.answered_by()[n] for n in ("local", "remote")) >= warm,
+                     60, f"both instances answering {warm} requests")
+            cut_wall, cut_mono = time.time(), time.monotonic()
+            site.link(up=False)
+            down = True
+            time.sleep(cut_s)  # the outage's length, the benchmark's parameter
+            marked_down = any(event == "cooling" and t >= cut_wall for t, event in far.history)
+            up_mono = time.monotonic()
+            site.link(up=True)
+            down = False
+            up_wall = time.time()
+            wait_for(lambda: load.answered_since("remote", up_mono), 30,
+                     "'remote' answering again after the link came back")
     finally:
-        stop.set()
         if down:
             site.link(up=True)
-        for t in pool:
-            t.join(timeout=CALL_S + 10)  # a call lasts CALL_S at most
         fed.close()
         near_ep.close()
         far_ep.close()
         log.removeHandler(resends)
         log.setLevel(level)
-    if any(t.is_alive() for t in pool):
+    if load.hung:
         raise RuntimeError(f"link cut: a client thread did not return within {CALL_S + 10} s")
+    ledgers, answers = load.ledgers, load.answers
     executed = read_executed(ledger_dir, LEDGER_SERVICE)
     rec = reconcile(ledgers, executed)
     failed_but_executed = sum(1 for ledger in ledgers for rid, o in ledger.outcomes.items()
@@ -219,7 +185,7 @@ def link_cut(site, near_url: str, ledger_dir: Path, cut_s: float = 3.0, probe_s:
             "executed_twice": len(rec.retried) + len(rec.executed_twice_unexplained),
             "timed_out": summary["timed_out"], "lost": summary["lost"],
             "problems": summary["problems"],
-            "answered_by": dict(_answered_by(ledgers)),
+            "answered_by": dict(load.answered_by()),
             # sent to the remote before the cut, answered by it after the restore (TCP resent
             # what the cut held up)
             "held_through_cut": sum(1 for sent, done, who in answers

@@ -11,11 +11,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 ONE_WAY_MS = 0.47  # the paper's cloud node, each way
@@ -152,3 +155,66 @@ def remote_site(one_way_ms: float = ONE_WAY_MS, infer_ms: float = 1.0,
         while time.monotonic() < deadline and subprocess.run(
                 ["ip", "link", "show", veth_h], capture_output=True).returncode == 0:
             time.sleep(0.1)
+
+
+class LedgeredLoad:
+    """Threads that call `call(request_id=..., timeout=...)` without pause, each with its own
+    request ledger, and what the link-cut test and benchmark gate their phases on: who
+    answered so far, and who answered a request sent after a given moment."""
+
+    def __init__(self, call: Callable[..., Any], threads: int, timeout_s: float,
+                 prefix: str = "t") -> None:
+        from hpcray.services.ledger import ClientLedger
+
+        self.timeout_s = timeout_s
+        self.ledgers = [ClientLedger(f"{prefix}{i}") for i in range(threads)]
+        self.answers: list[tuple[float, float, str]] = []  # (sent, answered, by), monotonic
+        self._call, self._lock, self._stop = call, threading.Lock(), threading.Event()
+        self._threads = [threading.Thread(target=self._work, args=(ledger,), daemon=True)
+                         for ledger in self.ledgers]
+
+    def _work(self, ledger) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            got = ledger.call(self._call, "generate", {"prompt": "x"}, timeout=self.timeout_s)
+            if got is not None:
+                with self._lock:
+                    self.answers.append((sent, time.monotonic(), got.instance))
+
+    def __enter__(self) -> LedgeredLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 10)  # a call lasts timeout_s at most
+
+    @property
+    def hung(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+    def answered_by(self) -> Counter:
+        from hpcray.services.ledger import ANSWERED
+
+        count: Counter = Counter()
+        for ledger in self.ledgers:
+            count.update(replica for kind, replica, _ in ledger.as_dict()["outcomes"].values()
+                         if kind == ANSWERED)
+        return count
+
+    def answered_since(self, instance: str, since: float) -> bool:
+        """Whether `instance` answered a request sent after `since` (monotonic)."""
+        with self._lock:
+            return any(who == instance and sent >= since for sent, _, who in self.answers)
+
+
+def wait_for(condition: Callable[[], bool], within_s: float, what: str) -> None:
+    """Return once `condition()` holds; raise TimeoutError naming `what` when it does not
+    within `within_s` (the poll only looks: nothing is ordered by its period)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {within_s} s: {what}")
+        time.sleep(0.02)

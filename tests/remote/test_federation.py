@@ -8,20 +8,23 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 from hpcray.remote.federation import Federation, Instance
 from hpcray.remote.openai import OpenAIEndpoint
 from hpcray.services.ledger import (
-    ANSWERED,
     ClientLedger,
     read_executed,
     reconcile,
 )
-from tests.remote.site import LEDGER_SERVICE, ONE_WAY_MS, executed_file
+from tests.remote.site import (
+    LEDGER_SERVICE,
+    ONE_WAY_MS,
+    LedgeredLoad,
+    executed_file,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,25 +99,6 @@ def test_a_request_sent_on_to_another_instance_keeps_its_id(loopback_server, tmp
     assert fed.describe()[1]["failed"] == 10  # every one was tried on 'gone' first
 
 
-def _answered_by(ledgers: list[ClientLedger]) -> Counter:
-    """Answers per instance, as the clients' ledgers hold them now."""
-    count: Counter = Counter()
-    for ledger in ledgers:
-        count.update(replica for kind, replica, _ in ledger.as_dict()["outcomes"].values()
-                     if kind == ANSWERED)
-    return count
-
-
-def _wait_for(condition: Callable[[], bool], within_s: float, what: str) -> None:
-    """Return once `condition()` holds; fail the test when it does not within `within_s`
-    (the poll only looks: nothing is ordered by its period)."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within_s} s: {what}")
-        time.sleep(0.02)
-
-
 CALL_S = 30  # the endpoints' and the calls' timeout in the cut-link test
 
 
@@ -135,57 +119,36 @@ def test_a_cut_link_loses_nothing_and_the_site_comes_back(remote_site, loopback_
     far = OpenAIEndpoint("far", remote_site.server.openai(), "noop", timeout=CALL_S)
     fed = Federation(LEDGER_SERVICE, [_instance(near), _instance(far)], probe_s=probe_s)
     far_inst = fed.instances[1]
-    ledgers = [ClientLedger(f"w{i}") for i in range(6)]
-    answers: list[tuple[float, float, str]] = []  # (sent, answered, by whom), monotonic
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def worker(ledger: ClientLedger) -> None:
-        while not stop.is_set():
-            sent = time.monotonic()
-            got = ledger.call(fed.call, "generate", {"prompt": "x"}, timeout=CALL_S)
-            if got is not None:
-                with lock:
-                    answers.append((sent, time.monotonic(), got.instance))
 
     def far_is_down() -> bool:
         return next(i for i in fed.describe() if i["instance"] == "far")["cooling"]
 
-    threads = [threading.Thread(target=worker, args=(ledger,), daemon=True)
-               for ledger in ledgers]
     link_down = False
     try:
-        for t in threads:
-            t.start()
-        _wait_for(lambda: min(_answered_by(ledgers)[name] for name in ("near", "far")) >= n,
-                  20, f"both instances answer {n} requests")
-        remote_site.link(up=False)
-        link_down = True
-        cut_done, cut_wall = time.monotonic(), time.time()
-        _wait_for(far_is_down, 20, "the federation marking 'far' down")
-        near_when_down = _answered_by(ledgers)["near"]
-        _wait_for(lambda: _answered_by(ledgers)["near"] >= near_when_down + n, 20,
-                  f"'near' answering {n} more while 'far' is down")
-        up_mono = time.monotonic()
-        remote_site.link(up=True)
-        link_down = False
-        up_wall = time.time()
-
-        def far_answered_again() -> bool:
-            with lock:
-                return any(who == "far" and sent >= up_mono for sent, _, who in answers)
-
-        _wait_for(far_answered_again, 10, "'far' answering again after the link came back")
+        with LedgeredLoad(fed.call, threads=6, timeout_s=CALL_S, prefix="w") as load:
+            wait_for(lambda: min(load.answered_by()[name] for name in ("near", "far")) >= n,
+                     20, f"both instances answer {n} requests")
+            remote_site.link(up=False)
+            link_down = True
+            cut_done, cut_wall = time.monotonic(), time.time()
+            wait_for(far_is_down, 20, "the federation marking 'far' down")
+            near_when_down = load.answered_by()["near"]
+            wait_for(lambda: load.answered_by()["near"] >= near_when_down + n, 20,
+                     f"'near' answering {n} more while 'far' is down")
+            up_mono = time.monotonic()
+            remote_site.link(up=True)
+            link_down = False
+            up_wall = time.time()
+            wait_for(lambda: load.answered_since("far", up_mono), 10,
+                     "'far' answering again after the link came back")
     finally:
-        stop.set()
         if link_down:
             remote_site.link(up=True)
-        for t in threads:
-            t.join(timeout=CALL_S + 10)  # a call lasts CALL_S at most
         fed.close()
         near.close()
         far.close()
-    assert not any(t.is_alive() for t in threads)
+    assert load.hung == 0
+    ledgers, answers = load.ledgers, load.answers
 
     rec = reconcile(ledgers, read_executed(tmp_path, LEDGER_SERVICE))
     assert rec.problems() == [] and rec.lost == 0, rec.summary()
