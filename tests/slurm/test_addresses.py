@@ -27,7 +27,7 @@ from hpcray.runtime.teardown import marked_processes
 from hpcray.services.ledger import ANSWERED, TIMED_OUT, ClientLedger, read_executed, reconcile
 from hpcray.state import NODE_ENDED
 from tests.conftest import FIXTURES, ray_processes, wait_until
-from tests.slurm.test_slurm import assert_nothing_left, submit
+from tests.slurm.test_slurm import assert_nothing_left, cancel_and_kill, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,18 +36,6 @@ HEADER = ("allocation: {{nodes: 2, walltime: 10m, gpus_per_node: 0{env}}}\n"
           "ray: {{object_store_memory: 100000000, teardown_grace: 5}}\n")
 # 1.2 CPUs of a node's 2: one echo replica per node
 ECHO = "  - {name: echo, deployment: noop, replicas: 2, resources: {cpus: 1.2}}\n"
-
-
-def _cancel_and_kill(started: list[Path]) -> None:
-    """Whatever of these runs is left is cancelled and killed (as in test_slurm.py)."""
-    for run in started:
-        data = read_json(run / "run.json", {})
-        if data.get("job_id"):
-            subprocess.run(["scancel", str(data["job_id"])], capture_output=True, timeout=30)
-        if data.get("cluster_id"):
-            wait_until(lambda c=data["cluster_id"]: not ray_processes(c), 30)
-            for proc in ray_processes(data["cluster_id"]):
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def shared_run(cluster, tmp_path_factory):
             yield _up(root, "addresses", HEADER.format(env=ENV) + "services:\n" + ECHO + PROG,
                       root / "runs", started)
         finally:
-            _cancel_and_kill(started)
+            cancel_and_kill(started)
 
 
 def _up(tmp_path: Path, name: str, text: str, run_root: Path, runs: list[Path]):

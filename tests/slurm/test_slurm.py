@@ -41,20 +41,25 @@ HELLO = (f"driver:\n  function: hello_cluster:main\n  args: {{tasks_per_node: 2}
          f"  cwd: {EXAMPLES}\n")
 
 
-@pytest.fixture
-def runs(slurm_cluster):
-    """Runs of a test; whatever is still queued or running is cancelled even if the test fails."""
-    started: list[Path] = []
-    yield started
+def cancel_and_kill(started: list[Path]) -> None:
+    """Whatever of these runs is still queued or running is cancelled, its processes killed."""
     for run in started:
         data = read_json(run / "run.json", {})
         if data.get("job_id"):
-            subprocess.run(["scancel", str(data["job_id"])], capture_output=True)
+            subprocess.run(["scancel", str(data["job_id"])], capture_output=True, timeout=30)
         cluster = data.get("cluster_id")
         if cluster:
             wait_until(lambda c=cluster: not ray_processes(c), 30)
             for proc in ray_processes(cluster):
                 proc.kill()
+
+
+@pytest.fixture
+def runs(slurm_cluster):
+    """Runs of a test; whatever is still queued or running is cancelled even if the test fails."""
+    started: list[Path] = []
+    yield started
+    cancel_and_kill(started)
 
 
 def submit(path: Path, run_root: Path, runs: list[Path]) -> hpcray.api.Submission:
