@@ -64,6 +64,8 @@ _timing_pack = TIMING.pack
 _SNDMORE = zmq.SNDMORE
 _NOBLOCK = zmq.NOBLOCK
 _GONE = (errno.EHOSTUNREACH, errno.EAGAIN)  # the client left; or stopped reading (queue full)
+STALL_LIMIT_S = 300.0  # a stream whose client reads nothing this long is stopped
+HELD_POLL_MS = 5  # how often replies held for a slow reader are offered again
 INLINE_LIMIT_NS = 100_000  # handlers faster than this (moving average) run on the socket thread
 WORKER, LOOP = b"w", b"a"  # which side a completion comes from
 
@@ -130,6 +132,10 @@ class DirectServer:
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's own, when needed
         self._forwarding = False  # replies also come from other threads (completions socket)
         self._streams: dict[tuple[bytes, bytes], Callable[[], Any]] = {}  # -> its stop
+        # replies a client is not reading yet (its queue is full), in order, per (client, id);
+        # a stream whose replies are held waits before it makes more
+        self._held: dict[tuple[bytes, bytes], _Held] = {}
+        self.stall_limit_s = STALL_LIMIT_S
         self._loop_push = threading.local()
         self._work: queue.SimpleQueue | None = None  # the worker thread's requests
         self._offloaded = 0  # requests on the worker, not yet replied (socket thread only)
@@ -172,9 +178,11 @@ class DirectServer:
         recv = router.recv
         try:
             while not self._stop.is_set():
-                if self._forwarding or self._offloaded:
+                if self._held:
+                    self._offer_held()
+                if self._forwarding or self._offloaded or self._held:
                     self._forward(completions)
-                    if not waiting and not poller.poll(100):
+                    if not waiting and not poller.poll(HELD_POLL_MS if self._held else 100):
                         continue
                 elif not waiting:
                     try:
@@ -210,14 +218,61 @@ class DirectServer:
                 self._stop_stream((frames[1], reply_id(frames[-1])), "its client is gone")
 
     def _route(self, frames: list[bytes]) -> bool:
-        """Send a reply; False (reply dropped) when its client is gone or not reading."""
+        """Send a reply, or hold it while its client's queue is full (a slow reader: replies
+        queued before it for the same request go first); False (dropped) when the client
+        is gone."""
+        key = (frames[0], reply_id(frames[-1]))
+        held = self._held.get(key)
+        if held is not None:
+            if not held.stalled:  # a stopped stream's late pieces are dropped
+                held.frames.append(frames)
+            return True
         try:
             self.router.send_multipart(frames, _NOBLOCK)
             return True
         except zmq.ZMQError as exc:
+            if exc.errno == errno.EAGAIN:
+                self._held[key] = _Held(frames)
+                return True
             if exc.errno not in _GONE:
                 raise
             return False
+
+    def _offer_held(self) -> None:
+        """Send what slow readers now have room for. A client gone drops its replies and
+        stops its stream; one that reads nothing for `stall_limit_s` has its stream stopped
+        and, once it reads again, is told why instead of the pieces it left."""
+        now = time.monotonic()
+        for key in list(self._held):
+            held = self._held[key]
+            try:
+                while held.frames:
+                    self.router.send_multipart(held.frames[0], _NOBLOCK)
+                    held.frames.popleft()
+                    held.since = now
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EAGAIN:
+                    if exc.errno not in _GONE:
+                        raise
+                    del self._held[key]
+                    self._stop_stream(key, "its client is gone")
+                    continue
+                if now - held.since > self.stall_limit_s and not held.stalled:
+                    held.stalled = True
+                    self._stop_stream(key, "its client stopped reading")
+                    first = held.frames[0]
+                    message = (f"stream stopped: its client read nothing for "
+                               f"{self.stall_limit_s:g} s").encode()
+                    held.frames.clear()  # what it left is dropped; the reason goes instead
+                    held.frames.append([*first[:-1], pack_reply(key[1], self.replica,
+                                                                first[-1][5:6], FAILED, b"",
+                                                                message)])
+                continue
+            del self._held[key]
+
+    def _reading(self, stream: _Stream) -> bool:
+        """Whether the stream's client has room for more (no reply of it held)."""
+        return (stream.envelope[0], stream.request.id) not in self._held
 
     def _serve_one(self, received: int, frames: list[bytes]) -> None:
         """Answer one request. Written for the idle-replica latency: the header is read
@@ -279,12 +334,15 @@ class DirectServer:
             timing = _timing_pack(start - received, end - start, clock() - end) \
                 if frame[6] & TIMING_FLAG else b""
             router = self.router
+            reply = pack_reply(rid, self.replica, codec_b, OK, timing, body)
             try:
                 for part in envelope:
                     router.send(part, _SNDMORE | _NOBLOCK)
-                router.send(pack_reply(rid, self.replica, codec_b, OK, timing, body))
+                router.send(reply)
             except zmq.ZMQError as exc:  # the client left: nobody to answer
-                if exc.errno not in _GONE:
+                if exc.errno == errno.EAGAIN:  # or reads slowly: held until it has room
+                    self._held[(envelope[0], rid)] = _Held([*envelope, reply])
+                elif exc.errno not in _GONE:
                     raise
             self.served += 1
         if average >= 0:  # after the reply: the moving average of the handler's run time
@@ -478,6 +536,8 @@ class DirectServer:
         try:
             async for piece in pieces:
                 send(self._piece(stream, piece))
+                while not self._reading(stream):  # a slow reader: wait, do not pile up
+                    await asyncio.sleep(HELD_POLL_MS / 1000)
         except asyncio.CancelledError:
             await pieces.aclose()
             raise
@@ -502,6 +562,8 @@ class DirectServer:
                 if stop.is_set():
                     return
                 send(self._piece(stream, piece))
+                while not self._reading(stream) and not stop.wait(HELD_POLL_MS / 1000):
+                    pass
             if not stop.is_set():
                 self._reply(send, stream.envelope, request, None, stream.received, stream.start,
                             time.perf_counter_ns())
@@ -526,6 +588,18 @@ def _failure(exc: BaseException) -> tuple[bytes, bytes]:
     if isinstance(exc, ServiceRequestError):
         return REFUSED, str(exc).encode()
     return FAILED, _describe(exc)
+
+
+class _Held:
+    """Replies of one request waiting for their client to read: since when nothing of them
+    went out, and whether the stream was stopped for it."""
+
+    __slots__ = ("frames", "since", "stalled")
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames: deque[list[bytes]] = deque([frames])
+        self.since = time.monotonic()
+        self.stalled = False
 
 
 class _Stream:

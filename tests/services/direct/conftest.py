@@ -59,6 +59,21 @@ class Model:
             Model.ended += 1
             raise
 
+    made = 0  # pieces burst_stream has made so far
+
+    async def burst_stream(self, n):
+        """n pieces of 4 KiB as fast as it can: only the server's waiting for a slow reader
+        keeps it from running ahead."""
+        Model.made = 0
+        try:
+            for i in range(n):
+                Model.made = i + 1
+                yield {"i": i, "pad": bytes(4096)}
+                await asyncio.sleep(0)
+        except (asyncio.CancelledError, GeneratorExit):
+            Model.ended += 1
+            raise
+
     def lines_stream(self, n):
         for i in range(n):
             yield f"line {i}"

@@ -303,6 +303,51 @@ def test_a_killed_client_has_its_stream_stopped(serve_model):
     assert wait_until(lambda: Model.ended == before_end + 1, 30)
 
 
+BURST = 20_000  # pieces of 4 KiB: far more than the sockets' queues and kernel buffers hold
+
+
+def test_a_slow_reader_gets_every_piece_and_the_stream_waits_for_it(serve_model, client_for):
+    """A client that stops reading fills its queue: the replica holds the replies and its
+    generator waits (it cannot run ahead to the end); once the client reads again every
+    piece arrives, in order."""
+    from tests.conftest import wait_until
+    from tests.services.direct.conftest import Model
+
+    server, address = serve_model("r1")
+    client = client_for({"r1": address})
+    pieces = client.stream("burst", BURST)
+    assert next(pieces)["i"] == 0
+    assert wait_until(lambda: server._held, 30)  # the client's queue is full
+    made = Model.made
+    assert made < BURST  # the generator waits while replies are held
+    rest = [piece["i"] for piece in pieces]
+    assert rest == list(range(1, BURST))
+    assert not server._held and Model.made == BURST
+    assert list(client.stream("count", 2)) == [{"i": 0}, {"i": 1}]
+
+
+def test_a_reader_that_stalls_past_the_limit_is_told_and_its_stream_stopped(serve_model,
+                                                                           client_for):
+    from tests.conftest import wait_until
+    from tests.services.direct.conftest import Model
+
+    server, address = serve_model("r1")
+    server.stall_limit_s = 0.5
+    client = client_for({"r1": address})
+    before = Model.ended
+    pieces = client.stream("burst", BURST)
+    next(pieces)
+    assert wait_until(lambda: any(h.stalled for h in list(server._held.values())), 30)
+    assert wait_until(lambda: Model.ended == before + 1, 30)  # the generator was stopped
+    got = 1
+    with pytest.raises(ServiceCallError, match="read nothing for 0.5 s"):
+        for _ in pieces:
+            got += 1
+    assert 1 < got < BURST  # what was queued before the stop, then the reason
+    assert wait_until(lambda: not server._held, 30)
+    assert list(client.stream("count", 2)) == [{"i": 0}, {"i": 1}]
+
+
 def test_many_streams_at_once_each_get_their_own_pieces(serve_model, client_for):
     addresses = {name: serve_model(name)[1] for name in ("r1", "r2")}
     client = client_for(addresses)
