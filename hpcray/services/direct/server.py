@@ -35,6 +35,7 @@ import zmq
 
 from hpcray import env
 from hpcray.errors import ServiceRequestError
+from hpcray.metrics.recorder import ReplicaStats, ServiceStats
 from hpcray.runtime.network import NODE_IP_ENV
 from hpcray.services.direct.protocol import (
     CANCEL,
@@ -99,7 +100,10 @@ class DirectServer:
                  token: bytes | None = None,
                  streams: Callable[[str], Callable[[Any], Any]] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 ledger: ExecutedLog | None = None) -> None:
+                 ledger: ExecutedLog | None = None,
+                 stats: ReplicaStats | None = None) -> None:
+        """`stats`: where answered requests are counted and timed (hpcray/metrics), per
+        thread; None records nothing."""
         self.resolve = methods  # method name -> callable, raises ServiceRequestError
         self.resolve_stream = streams  # method name -> its generator function, likewise
         self._service_loop = loop  # coroutines and async streams run here when given
@@ -142,6 +146,11 @@ class DirectServer:
         self.thread = threading.Thread(target=self._serve_forever, name="hpcray-direct",
                                        daemon=True)
         self.served = 0
+        self.stats = stats
+        self._main_stats: ServiceStats | None = None  # the socket thread's, set when it runs
+        self._waiting: deque[tuple[int, list[bytes]]] = deque()  # received, not yet served
+        self._async_sent = 0  # coroutines submitted (socket thread) ...
+        self._async_done = 0  # ... and finished (their loop's thread): in flight = difference
         self._handlers: dict[str, list[Any]] = {}
         self._by_bytes: dict[bytes, list[Any]] = {}  # the same, keyed by the method's bytes
 
@@ -152,6 +161,20 @@ class DirectServer:
     @property
     def alive(self) -> bool:
         return self.thread.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not answered yet (the replica's queue depth): stamped and
+        waiting for the socket thread, on the worker, on the event loop, streams running."""
+        return (len(self._waiting) + self._offloaded + self._async_sent - self._async_done
+                + len(self._streams))
+
+    def _thread_stats(self) -> ServiceStats | None:
+        """The calling thread's stats when recording, else None."""
+        stats = self.stats
+        if stats is None or not stats.on:
+            return None
+        return stats.for_thread()
 
     def stop(self) -> None:
         self._stop.set()
@@ -172,7 +195,9 @@ class DirectServer:
         poller = zmq.Poller()  # while replies can come from the worker or the event loop
         poller.register(router, zmq.POLLIN)
         poller.register(completions, zmq.POLLIN)
-        waiting: deque[tuple[int, list[bytes]]] = deque()
+        waiting = self._waiting
+        if self.stats is not None:
+            self._main_stats = self.stats.for_thread()
         clock = time.perf_counter_ns
         events, pollin, noblock = zmq.EVENTS, zmq.POLLIN, zmq.NOBLOCK
         recv = router.recv
@@ -221,18 +246,18 @@ class DirectServer:
         """Send a reply, or hold it while its client's queue is full (a slow reader: replies
         queued before it for the same request go first); False (dropped) when the client
         is gone."""
-        key = (frames[0], reply_id(frames[-1]))
-        held = self._held.get(key)
-        if held is not None:
-            if not held.stalled:  # a stopped stream's late pieces are dropped
-                held.frames.append(frames)
-            return True
+        if self._held:  # the common case, nothing held, costs one truth test
+            held = self._held.get((frames[0], reply_id(frames[-1])))
+            if held is not None:
+                if not held.stalled:  # a stopped stream's late pieces are dropped
+                    held.frames.append(frames)
+                return True
         try:
             self.router.send_multipart(frames, _NOBLOCK)
             return True
         except zmq.ZMQError as exc:
             if exc.errno == errno.EAGAIN:
-                self._held[key] = _Held(frames)
+                self._held[(frames[0], reply_id(frames[-1]))] = _Held(frames)
                 return True
             if exc.errno not in _GONE:
                 raise
@@ -272,7 +297,7 @@ class DirectServer:
 
     def _reading(self, stream: _Stream) -> bool:
         """Whether the stream's client has room for more (no reply of it held)."""
-        return (stream.envelope[0], stream.request.id) not in self._held
+        return not self._held or (stream.envelope[0], stream.request.id) not in self._held
 
     def _serve_one(self, received: int, frames: list[bytes]) -> None:
         """Answer one request. Written for the idle-replica latency: the header is read
@@ -303,6 +328,7 @@ class DirectServer:
                 payload = decode_payload(CODECS[codec_b], frame[data_at:])
         except Exception as exc:  # noqa: BLE001 - the client's mistake, answered as such
             message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            self._count_error()
             self._send(envelope, rid, codec_b, REFUSED, b"", message.encode())
             return
         fn, is_async, average = handler
@@ -316,6 +342,7 @@ class DirectServer:
             self._fail(envelope, rid, codec_b, exc)
             return
         if is_async or asyncio.iscoroutine(result):
+            self._async_sent += 1
             self._submit(result, envelope, unpack_request(frame), received, start)
             return
         end = clock()
@@ -345,6 +372,9 @@ class DirectServer:
                 elif exc.errno not in _GONE:
                     raise
             self.served += 1
+            st = self._main_stats
+            if st is not None and st.on and average >= 0:  # a ping is no request
+                st.observe(start - received + clock() - end, end - start)
         if average >= 0:  # after the reply: the moving average of the handler's run time
             handler[2] = average + (end - start - average) * 0.2
 
@@ -413,6 +443,7 @@ class DirectServer:
         except Exception as exc:  # noqa: BLE001
             if ledger is not None:
                 ledger.record(request.id, ok=False)
+            self._count_error()
             send([*envelope, pack_reply(request.id, self.replica, request.codec, FAILED, b"",
                                         f"the result cannot be sent with codec "
                                         f"{CODECS[request.codec]}: {exc}".encode())])
@@ -423,10 +454,20 @@ class DirectServer:
             if request.timed else b""
         send([*envelope, pack_reply(request.id, self.replica, request.codec, OK, timing, body)])
         self.served += 1
+        if not ping:
+            st = self._thread_stats()
+            if st is not None:
+                st.observe(start - received + time.perf_counter_ns() - end, end - start)
+
+    def _count_error(self) -> None:
+        st = self._thread_stats()
+        if st is not None:
+            st.errors += 1
 
     def _fail(self, envelope, rid, codec_b, exc: BaseException, send=None) -> None:
         if self.ledger is not None:
             self.ledger.record(rid, ok=False)
+        self._count_error()
         status, message = _failure(exc)
         self._send(envelope, rid, codec_b, status, b"", message, send=send)
 
@@ -453,6 +494,7 @@ class DirectServer:
         loop = self._event_loop()
 
         def done(future) -> None:  # runs on the event loop's thread
+            self._async_done += 1
             send = self._push()
             exc = future.exception()
             if exc is not None:
