@@ -13,6 +13,12 @@ Every direct request's RT is split as in the paper: communication (client round 
 replica's time), service (queue + decode + encode on the replica), inference (the handler).
 The cost of that timing is measured by alternating timed and untimed blocks in one client.
 Writes benchmarks/results/response.{csv,png,txt}.
+
+The cost of the run's metrics (docs/metrics.md): one client, one replica (noop1), the same
+run, rounds with metrics on and off alternating (the replica's and the client's recording
+paused through <run>/metrics/paused, each round gated until both report the switch); RT p50
+and throughput per arm and their ratio. Writes benchmarks/results/response_metrics.{json,txt};
+`--metrics-only` runs only this arm (a run with noop1 alone).
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
             rt.append(perf() - t)
         end = perf()
         return {"rt": rt, "parts": None, "start": start, "end": end}
+    if kind == "metrics":
+        return _metrics_client(cfg)
     if kind in ("direct", "overhead"):
         from hpcray.services.direct.client import DirectClient
 
@@ -148,6 +156,58 @@ def _client(kind: str, k: int, cfg: dict, barrier) -> dict:
     raise ValueError(kind)
 
 
+def _metrics_client(cfg: dict) -> dict:
+    """Rounds of `requests` NOOP calls, metrics on and off in turn (the order flipped every
+    round so drift hits both arms alike). Before each round, the switch is made and waited
+    for: the replica's sample says whether it records, and so does this process's recorder."""
+    import os
+
+    os.environ["HPCRAY_RUN_DIR"] = cfg["run"]  # this client records as a driver of the run
+    from hpcray.metrics.recorder import client_metrics
+    from hpcray.services.direct.client import DirectClient
+
+    run = Path(cfg["run"])
+    paused = run / "metrics" / "paused"
+    (replica, address), = cfg["replicas1"].items()
+    sample = run / "metrics" / "replicas" / "noop1" / f"{replica}.json"
+    c = DirectClient("noop1", addresses={replica: address}, token=cfg["token"])
+    for _ in range(WARMUP):
+        c.call("noop")
+    recorder = client_metrics()
+    assert recorder is not None, "metrics are off in this run (HPCRAY_METRICS)"
+    perf = time.perf_counter
+    out: dict[str, dict[str, list[float]]] = {arm: {"rt": [], "spans": []}
+                                              for arm in ("on", "off")}
+    for k in range(cfg["rounds"]):
+        for arm in (("on", "off") if k % 2 == 0 else ("off", "on")):
+            if arm == "off":
+                paused.write_text("")
+            else:
+                paused.unlink(missing_ok=True)
+            deadline = time.monotonic() + 30
+            while True:  # gate: both sides see the switch (within one 2-s sample)
+                try:
+                    recording = json.loads(sample.read_text()).get("recording")
+                except (OSError, ValueError):
+                    recording = None
+                if recording == (arm == "on") and recorder.on == (arm == "on"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"metrics did not switch {arm} within 30 s")
+                time.sleep(0.05)
+                c.call("noop")  # keeps the connection warm while waiting
+            rt = out[arm]["rt"]
+            start = perf()
+            for _ in range(cfg["requests"]):
+                t = perf()
+                c.call("noop")
+                rt.append(perf() - t)
+            out[arm]["spans"].append(perf() - start)
+    paused.unlink(missing_ok=True)
+    c.close()
+    return out
+
+
 def measure(call, n: int) -> dict:
     """n calls in a row; each returns something with the RT split (a Timing or a Response)."""
     perf = time.perf_counter
@@ -212,14 +272,15 @@ def summarize(label: str, scaling: str, kind: str, clients: int, services: int,
 
 
 # -- the run --------------------------------------------------------------------------------
-def start_run(work: Path):
+def start_run(work: Path, metrics_only: bool = False):
     wf = work / "rt.yaml"
     wf.write_text("name: rt\nallocation: {nodes: 1, walltime: 60m}\n"
                   "ray: {object_store_memory: 200000000, teardown_grace: 5}\n"
                   "services:\n"
-                  "  - {name: noop, deployment: noop, replicas: 16, resources: {cpus: 0.01},\n"
-                  "     readiness_timeout: 600}\n"
-                  "  - {name: noop1, deployment: noop, replicas: 1, resources: {cpus: 0.01}}\n")
+                  + ("" if metrics_only else
+                     "  - {name: noop, deployment: noop, replicas: 16, resources: {cpus: 0.01},\n"
+                     "     readiness_timeout: 600}\n")
+                  + "  - {name: noop1, deployment: noop, replicas: 1, resources: {cpus: 0.01}}\n")
     sub = hpcray.submit(wf, run_root=work / "runs")
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -240,6 +301,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="strong scaling")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw response.png from response.json")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="only the metrics on/off arm (a run with noop1 alone)")
+    parser.add_argument("--metrics-rounds", type=int, default=12,
+                        help="rounds per arm of the metrics on/off comparison")
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads((RESULTS / "response.json").read_text())["rows"],
@@ -254,16 +319,23 @@ def main() -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="hpcray-rt-") as tmp:
         work = Path(tmp)
-        console.print("starting a run with NOOP services (16 + 1 replicas) ...")
-        run_dir = start_run(work)
+        console.print("starting a run with NOOP services "
+                      f"({'1' if args.metrics_only else '16 + 1'} replicas) ...")
+        run_dir = start_run(work, args.metrics_only)
         try:
             endpoints = json.loads((run_dir / "endpoints.json").read_text())["services"]
-            direct = endpoints["noop"]["direct"]
+            direct = endpoints["noop1"]["direct"]
             token_file = direct["auth"]["password_file"]
             cfg = {"requests": args.requests, "run": str(run_dir),
-                   "replicas": {r["replica"]: r["address"] for r in direct["replicas"]},
+                   "replicas1": {r["replica"]: r["address"] for r in direct["replicas"]},
                    "token": Path(token_file).read_bytes().strip() if token_file else b"",
                    "urls": {name: e.get("http") for name, e in endpoints.items()}}
+            metrics = run_clients("metrics", 1, {**cfg, "rounds": args.metrics_rounds,
+                                                 "requests": max(args.requests, 2000)})[0]
+            if args.metrics_only:
+                return report_metrics(console, metrics, args)
+            direct = endpoints["noop"]["direct"]
+            cfg["replicas"] = {r["replica"]: r["address"] for r in direct["replicas"]}
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
             raw = [ctx.Process(target=raw_server, args=(q,), daemon=True) for _ in range(16)]
@@ -359,6 +431,56 @@ def main() -> int:
     plot(rows, RESULTS / "response.png")
     (RESULTS / "response.txt").write_text(console.export_text())
     console.print(f"wrote {RESULTS}/response.{{csv,json,png,txt}}")
+    report_metrics(console, metrics, args)
+    return 0
+
+
+def report_metrics(console, metrics: dict, args) -> int:
+    """The metrics on/off table, its ratio against the 5% target, and its result files."""
+    from rich.table import Table
+
+    rows = []
+    for arm in ("on", "off"):
+        rt, spans = metrics[arm]["rt"], metrics[arm]["spans"]
+        rows.append({"metrics": arm, "requests": len(rt), "rounds": len(spans),
+                     "rt_p50_ms": pct(rt, 0.5) * 1e3, "rt_p99_ms": pct(rt, 0.99) * 1e3,
+                     "rt_mean_ms": statistics.fmean(rt) * 1e3,
+                     "throughput_rps": len(rt) / sum(spans)})
+    on, off = rows
+    # paired by round (a round on and its neighbour off ran seconds apart): the median of
+    # the per-round p50 ratios, less sensitive to this shared machine's drift
+    n = on["requests"] // on["rounds"]
+    paired = [pct(metrics["on"]["rt"][k * n:(k + 1) * n], 0.5)
+              / pct(metrics["off"]["rt"][k * n:(k + 1) * n], 0.5) for k in range(on["rounds"])]
+    ratio = {"rt_p50_on_over_off": on["rt_p50_ms"] / off["rt_p50_ms"],
+             "rt_p50_on_over_off_paired_median": statistics.median(paired),
+             "throughput_on_over_off": on["throughput_rps"] / off["throughput_rps"]}
+    table = Table(title="Metrics cost: NOOP over the direct path, 1 client / 1 replica, one "
+                        f"run, {on['rounds']} alternating rounds per arm (ms; requests/s)")
+    for col in ("metrics", "requests", "RT p50", "RT p99", "RT mean", "throughput"):
+        table.add_column(col, justify="left" if col == "metrics" else "right")
+    for r in rows:
+        table.add_row(r["metrics"], str(r["requests"]), f"{r['rt_p50_ms']:.4f}",
+                      f"{r['rt_p99_ms']:.4f}", f"{r['rt_mean_ms']:.4f}",
+                      f"{r['throughput_rps']:.0f}")
+    console.print(table)
+    overhead = ratio["rt_p50_on_over_off"] - 1
+    console.print(f"metrics on/off: RT p50 {ratio['rt_p50_on_over_off']:.3f}x "
+                  f"({overhead:+.1%}, target <= +5%); paired by round (median) "
+                  f"{ratio['rt_p50_on_over_off_paired_median']:.3f}x; throughput "
+                  f"{ratio['throughput_on_over_off']:.3f}x")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    per_round = [{"on_p50_ms": pct(metrics["on"]["rt"][k * n:(k + 1) * n], 0.5) * 1e3,
+                  "off_p50_ms": pct(metrics["off"]["rt"][k * n:(k + 1) * n], 0.5) * 1e3,
+                  "on_rps": n / metrics["on"]["spans"][k],
+                  "off_rps": n / metrics["off"]["spans"][k]}
+                 for k in range(on["rounds"])]
+    (RESULTS / "response_metrics.json").write_text(json.dumps(
+        {"rows": rows, "ratio": ratio, "target_rt_p50_overhead": 0.05, "per_round": per_round,
+         "requests_per_round": rows[0]["requests"] // max(1, rows[0]["rounds"]),
+         "metrics_only_run": bool(args.metrics_only)}, indent=2))
+    (RESULTS / "response_metrics.txt").write_text(console.export_text())
+    console.print(f"wrote {RESULTS}/response_metrics.{{json,txt}}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,13 +21,16 @@ from pydantic import TypeAdapter, ValidationError
 
 from hpcray import env
 from hpcray.bootstrap.launch import agent_argv
+from hpcray.bootstrap.output import OutputLine, classify
 from hpcray.errors import ResourceError, SpecError
-from hpcray.metrics.usage import replica_rates
+from hpcray.metrics.prometheus import collect, service_summary
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.runtime.containers import check_image, resolve_workflow_containers
 from hpcray.runtime.gpus import visible_count
 from hpcray.runtime.memory import OBJECT_STORE_SHARE
+from hpcray.runtime.teardown import RAY_LOGS, ray_logs_dir
 from hpcray.schedulers import JobRequest, JobState, get_scheduler
+from hpcray.services.names import app_name
 from hpcray.services.registry import replica_bundles
 from hpcray.sites import SiteProfile, load_site
 from hpcray.sites.filesystems import is_under, node_local_reason
@@ -443,15 +447,24 @@ class ServiceStatus:
     bt: dict[str, float] = field(default_factory=dict)  # slowest replica's launch/init/publish
     request_rate: float = 0.0  # req/s over the replicas' latest samples
     served: float = 0  # requests answered by the replicas running now
+    # the same numbers the run's Prometheus endpoint serves (hpcray/metrics/prometheus.py)
+    errors: int = 0  # requests the running replicas failed or refused
+    in_flight: int = 0  # requests received by the replicas, not answered yet
+    p50_ms: dict[str, float] = field(default_factory=dict)  # communication, service, inference
 
     def line(self) -> str:
         bt = ", ".join(f"{k} {v:.2f}s" for k, v in self.bt.items())
         rate = f"; {self.request_rate:.1f} req/s, {self.served} served" if self.served else ""
+        if self.served:
+            rate += f", {self.errors} errors, {self.in_flight} in flight"
+        if self.p50_ms:
+            rate += "; p50 " + ", ".join(f"{k} {v:.3f}" for k, v in self.p50_ms.items()) + " ms"
         return (f"  service {self.name}: {self.state} ({self.replicas_ready}/{self.replicas} "
                 f"replicas){'; BT ' + bt if bt else ''}{rate}")
 
 
-def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
+def _service_statuses(run: RunDir, wf: dict[str, Any],
+                      snapshot: dict[str, Any]) -> list[ServiceStatus]:
     metrics = read_json(run.path / "metrics" / "services.json", {})
     states = run.read().get("services", {})
     out = []
@@ -461,12 +474,14 @@ def _service_statuses(run: RunDir, wf: dict[str, Any]) -> list[ServiceStatus]:
         bt = {part: max(r[part] for r in replicas) for part in ("launch", "init", "publish")
               } if replicas else {}
         state = states.get(name, {}).get("state", ServiceState.PENDING)
+        status = ServiceStatus(name, state, len(replicas), int(spec.get("replicas", 1)), bt)
         # a replica killed at teardown leaves its last sample: only a live service has rates
-        rates = replica_rates(run.path, name) if state in SERVICE_LIVE else \
-            {"rate": 0.0, "served": 0}
-        out.append(ServiceStatus(name, state,
-                                 len(replicas), int(spec.get("replicas", 1)), bt,
-                                 rates["rate"], rates["served"]))
+        if state in SERVICE_LIVE and name in snapshot["services"]:
+            got = service_summary(snapshot["services"][name])
+            status.request_rate, status.served = got["rate"], got["served"]
+            status.errors, status.in_flight = got["errors"], got["in_flight"]
+            status.p50_ms = {k: v * 1e3 for k, v in got["p50_s"].items() if v is not None}
+        out.append(status)
     return out
 
 
@@ -510,6 +525,7 @@ class RunStatus:
     error: str | None = None
     services: list[ServiceStatus] = field(default_factory=list)
     stages: list[StageStatus] = field(default_factory=list)
+    metrics_url: str | None = None  # the run's Prometheus endpoint while it runs
 
     @property
     def nodes_joined(self) -> int:
@@ -549,6 +565,8 @@ class RunStatus:
             if "teardown" in self.phases:
                 line += f"; teardown took {self.phases['teardown']:.1f}"
             lines.append(line)
+        if self.metrics_url:
+            lines.append(f"  metrics (Prometheus): {self.metrics_url}")
         if self.error:
             lines.append(f"  error: {self.error.splitlines()[0]}")
         return "\n".join(lines)
@@ -582,12 +600,15 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
                         joined.get(n, {}).get("lost"),
                         agents.get(n, {}).get("usage") if state not in TERMINAL else None)
              for n in names]
+    snapshot = collect(run.path)  # what the run's Prometheus endpoint serves now
     return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
                      scheduler=scheduler, state=state, scheduler_state=sched_state.value,
                      nodes_expected=data.get("nodes_expected", len(names)), nodes=nodes,
                      times=data.get("times", {}), error=data.get("error"),
-                     services=_service_statuses(run, workflow),
-                     stages=_stage_statuses(run, workflow))
+                     services=_service_statuses(run, workflow, snapshot),
+                     stages=_stage_statuses(run, workflow),
+                     metrics_url=None if state in TERMINAL else
+                     (read_json(run.head, {}) or {}).get("metrics_url"))
 
 
 def wait(ref: str | Path, timeout: float | None = None, poll: float = 0.5,
@@ -620,14 +641,154 @@ def cancel(ref: str | Path, run_root: str | Path | None = None, wait_s: float = 
     return st
 
 
-def logs(ref: str | Path, node: str | None = None, run_root: str | Path | None = None) -> str:
-    """The job's output, or one node's agent and Ray start log."""
+def logs(ref: str | Path, node: str | None = None, run_root: str | Path | None = None, *,
+         service: str | None = None, stage: str | None = None, driver: bool = False,
+         ray: bool = False) -> str:
+    """A run's logs: the job's output (default); one node's agent and Ray start log (`node`);
+    the driver's whole output (`driver`); one service's replicas (`service`: Ray's session
+    logs of its replicas once kept at teardown, else their lines forwarded to the run's
+    output); one stage's task output and attempt records (`stage`); or what the quiet
+    console held back of Ray, Serve, Tune, vLLM and the workers, with where Ray's session
+    logs of each node were kept (`ray`, with `node`: that node's only)."""
     run = find_run(str(ref), run_root)
-    path = run.node_log(node) if node else run.job_out
+    chosen = [name for name, given in (("service", service), ("stage", stage),
+                                       ("driver", driver), ("ray", ray)) if given]
+    if len(chosen) > 1:
+        raise SpecError(f"logs: choose one of service, stage, driver, ray (given: "
+                        f"{', '.join(chosen)})")
+    if node is not None and chosen and not ray:
+        raise SpecError(f"logs: node goes with ray only, not with {chosen[0]}")
+    if node is not None:
+        _check_known("node", node, _log_nodes(run))
+    if service is not None:
+        return _service_logs(run, service)
+    if stage is not None:
+        return _stage_logs(run, stage)
+    if ray:
+        return _ray_logs(run, node)
+    path = run.logs / "driver.log" if driver else run.node_log(node) if node else run.job_out
     if not path.exists():
-        known = ", ".join(p.stem.removeprefix("node-") for p in run.logs.glob("node-*.log"))
-        raise SpecError(f"no log at {path}" + (f"; nodes with logs: {known}" if known else ""))
+        raise SpecError(f"no log at {path} yet")
     return path.read_text(errors="replace")
+
+
+def output_lines(ref: str | Path, which: str = "driver",
+                 run_root: str | Path | None = None) -> list[OutputLine]:
+    """The lines of the driver's output (`driver`: logs/driver.log), of the job's (`job`:
+    job.out, `hpcray up`'s with the driver's), or of the services' replicas in Ray's session
+    logs kept at teardown (`services`), each with who wrote it."""
+    run = find_run(str(ref), run_root)
+    if which == "services":
+        return [dataclasses.replace(line, who=f"replica of {name}", service=name)
+                for name in _services_named(run) for path in _replica_files(run, name)
+                for line in classify(_lines(path))]
+    return classify(_lines(run.logs / "driver.log" if which == "driver" else run.job_out))
+
+
+def _lines(path: Path) -> list[str]:
+    """A log's lines; a carriage return (a progress bar redrawn) stays inside its line."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def _check_known(what: str, name: str, known: list[str]) -> None:
+    if name not in known:
+        listed = ", ".join(known) if known else "none"
+        raise SpecError(f"logs: no {what} {name!r} in this run; {what}s: {listed}")
+
+
+def _log_nodes(run: RunDir) -> list[str]:
+    names = set(run.read().get("node_names") or [])
+    names |= {p.stem.removeprefix("node-") for p in run.logs.glob("node-*.log")}
+    return sorted(names)
+
+
+def _kept(run: RunDir) -> Path:
+    return run.logs / RAY_LOGS
+
+
+def _replica_files(run: RunDir, service: str) -> list[Path]:
+    """Ray's session logs of a service's replicas, kept at teardown: Serve's replica logs
+    and the replicas' worker output (told by Ray's `:actor_name:` line)."""
+    app = app_name(service)
+    found = sorted(_kept(run).glob(f"*/serve/replica_{app}_{service}_*.log"))
+    for path in sorted(_kept(run).glob("*/worker-*.[oe][ur][tr]")):
+        with path.open("rb") as f:
+            head = f.read(512).decode(errors="replace")
+        if f":actor_name:ServeReplica:{app}:" in head:
+            found.append(path)
+    return found
+
+
+def _services_named(run: RunDir) -> list[str]:
+    """Services of the run: the workflow's, those it recorded, and those started by the
+    driver (their replicas' logs and lines)."""
+    workflow = (read_json(run.resolved, {}) or {}).get("workflow", {})
+    names = {s["name"] for s in workflow.get("services", [])}
+    names |= set(run.read().get("services", {}))
+    prefix = f"replica_{app_name('')}"
+    for path in _kept(run).glob(f"*/serve/{prefix}*.log"):
+        rest = path.name[len(prefix):-len(".log")].rsplit("_", 1)[0]  # NAME_NAME
+        half = len(rest) // 2
+        if rest[:half] == rest[half + 1:]:  # a service's, not the OpenAI ingress
+            names.add(rest[:half])
+    for which in ("driver", "job"):
+        names |= {line.service for line in output_lines(run.path, which) if line.service}
+    return sorted(names)
+
+
+def _service_logs(run: RunDir, service: str) -> str:
+    _check_known("service", service, _services_named(run))
+    files = _replica_files(run, service)
+    if files:
+        return "".join(_file_block(run, path) for path in files)
+    lines = [line.text for which in ("driver", "job") for line in output_lines(run.path, which)
+             if line.service == service]
+    note = (f"(service {service}: no Ray session logs of its replicas kept yet, they are "
+            f"copied into {_kept(run)} at teardown; its lines forwarded to the run's output:)")
+    return "\n".join([note, *dict.fromkeys(lines)]) + "\n"
+
+
+def _stage_logs(run: RunDir, stage: str) -> str:
+    workflow = (read_json(run.resolved, {}) or {}).get("workflow", {})
+    stages_dir = run.path / "stages"
+    known = {s["name"] for s in workflow.get("stages", [])}
+    known |= {p.name for p in stages_dir.iterdir() if p.is_dir()} if stages_dir.is_dir() else set()
+    _check_known("stage", stage, sorted(known))
+    files = sorted((p for p in (stages_dir / stage).glob("*") if p.is_file()),
+                   key=lambda p: (p.name == "attempts.jsonl", p.name))
+    if not files:
+        return f"(stage {stage}: no task output or attempt recorded yet)\n"
+    return "".join(_file_block(run, path) for path in files)
+
+
+def _ray_logs(run: RunDir, node: str | None) -> str:
+    held = [line.text for which in ("driver", "job") for line in output_lines(run.path, which)
+            if line.held]
+    out = [f"==> Ray's, Serve's, Tune's and the workers' lines in the run's output "
+           f"({len(dict.fromkeys(held))}) <==", *dict.fromkeys(held), ""]
+    nodes = [node] if node else _log_nodes(run)
+    for name in nodes:
+        kept = ray_logs_dir(run.logs, name)
+        files = sorted(p for p in kept.rglob("*") if p.is_file()) if kept.is_dir() else []
+        if not files:
+            out.append(f"==> {kept}: none kept (yet: Ray's session logs are copied at "
+                       "teardown) <==")
+            continue
+        size = sum(p.stat().st_size for p in files)
+        out.append(f"==> Ray's session logs of node {name}: {kept} ({len(files)} files, "
+                   f"{size / 2**20:.1f} MB) <==")
+        out += [f"  {p.relative_to(kept)}  {p.stat().st_size} B" for p in files]
+    return "\n".join(out) + "\n"
+
+
+def _file_block(run: RunDir, path: Path) -> str:
+    text = path.read_text(errors="replace")
+    end = "" if text.endswith("\n") else "\n"
+    return f"==> {path.relative_to(run.path)} <==\n{text}{end}"
 
 
 def run_info(ref: str | Path, run_root: str | Path | None = None) -> dict[str, Any]:

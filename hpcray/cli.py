@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def script(workflow: str, site: str | None, run_root: str | None, account: str |
 @click.option("--wait/--no-wait", default=None,
               help="Follow the run to its end (default: on for the local site).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print the driver's whole output (Ray's, Serve's, Tune's and the workers' "
+                   "lines too), not only its own lines and the warnings.")
 def submit(workflow: str, site: str | None, run_root: str | None, account: str | None,
-           wait: bool | None, timeout: float | None) -> None:
+           wait: bool | None, timeout: float | None, verbose: bool) -> None:
     """Submit WORKFLOW (sbatch/qsub/bsub/flux batch, or run it here with no scheduler)."""
     sub = api.submit(workflow, site, run_root=run_root, account=account)
     click.echo(f"submitted {sub.run_id}: job {sub.job_id} ({sub.scheduler}, site {sub.site})")
@@ -65,20 +69,29 @@ def submit(workflow: str, site: str | None, run_root: str | None, account: str |
     if wait is None:
         wait = sub.scheduler == "local"
     if wait:
-        _follow(sub.run_dir, timeout)
+        _follow(sub.run_dir, timeout, verbose)
 
 
-def _follow(run_dir: Path, timeout: float | None) -> None:
+def _follow(run_dir: Path, timeout: float | None, verbose: bool = False) -> None:
+    """The live view until the run ends, then the driver's output (quiet: its own lines and
+    every warning once, views/console.py; verbose: all of it) and the run's summary."""
     from rich.console import Console
 
+    from hpcray.views.console import quiet_lines
     from hpcray.views.live import RunProgress
 
     with RunProgress(run_dir, Console(stderr=True)) as shown:
         final = api.wait(run_dir, timeout=timeout, on_change=shown.update)
-    out = run_dir / "logs" / "driver.log"
-    if out.exists():
-        click.echo(out.read_text(errors="replace"), nl=False)
+    if verbose:
+        with contextlib.suppress(HpcrayError):
+            click.echo(api.logs(run_dir, driver=True), nl=False)
+    else:
+        for line in quiet_lines(run_dir, final.run_id):
+            click.echo(line)
     click.echo(final.summary())
+    if not verbose:
+        click.echo(f"logs: hpcray logs {final.run_id} [--driver | --service NAME | "
+                   "--stage NAME | --ray | --node NAME]")
     if final.state != RunState.COMPLETED:
         sys.exit(1)
 
@@ -107,9 +120,12 @@ def status(ref: str, run_root: str | None, as_json: bool, watch: bool) -> None:
 @main.command()
 @click.argument("ref")
 @_root
-@click.option("--no-plot", is_flag=True, help="Only the numbers, no timeline PNG.")
+@click.option("--no-plot", is_flag=True, help="Only the numbers: no PNGs, no report.html.")
 def report(ref: str, run_root: str | None, no_plot: bool) -> None:
-    """Where a run's time went: timeline PNG per node, busy CPU/GPU over allocated."""
+    """Where a run's time went, from Ray's record of every task and actor: a timeline per
+    node and GPU, busy CPU/GPU against what the run held, each replica's BT, the RT split,
+    the stages; <run>/report/report.html is one self-contained page with the pipeline's
+    figures."""
     from hpcray.views.report import report as make_report
 
     click.echo(make_report(ref, run_root, plot=not no_plot).summary())
@@ -127,10 +143,19 @@ def cancel(ref: str, run_root: str | None, timeout: float) -> None:
 @main.command()
 @click.argument("ref")
 @_root
-@click.option("--node", help="Show this node's agent and Ray log instead of the job output.")
-def logs(ref: str, run_root: str | None, node: str | None) -> None:
-    """Print a run's job output (or one node's log)."""
-    click.echo(api.logs(ref, node, run_root), nl=False)
+@click.option("--node", help="This node's agent and Ray start log (with --ray: that node's "
+              "kept Ray session logs).")
+@click.option("--service", help="This service's replicas: Ray's session logs of them.")
+@click.option("--stage", help="This stage's task output and attempt records.")
+@click.option("--driver", is_flag=True, help="The driver's whole output.")
+@click.option("--ray", "ray_", is_flag=True,
+              help="Ray's, Serve's, Tune's and the workers' lines the console held back, and "
+                   "where each node's Ray session logs are kept.")
+def logs(ref: str, run_root: str | None, node: str | None, service: str | None,
+         stage: str | None, driver: bool, ray_: bool) -> None:
+    """Print a run's job output, or the part of its logs asked for."""
+    click.echo(api.logs(ref, node, run_root, service=service, stage=stage, driver=driver,
+                        ray=ray_), nl=False)
 
 
 @main.command()

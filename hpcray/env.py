@@ -41,6 +41,7 @@ SITES_PATH = "HPCRAY_SITES_PATH"      # extra directories of site profiles
 LAUNCHER = "HPCRAY_LAUNCHER"          # overrides the site's launcher inside the job
 PORT_CLAIMS = "HPCRAY_PORT_CLAIMS"    # where node agents claim port blocks (default /tmp)
 LEDGER = "HPCRAY_LEDGER"              # "1" (allocation.env): replicas keep request ledgers
+METRICS = "HPCRAY_METRICS"            # "0" (allocation.env): no per-request metrics recorded
 
 # -- Ray's, set by hpcray for the processes it starts ----------------------------------------------
 RAY_ADDRESS = "RAY_ADDRESS"

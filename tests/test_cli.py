@@ -93,3 +93,31 @@ def test_console_entry_point_and_module():
                          text=True, check=True).stdout
     for command in ("script", "submit", "status", "cancel", "logs"):
         assert command in out
+
+
+def test_logs_selectors_are_one_at_a_time_and_name_what_the_run_has(tmp_path):
+    """`hpcray logs` is one api.logs call: one of --service/--stage/--driver/--ray (--node
+    goes with --ray), and a name the run does not have is a one-line error naming those it
+    has. (Their contents from real runs: tests/pipelines/cellpainting.)"""
+    from hpcray.rundir import RunDir
+
+    rd = RunDir(tmp_path / "r1").create()
+    rd.update(run_id="r1", node_names=["n1"])
+    (rd.logs / "driver.log").write_text("mine\n(ServeController pid=7) INFO x\n")
+    stage = rd.path / "stages" / "prep"
+    stage.mkdir(parents=True)
+    (stage / "0.0.out").write_text("task 0 said hello\n")
+    for args, error in (
+            (["--service", "a", "--driver"], "choose one of service, stage, driver, ray "
+                                             "(given: service, driver)"),
+            (["--node", "n1", "--driver"], "node goes with ray only, not with driver"),
+            (["--service", "nosuch"], "no service 'nosuch' in this run; services: none"),
+            (["--stage", "other"], "no stage 'other' in this run; stages: prep"),
+            (["--node", "n9", "--ray"], "no node 'n9' in this run; nodes: n1")):
+        result = run("logs", str(rd.path), *args)
+        assert result.exit_code == 2 and result.output == f"hpcray: error: logs: {error}\n"
+    assert run("logs", str(rd.path), "--driver").output == (rd.logs / "driver.log").read_text()
+    assert "task 0 said hello" in run("logs", str(rd.path), "--stage", "prep").output
+    held = run("logs", str(rd.path), "--ray").output
+    assert "(ServeController pid=7) INFO x" in held and "mine" not in held
+    assert "logs/ray/n1: none kept" in held

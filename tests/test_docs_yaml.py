@@ -32,6 +32,19 @@ def test_each_yaml_example_loads(path, line, snippet, tmp_path):
     where = f"{path.relative_to(REPO)}:{line}"
     data = yaml.safe_load(snippet)
     assert isinstance(data, dict), f"{where}: not a mapping"
+    if "scrape_configs" in data:  # a Prometheus config (docs/metrics.md): Prometheus' check
+        import shutil
+        import subprocess
+
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip("promtool (Debian's prometheus) is not installed")
+        config = tmp_path / "prometheus.yml"
+        config.write_text(snippet)
+        out = subprocess.run([promtool, "check", "config", "--syntax-only", str(config)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"{where}: {out.stdout}{out.stderr}"
+        return
     if "scheduler" in data:  # a site profile
         site = tmp_path / "mysite.yaml"
         site.write_text(snippet)

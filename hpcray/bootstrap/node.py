@@ -20,6 +20,7 @@ import psutil
 from hpcray import env as hpcray_env
 from hpcray.bootstrap.plan import ClusterPlan, NodePlan
 from hpcray.errors import BootstrapError
+from hpcray.metrics.prometheus import MetricsServer
 from hpcray.metrics.usage import SAMPLE_S, node_usage
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.runtime import gpus
@@ -28,7 +29,7 @@ from hpcray.runtime.memory import OBJECT_STORE_SHARE, cgroup_limit, job_memory
 from hpcray.runtime.network import NODE_IP_ENV, host_port, node_address
 from hpcray.runtime.placement import NODE_LABEL, node_label, node_resource
 from hpcray.runtime.ports import PortBlock, claim_block, release_block
-from hpcray.runtime.teardown import MARKER, marker_value, teardown
+from hpcray.runtime.teardown import MARKER, keep_ray_logs, marker_value, ray_logs_dir, teardown
 from hpcray.runtime.tempdir import temp_dir_for
 from hpcray.schedulers import get_scheduler
 from hpcray.state import NodeState
@@ -184,6 +185,8 @@ class NodeAgent:
                               grace=self.plan.teardown_grace)
             if self.block:
                 release_block(self.block)
+            if temp_dir:
+                self._keep_ray_logs(temp_dir)
             if temp_dir and code == 0:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             self._state(NodeState.STOPPED, exit_code=code,
@@ -191,6 +194,20 @@ class NodeAgent:
             log.info("stopped (%s); %d process(es) of this job terminated",
                      self.stop_reason or "ray exited", len(killed))
         return code
+
+    def _keep_ray_logs(self, temp_dir: str) -> None:
+        """Ray's session logs of this node into the run directory, before the temp dir goes
+        (`hpcray logs RUN --ray | --service NAME`): those of this job's `ray start`, if it
+        began; a failure is only logged."""
+        began = read_json(self.run.node_state_file(self.me.name), {}).get(
+            "times", {}).get(NodeState.RAY_STARTING)
+        if began is None:
+            return
+        try:
+            keep_ray_logs(temp_dir, ray_logs_dir(self.run.logs, self.me.name),
+                          secrets_dir=self.run.token.parent, since=began)
+        except OSError as exc:
+            log.warning("Ray's session logs not kept: %s", exc)
 
     def _start_and_wait(self, temp_dir: str) -> int:
         plan, me = self.plan, self.me
@@ -256,11 +273,13 @@ class NodeAgent:
         if self.is_head:
             gcs = self.block.port("--port")
             wait_for_port(ip, gcs, self.proc, plan.head_timeout)
+            metrics = start_metrics(self.run, ip, self.block)  # lives as long as this agent
             write_json_atomic(self.run.head, {
                 "address": host_port(ip, gcs), "ip": ip, "gcs_port": gcs, "node": me.name,
                 "client_port": self.block.port("--ray-client-server-port"),
                 "serve_http_port": self.block.serve_http_port,
                 "dashboard_port": self.block.port("--dashboard-port") if plan.dashboard else None,
+                "metrics_url": metrics.url if metrics else None,
                 "time": time.time()})
         self._state(NodeState.RAY_STARTED)
         sampled = 0.0
@@ -277,6 +296,21 @@ class NodeAgent:
             self.stop.wait(STOP_POLL_S if self.plan.up_host == socket.gethostname()
                            else STOP_POLL_REMOTE_S)
         return 0
+
+
+def start_metrics(run: RunDir, ip: str, block: PortBlock) -> MetricsServer | None:
+    """The run's Prometheus endpoint on the head (docs/metrics.md), bound to the node's
+    address; with `endpoints.token` it wants the run's HTTP bearer token. A port that cannot
+    be bound costs the run its metrics, not its life."""
+    endpoints = (read_json(run.resolved, {}) or {}).get("workflow", {}).get("endpoints") or {}
+    try:
+        return MetricsServer(run.path, ip, block.metrics_port,
+                             ray_metrics_offset=block.ray_metrics_port - block.base,
+                             token_file=run.token.with_name("http-token"),
+                             token_required=bool(endpoints.get("token"))).start()
+    except OSError as exc:
+        log.warning("no metrics endpoint on %s:%d: %s", ip, block.metrics_port, exc)
+        return None
 
 
 def main(run_dir: str, node_name: str | None = None) -> int:

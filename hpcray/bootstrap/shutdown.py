@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from hpcray.bootstrap.events import collect_quietly
 from hpcray.bootstrap.plan import ClusterPlan
 from hpcray.bootstrap.signals import Stop
 from hpcray.rundir import RunDir, read_json
@@ -47,7 +48,11 @@ class Shutdown:
 
     def __call__(self, plan: ClusterPlan | None, services: ServiceManager | None) -> None:
         """Each agent tears down its own node gracefully and the launcher exits by itself;
-        the launchers are signalled only if that does not happen."""
+        the launchers are signalled only if that does not happen. Ray's record of what ran
+        is kept first, while every service and the cluster are still there (events.py); it
+        takes its own time, before teardown_start, so the teardown's length stays its own."""
+        if not self.stop.is_head_lost and "ray" in sys.modules:
+            collect_quietly(self.run)
         record(self.run, "teardown_start")
         if services is not None and not self.stop.is_head_lost:  # with the head, Serve went
             # after a lost node Serve would wait out its graceful timeouts (20-30 s) on actors

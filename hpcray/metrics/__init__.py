@@ -1,1 +1,2 @@
-"""Views of what a run did: the live status view, the timeline report."""
+"""What a run records about itself (node use, per-request metrics, progress) and how it is
+shown: the head's Prometheus endpoint (prometheus.py), the pipelines' figures (plotting.py)."""

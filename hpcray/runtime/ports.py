@@ -32,6 +32,7 @@ SERVICE_PORTS = {       # ray start flag -> offset in the block
 }
 HEAD_ONLY = ("--port",)
 SERVE_HTTP_OFFSET = 10  # Ray Serve's HTTP proxy on the head (offsets 9..19 are hpcray's own)
+METRICS_OFFSET = 13     # the run's Prometheus endpoint, served by the head's node agent
 # Ray's Prometheus exporters whose ports are not `ray start` flags but environment variables,
 # fixed by default (44217, 44227): two jobs' heads on one node would collide there
 RAY_PORT_VARIABLES = {env.RAY_AUTOSCALER_METRIC_PORT: 11, env.RAY_DASHBOARD_METRIC_PORT: 12}
@@ -48,6 +49,16 @@ class PortBlock:
     @property
     def serve_http_port(self) -> int:
         return self.base + SERVE_HTTP_OFFSET
+
+    @property
+    def metrics_port(self) -> int:
+        """hpcray's Prometheus endpoint (the head's node agent; docs/metrics.md)."""
+        return self.base + METRICS_OFFSET
+
+    @property
+    def ray_metrics_port(self) -> int:
+        """Ray's own metrics exporter of this node (`--metrics-export-port`)."""
+        return self.port("--metrics-export-port")
 
     @property
     def min_worker_port(self) -> int:

@@ -38,3 +38,30 @@ def set_replica_count(app_name: str, deployment: str, replicas: int) -> None:
 
     ray.get(serve_controller().update_deployment_replicas.remote(
         DeploymentID(name=deployment, app_name=app_name), replicas))
+
+
+def task_events() -> list[Any]:
+    """Every task event the GCS holds, of every job (`gcs_pb2.TaskEvents`): what `ray list
+    tasks --detail` shows, read from the GCS itself through the connected worker's state
+    accessor (what `ray.timeline()` reads). The public state API asks the dashboard, which a
+    run starts only when its workflow asks for it."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    # the generated module makes its classes at import: mypy does not see them
+    events = gcs_pb2.TaskEvents  # type: ignore[attr-defined]
+    return [events.FromString(raw) for raw in accessor.get_task_events()]
+
+
+def actor_table() -> list[Any]:
+    """Every actor the GCS knows, dead ones included (`gcs_pb2.ActorTableData`): where each
+    ran, its lifetime, the resources it held and which GPU ids (`resource_mapping`), which
+    `ray.util.state.list_actors` would ask the dashboard for."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    # made at import, as above
+    table = gcs_pb2.ActorTableData  # type: ignore[attr-defined]
+    return [table.FromString(raw) for raw in accessor.get_actor_table(None, None)]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
@@ -167,3 +168,104 @@ def stop_group(proc: subprocess.Popen, grace: float) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# -- Ray's session logs, kept in the run directory ------------------------------------------------
+
+#: What one node keeps of Ray's session logs: the newest files first, up to this many bytes
+RAY_LOGS_LIMIT = 50 * 2**20
+RAY_LOGS = "ray"  # <run>/logs/ray/<node>/: that node's Ray session logs, in Ray's own layout
+LEFT_OUT = "left-out.txt"
+REDACTED = b"<redacted>"
+
+
+def ray_logs_dir(run_logs: Path, node: str) -> Path:
+    """Where a node's Ray session logs are kept (`run_logs` is <run>/logs)."""
+    return run_logs / RAY_LOGS / node
+
+
+def _session_logs(temp_dir: Path, since: float | None) -> list[tuple[Path, Path]]:
+    """(file, its path in the copy) of every regular file under the logs/ of the temp dir's
+    sessions written since `since` (this job's: a temp dir a failed job kept, with the same
+    job id, holds that job's too); one normally, more are told apart by their names."""
+    sessions = []
+    for session in sorted(temp_dir.glob("session_*")):
+        with contextlib.suppress(OSError):
+            if not session.is_symlink() and (since is None or
+                                             (session / "logs").stat().st_mtime >= since):
+                sessions.append(session)
+    out = []
+    for session in sessions:
+        logs = session / "logs"
+        for path in logs.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                rel = path.relative_to(logs)
+                out.append((path, session.name / rel if len(sessions) > 1 else rel))
+    return out
+
+
+def _secrets(secrets_dir: Path | None) -> list[bytes]:
+    if secrets_dir is None or not secrets_dir.is_dir():
+        return []
+    found = []
+    for path in secrets_dir.iterdir():
+        with contextlib.suppress(OSError):
+            value = path.read_bytes().strip()
+            if len(value) >= 8:
+                found.append(value)
+    return found
+
+
+def keep_ray_logs(temp_dir: str | Path, dest: Path, limit: int = RAY_LOGS_LIMIT,
+                  secrets_dir: Path | None = None, since: float | None = None) -> int:
+    """Copy a node's Ray session logs into the run directory before its temp dir goes, so a
+    run's Ray, Serve and worker logs outlive it (the sessions written since `since`, when
+    this node's `ray start` began): newest files first, at most `limit` bytes;
+    a file that does not fit whole keeps its end (from a line's start), and what is cut or
+    left out is listed in `left-out.txt`. Every secret of the run (the files of
+    `secrets_dir`: the Ray token, the HTTP token) is replaced by `<redacted>`, should Ray
+    ever log one. Returns the bytes written."""
+    files = []
+    for path, rel in _session_logs(Path(temp_dir), since):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            files.append((st.st_mtime, st.st_size, path, rel))
+    if not files:
+        return 0
+    secrets = _secrets(secrets_dir)
+    files.sort(key=lambda f: f[0], reverse=True)
+    left, written, notes = limit, 0, []
+    for _, size, path, rel in files:
+        if left <= 0:
+            notes.append(f"{rel}: {size} bytes, left out (over {limit} bytes kept per node)")
+            continue
+        try:
+            with path.open("rb") as f:
+                if size > left:
+                    f.seek(size - left)
+                data = f.read(left)
+        except OSError as exc:
+            notes.append(f"{rel}: not read ({exc})")
+            continue
+        if size > left:  # whole lines only: no secret cut in two
+            start = data.find(b"\n")
+            data = data[start + 1:] if start >= 0 else b""
+            if not data:
+                notes.append(f"{rel}: {size} bytes, left out (over {limit} bytes kept per "
+                              "node)")
+                continue
+            notes.append(f"{rel}: {size} bytes, its last {len(data)} kept")
+        for secret in secrets:
+            data = data.replace(secret, REDACTED)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        written += len(data)
+        left -= len(data)
+    if notes:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / LEFT_OUT).write_text("\n".join(notes) + "\n")
+    log.info("kept %d of Ray's session log files (%.1f MB) in %s",
+             len(files) - sum("left out" in n or "not read" in n for n in notes),
+             written / 2**20, dest)
+    return written

@@ -14,7 +14,7 @@ from typing import Any
 
 from hpcray import env
 from hpcray.errors import HpcrayError, ServiceError
-from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.rundir import RunDir, read_json, write_json_atomic
 from hpcray.runtime.network import host_port
 from hpcray.runtime.placement import bundle, bundles_unplaceable, ray_options, unplaceable
 from hpcray.runtime.raycompat import delete_app, set_replica_count
@@ -444,7 +444,10 @@ class ServiceManager:
             out[name] = entry
         auth = ({"scheme": "Bearer", "token_file": self.http.token_file}
                 if self.http and self.http.token_sha256 else None)
-        return {"services": out, "openai": self.openai_url, "http_auth": auth}
+        # the run's Prometheus endpoint, served by the head's node agent (docs/metrics.md)
+        metrics = read_json(self.run.head, {}).get("metrics_url") if self.run else None
+        return {"services": out, "openai": self.openai_url, "http_auth": auth,
+                "metrics": metrics}
 
     def stop(self, shutdown: bool = True, wait: bool = True) -> None:
         """Delete this manager's applications, all at once; with `shutdown`, Serve too (the

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpcray import env
 from hpcray.errors import ServiceRequestError
+from hpcray.metrics.recorder import ReplicaStats
+from hpcray.metrics.recorder import enabled as metrics_enabled
 from hpcray.metrics.usage import RequestCounter
 from hpcray.services.http_access import authorized, refusal
 from hpcray.services.ledger import executed_log
@@ -40,12 +42,22 @@ class ReplicaHost:
         self.node = env.current_node()
         self._methods: dict[str, Any] = {}
         self.ledger = executed_log(service, self.replica)  # None unless the run keeps ledgers
+        run_dir = os.environ.get(env.RUN_DIR)
+        # requests, errors and latency histograms for the head's Prometheus endpoint
+        self.stats = ReplicaStats() if run_dir and metrics_enabled() else None
+        self.in_flight = 0  # requests on the Serve path being answered (the replica's loop)
+        self.serve_requests = 0  # requests that came over the Serve path
         self.direct: DirectServer | None = None
         if transport == "direct":
             self._serve_direct()
+        direct = self.direct
         self.requests = RequestCounter(
-            os.environ.get(env.RUN_DIR), service, self.replica, self.node,
-            served=(lambda: self.direct.served) if self.direct is not None else None)
+            run_dir, service, self.replica, self.node,
+            # the direct path's requests, and the Serve path's (counted in handle)
+            served=(lambda: direct.served + self.serve_requests) if direct is not None
+            else (lambda: self.serve_requests), stats=self.stats,
+            in_flight=(lambda: direct.in_flight + self.in_flight) if direct is not None
+            else (lambda: self.in_flight))
 
     def _serve_direct(self) -> None:
         """Open the replica's own socket and publish it: the direct path (docs/services.md)."""
@@ -57,7 +69,7 @@ class ReplicaHost:
         self.direct = DirectServer(self.method, self.replica, self.bootstrap(),
                                    token=run_token(), streams=self.stream_method,
                                    loop=getattr(self.obj, "event_loop", None),
-                                   ledger=self.ledger)
+                                   ledger=self.ledger, stats=self.stats)
         address = self.direct.start()
         found = directory()
         if found is None:
@@ -119,8 +131,20 @@ class ReplicaHost:
         return fn
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request of the Serve path (a DeploymentHandle, or HTTP through __call__)."""
         received = time.perf_counter()
-        self.requests.count += 1
+        self.serve_requests += 1
+        self.in_flight += 1
+        try:
+            return await self._handle(request, received)
+        except Exception:
+            if self.stats is not None and self.stats.on:
+                self.stats.for_thread().errors += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: dict[str, Any], received: float) -> dict[str, Any]:
         method = request.get("method")
         try:
             fn = self.method(method)  # type: ignore[arg-type]
@@ -142,6 +166,9 @@ class ReplicaHost:
         if isinstance(result, ServerTimed):  # the server's own split
             start = max(start, done - result.inference_s)
             result = result.value
+        if self.stats is not None and self.stats.on:
+            self.stats.for_thread().observe(round((start - received) * 1e9),
+                                            round((done - start) * 1e9))
         return {"id": request.get("id"), "replica": self.replica, "node": self.node,
                 "result": result, "inference_s": done - start, "service_s": start - received}
 

@@ -3,6 +3,7 @@ stage progress, redrawn until the run ends."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from hpcray.api import RunStatus, status
+from hpcray.errors import HpcrayError
 from hpcray.metrics import progress
 
 
@@ -60,9 +62,28 @@ def render(st: RunStatus) -> Group:
     return Group(*parts)
 
 
+STATUS_S = 2.0  # how often the submit view reads the run's status (a scheduler query)
+
+
+class _View:
+    """The status tables (nodes, services with req/s, stages) above the progress bars,
+    redrawn from the latest status at each refresh."""
+
+    def __init__(self, bars: Any) -> None:
+        self.bars = bars
+        self.st: RunStatus | None = None
+
+    def __rich__(self) -> Group:
+        parts = [] if self.st is None else [
+            part for part in render(self.st).renderables
+            if getattr(part, "title", None) != "driver progress"]  # the bars below are that
+        return Group(*parts, self.bars)
+
+
 class RunProgress:
-    """What `hpcray submit --wait` shows while it waits: the run's state on a spinner line and
-    one progress bar per task the driver reports (hpcray.metrics.progress)."""
+    """What `hpcray submit --wait` shows while it waits: the status tables of `hpcray status
+    --watch`, the run's state on a spinner line and one progress bar per task the driver
+    reports (hpcray.metrics.progress)."""
 
     def __init__(self, run_dir: Path, console: Console | None = None,
                  interval: float = 0.5) -> None:
@@ -82,11 +103,14 @@ class RunProgress:
                              transient=False)
         self.state = self.bars.add_task("waiting", total=None, detail="")
         self.tasks: dict[str, TaskID] = {}
+        self.view = _View(self.bars)
+        self.live = Live(self.view, console=console, refresh_per_second=4)
+        self._read = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> RunProgress:
-        self.bars.__enter__()
+        self.live.__enter__()
         self._thread.start()
         return self
 
@@ -94,13 +118,18 @@ class RunProgress:
         self._stop.set()
         self._thread.join(timeout=2)
         self._refresh()
-        self.bars.__exit__(*exc)
+        self.live.__exit__(*exc)
 
     def update(self, st: RunStatus) -> None:
+        self.view.st = st
+        self._read = time.monotonic()
         self.bars.update(self.state, description=st.summary().splitlines()[0])
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
+            if time.monotonic() - self._read >= STATUS_S:
+                with contextlib.suppress(HpcrayError, OSError, ValueError):
+                    self.update(status(self.run_dir))
             self._refresh()
 
     def _refresh(self) -> None:
@@ -117,7 +146,7 @@ def _usage_cells(usage: dict | None) -> tuple[str, str, str]:
     if not usage:
         return "", "", ""
     gpus = usage.get("gpus")
-    gpu = "-" if gpus is None else " ".join(f"{g['util_percent']:.0f}%" for g in gpus) or "0"
+    gpu = "-" if gpus is None else " ".join(f"{g['util_percent'] or 0:.0f}%" for g in gpus) or "0"
     return (f"{usage['cpu_percent']:.0f}% of {usage['cpus']}",
             f"{usage['memory_used'] / 2**30:.1f}/{usage['memory_total'] / 2**30:.1f} GiB", gpu)
 

@@ -34,3 +34,19 @@ def test_serve_private_names_and_signatures():
     from ray.serve._private.client import ServeControllerClient
 
     assert "_controller" in inspect.getsource(ServeControllerClient.__init__)
+
+
+def test_gcs_state_accessor_names_for_the_run_report():
+    """raycompat.task_events and actor_table read the GCS through these."""
+    from ray._private.state import GlobalState
+    from ray.core.generated import gcs_pb2
+
+    assert hasattr(GlobalState, "_connect_and_get_accessor")
+    from ray._raylet import GlobalStateAccessor
+
+    assert hasattr(GlobalStateAccessor, "get_task_events")
+    assert hasattr(GlobalStateAccessor, "get_actor_table")
+    assert {"state_updates", "task_info", "attempt_number"} <= {
+        f.name for f in gcs_pb2.TaskEvents.DESCRIPTOR.fields}
+    assert {"resource_mapping", "required_resources", "start_time", "end_time", "node_id"} <= {
+        f.name for f in gcs_pb2.ActorTableData.DESCRIPTOR.fields}

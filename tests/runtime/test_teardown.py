@@ -133,3 +133,40 @@ def test_ray_start_is_killed_once_its_raylet_and_gcs_are_gone(procs, tmp_path):
     assert not psutil.pid_exists(root.pid) or psutil.Process(root.pid).status() == "zombie"
     assert monitor in killed and root.pid in killed
     assert not [d for d in daemons if d.is_running() and d.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_ray_logs_kept_newest_first_bounded_and_without_secrets(tmp_path):
+    """A node's session logs copied before its temp dir goes: newest files first up to the
+    bound, a file that does not fit keeps its end from a line's start, older ones are listed
+    as left out, the run's tokens never copied; neither the `session_latest` link followed
+    nor the session of an earlier job that kept this temp dir (Slurm reuses job ids)."""
+    from hpcray.runtime.teardown import LEFT_OUT, keep_ray_logs
+
+    temp = tmp_path / "hr1n0"
+    logs = temp / "session_2026-12-02_08-00-00_1_2" / "logs"
+    (logs / "serve").mkdir(parents=True)
+    (temp / "session_latest").symlink_to(logs.parent)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    token = "f" * 64
+    (secrets / "ray-token").write_text(token)
+    files = {"old.log": b"o" * 400 + b"\n", "raylet.out": b"x" * 50 + b"\n" + b"y" * 99 + b"\n",
+             "serve/replica_hpcray-a_a_1.log": f"auth {token} ok\n".encode()}
+    for age, (name, data) in enumerate(files.items()):
+        (logs / name).write_bytes(data)
+        os.utime(logs / name, (time.time() - 100 + age * 10,) * 2)  # old.log the oldest
+    earlier = temp / "session_2026-12-01_08-00-00_1_2" / "logs"
+    earlier.mkdir(parents=True)
+    (earlier / "raylet.out").write_text("an earlier job's\n")
+    os.utime(earlier, (time.time() - 1000,) * 2)
+    dest = tmp_path / "run" / "logs" / "ray" / "n0"
+    written = keep_ray_logs(temp, dest, limit=139, secrets_dir=secrets, since=time.time() - 500)
+    assert (dest / "serve/replica_hpcray-a_a_1.log").read_text() == "auth <redacted> ok\n"
+    # 139 - 19 bytes left for raylet.out's 151: its last whole line only
+    assert (dest / "raylet.out").read_bytes() == b"y" * 99 + b"\n"
+    assert not (dest / "old.log").exists() and not (dest / "session_latest").exists()
+    assert sorted(p.name for p in dest.iterdir()) == [LEFT_OUT, "raylet.out", "serve"]
+    assert written == 19 + 100
+    notes = (dest / LEFT_OUT).read_text()
+    assert "raylet.out: 151 bytes, its last 100 kept" in notes
+    assert "old.log: 401 bytes, left out" in notes

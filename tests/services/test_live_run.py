@@ -245,3 +245,161 @@ def test_openai_api_fuzzed_against_its_openapi_description(live_run, tmp_path):
     assert not re.search(r"\d+ failed", out.stdout), out.stdout[-3000:]
     status, body = _http(endpoints["openai"] + "/models", token)
     assert status == 200 and body["data"]
+
+
+def _prometheus_query(api: str, query: str) -> list[dict]:
+    """One instant query of Prometheus' HTTP API; its result vector."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"{api}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = json.loads(reply.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+@pytest.mark.timeout(150)
+def test_debians_prometheus_scrapes_the_run_under_load(live_run, tmp_path, monkeypatch):
+    """Debian's real `prometheus` scrapes the run's metrics endpoint (with the run's bearer
+    token, as a site would) while a client keeps echo4 busy; its query API then returns the
+    request rate, the latency histograms (replica and client side) and the node metrics;
+    Ray's own exporters are discovered through the endpoint's /ray-targets."""
+    import shutil
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    import hpcray
+    from hpcray.metrics import recorder
+    from hpcray.services.direct.client import DirectClient
+    from tests.conftest import wait_until
+
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("Debian's prometheus is not installed (tests/slurm/install.sh installs it)")
+    endpoints = read_json(live_run / "endpoints.json")
+    head = read_json(live_run / "head.json")
+    url, token_file = endpoints["metrics"], endpoints["http_auth"]["token_file"]
+    assert url == head["metrics_url"] and url.startswith(f"http://{head['ip']}:")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {head["ip"]}, listening  # the head's address only
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the run's token is required
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        api_port = s.getsockname()[1]
+    config = tmp_path / "prometheus.yml"  # what docs/metrics.md tells a site to write
+    config.write_text(f"""\
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: hpcray
+    metrics_path: /metrics
+    authorization: {{credentials_file: {token_file}}}
+    static_configs: [{{targets: ["{url.split('/')[2]}"], labels: {{run: direct}}}}]
+  - job_name: ray
+    authorization: {{credentials_file: {token_file}}}
+    http_sd_configs:
+      - url: {url.replace('/metrics', '/ray-targets')}
+        refresh_interval: 5s
+        authorization: {{type: Bearer, credentials_file: {token_file}}}
+""")
+    # a client in the run, as a driver: its communication part is recorded too
+    monkeypatch.setenv("HPCRAY_RUN_DIR", str(live_run))
+    monkeypatch.setattr(recorder, "_client_metrics", None)
+    direct = endpoints["services"]["echo4"]["direct"]
+    client = DirectClient("echo4", addresses={r["replica"]: r["address"]
+                                              for r in direct["replicas"]},
+                          token=Path(direct["auth"]["password_file"]).read_bytes().strip())
+    stop = threading.Event()
+    sent = [0]
+
+    def load() -> None:
+        while not stop.is_set():
+            client.call("echo", {"n": sent[0]})
+            sent[0] += 1
+
+    loader = threading.Thread(target=load, daemon=True)
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{api_port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))  # noqa: SIM115
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        loader.start()
+
+        def query(q: str) -> list[dict]:
+            try:
+                return _prometheus_query(api, q)
+            except (OSError, urllib.error.URLError):
+                return []  # not listening yet
+
+        def log() -> str:
+            return (tmp_path / "prometheus.log").read_text()[-3000:]
+
+        assert wait_until(lambda: [r for r in query('up{job="hpcray"}')
+                                   if r["value"][1] == "1"], 30), log()
+        rate = 'sum(rate(hpcray_requests_total{service="echo4"}[5s]))'
+        assert wait_until(lambda: [r for r in query(rate) if float(r["value"][1]) > 10], 30), \
+            (query(rate), log())
+        # the histograms: every bucket of both replicas, and the split's p50 from them
+        buckets = query('hpcray_inference_seconds_bucket{service="echo4"}')
+        assert {r["metric"]["replica"] for r in buckets} == \
+            {r["replica"] for r in direct["replicas"]}
+        assert {r["metric"]["le"] for r in buckets} >= {"2.5e-05", "0.001", "60.0", "+Inf"}
+        for part in ("service", "inference", "communication"):
+            q = (f'histogram_quantile(0.5, sum by (le) '
+                 f'(rate(hpcray_{part}_seconds_bucket{{service="echo4"}}[10s])))')
+            assert wait_until(lambda q=q: [r for r in query(q)
+                                           if 0 < float(r["value"][1]) < 1], 20), \
+                (part, query(q))
+        assert query('hpcray_requests_in_flight{service="echo4"}')
+        # the Serve path's replicas record too (HTTP API, through Serve's proxy)
+        token = Path(token_file).read_text().strip()
+        serve_count = 'sum(hpcray_inference_seconds_count{service="viaserve"})'
+        before = sum(float(r["value"][1]) for r in query(serve_count))
+        for i in range(20):
+            assert _http(endpoints["services"]["viaserve"]["http"], token,
+                         {"method": "echo", "payload": i})[0] == 200
+        assert wait_until(lambda: [r for r in query(serve_count)
+                                   if float(r["value"][1]) >= before + 20], 20), \
+            (before, query(serve_count))
+        assert [r for r in query('hpcray_service_replicas{service="echo4"}')
+                if r["value"][1] == "2"]
+        nodes = query("hpcray_node_memory_total_bytes")
+        assert [r["metric"]["node"] for r in nodes] == [head["node"]], nodes
+        assert float(nodes[0]["value"][1]) == psutil.virtual_memory().total
+        assert query("hpcray_node_cpu_percent")
+        # Ray's own exporter on every node, found through /ray-targets
+        assert wait_until(lambda: [r for r in query('up{job="ray"}')
+                                   if r["value"][1] == "1"], 30), (query('up{job="ray"}'), log())
+        assert query('count({job="ray", __name__=~"ray_.+"})')
+        # every query of the shipped Grafana dashboard answers; all but the GPU and stage
+        # panels with data (no GPU here, no stages in this run)
+        from tests.metrics.test_dashboard import dashboard_queries
+
+        empty = sorted({title for title, q in dashboard_queries("10s") if not query(q)})
+        assert empty == ["GPU busy and memory", "Stage tasks by state"], empty
+        # `hpcray status` shows the same numbers
+        st = hpcray.status(live_run)
+        echo = next(s for s in st.services if s.name == "echo4")
+        assert echo.served > 0 and echo.request_rate > 0 and st.metrics_url == url
+        assert set(echo.p50_ms) == {"communication", "service", "inference"}
+        print(f"prometheus: {sent[0]} requests sent; rate {query(rate)[0]['value'][1]}/s")
+    finally:
+        stop.set()
+        loader.join(timeout=10)
+        client.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)

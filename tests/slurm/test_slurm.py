@@ -19,6 +19,7 @@ import hpcray
 from hpcray.rundir import read_json
 from hpcray.schedulers.hostlist import expand_hostlist
 from tests.conftest import REPO, ray_processes, wait_until
+from tests.views.checks import assert_report_shows_the_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -110,6 +111,13 @@ def test_two_node_job(slurm_cluster, tmp_path, run_root, runs):
         assert task["slurm_node"] == by_id[task["node_id"]]
     assert {t["slurm_node"] for t in result["tasks"]} == {"node1", "node2"}
     assert_nothing_left(sub.run_dir)
+    # each node's agent kept its Ray session logs in the run directory (token-free)
+    token = (sub.run_dir / "secrets" / "ray-token").read_bytes().strip()
+    for node in ("node1", "node2"):
+        kept = sub.run_dir / "logs" / "ray" / node
+        assert (kept / "raylet.out").is_file(), node
+        assert not [p for p in kept.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert (sub.run_dir / "logs" / "ray" / "node1" / "gcs_server.out").is_file()  # the head
 
 
 def test_two_jobs_at_once_on_the_same_nodes(slurm_cluster, tmp_path, run_root, runs):
@@ -290,6 +298,9 @@ def test_stages_spread_over_both_nodes(slurm_cluster, tmp_path, run_root, runs):
     for line in seen:
         short = expected[line["node"]]
         assert (line["TMPDIR"], line["RAY_TMPDIR"], line["gettempdir"]) == (short,) * 3, line
+    # `hpcray report`: each of the 140 attempts is one of Ray's tasks, on the node it ran on
+    rep = assert_report_shows_the_run(sub.run_dir)
+    assert {i.node for i in rep.items if i.kind == "task"} == {"node1", "node2"}
     assert slurm_cluster.wait_job(sub.job_id) == "COMPLETED"
     assert_nothing_left(sub.run_dir)
 

@@ -15,6 +15,7 @@ from hpcray.rundir import read_json
 from hpcray.stages.records import read_attempts
 from hpcray.views.report import report
 from tests.conftest import ONE_NODE, run_beside
+from tests.views.checks import assert_report_shows_the_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -91,6 +92,7 @@ stages:
     assert rep.cpus > 0 and rep.nodes == 1
     assert 0 < rep.cpu_utilisation <= 1
     assert Path(rep.timeline).stat().st_size > 10_000  # a PNG with the lanes drawn
+    assert_report_shows_the_run(run)  # each attempt one of Ray's tasks (tests/views/checks.py)
 
 
 def test_retry_then_failure_with_its_error(tmp_path, run_root):

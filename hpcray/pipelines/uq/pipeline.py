@@ -173,7 +173,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     """The driver: everything in <run>/uq/; returns the summary table."""
     import ray
 
-    from hpcray.pipelines.uq.report import write_report
+    from hpcray.pipelines.uq.report import print_summary, write_report
 
     config = UQConfig.model_validate(kwargs)
     run_dir = hpcray.context().run_dir or Path(".")
@@ -222,6 +222,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     summary = write_report(results, out, config.methods)
     summary["makespan_s"] = makespan
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print_summary(summary, out)
     return summary
 
 

@@ -62,6 +62,25 @@ def write_report(results: list[dict[str, Any]], out: Path, methods: Sequence[str
                       "reliability.png"]}
 
 
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The metrics table on the driver's output, so the run ends with its results on the
+    console (as cell painting and signature detection do), not only in uq_metrics.md."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"UQ: {summary['tasks']} tasks in {summary['makespan_s']:.0f} s "
+                        "(mean ± 95% CI over seeds)")
+    for column in ("model", "method", "seeds", *METRICS):
+        table.add_column(column, no_wrap=True)
+    for row in summary["rows"]:
+        table.add_row(row["model"], row["method"], str(row["seeds"]),
+                      *(f"{_fmt(row[m])} ± {_fmt(row[m + '_ci95'])}" for m in METRICS))
+    console = Console(width=120)
+    console.print(table)
+    console.print("nll, ece, brier: lower is better; accuracy, auroc: higher is better")
+    console.print(f"Results: {out} ({', '.join(summary['files'])})", soft_wrap=True)
+
+
 def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     models = sorted({r["model"] for r in rows})

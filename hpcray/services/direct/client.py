@@ -31,6 +31,7 @@ from hpcray.errors import (
     ServiceRequestError,
     ServiceTimeout,
 )
+from hpcray.metrics.recorder import ClientStats, client_metrics
 from hpcray.runtime.balance import pick_two
 from hpcray.services.direct.protocol import (
     CANCEL,
@@ -120,6 +121,9 @@ class DirectClient:
         self._prefix_b = self._prefix.encode()
         self._closed = False
         self._why: dict[str, str] = {}  # replica -> why it was given up on
+        # the communication part of each request, for the head's Prometheus endpoint; None
+        # outside a run or with metrics off
+        self._metrics = client_metrics()
         self.last_stream: Reply | None = None  # the final reply of the last finished stream
         if addresses is None:
             self.refresh()
@@ -260,10 +264,11 @@ class DirectClient:
         tried: list[str] = []
         perf = time.perf_counter
         outstanding = self._outstanding
+        local = self._local
         try:
-            conns = self._local.conns
+            conns = local.conns
         except AttributeError:
-            conns = self._local.conns = {}
+            conns = local.conns = {}
         while True:
             choices = self._choices
             replica = choices[0] if len(choices) == 1 and not tried else \
@@ -298,6 +303,13 @@ class DirectClient:
                         continue
                     if reply_id(reply) == rid:
                         result = unpack_reply(reply, perf() - start)
+                        metrics = self._metrics
+                        if metrics is not None and metrics.on:
+                            try:
+                                stats = local.stats
+                            except AttributeError:
+                                stats = self._stats()
+                            stats.observe(result.round_trip_s, result._ns)
                         return result if result.status == OK else self._result(result)
                     # else: the late reply of an earlier, abandoned request
             finally:
@@ -436,7 +448,10 @@ class DirectClient:
                         if item is None:
                             continue
                         self._outstanding[item.replica] -= 1
-                        results[item.index] = self._result(unpack_reply(reply, perf() - item.sent))
+                        result = unpack_reply(reply, perf() - item.sent)
+                        if self._metrics is not None and self._metrics.on:
+                            self._stats().observe(result.round_trip_s, result._ns)
+                        results[item.index] = self._result(result)
                 for replica in {i.replica for i in inflight.values()}:
                     conn = self._conn_if_open(replica)
                     why = conn.check() if conn else "closed"
@@ -498,6 +513,16 @@ class DirectClient:
 
     def _result(self, reply: Reply) -> Reply:
         return raise_for(self.service, reply)
+
+    def _stats(self) -> ClientStats:
+        """This thread's ClientStats for the service (only called with metrics on)."""
+        try:
+            return self._local.stats
+        except AttributeError:
+            assert self._metrics is not None
+            stats: ClientStats = self._metrics.stats_for(self.service)
+            self._local.stats = stats
+            return stats
 
     def close(self) -> None:
         self._closed = True

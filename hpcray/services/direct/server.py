@@ -358,7 +358,8 @@ class DirectServer:
                 return
             if self.ledger is not None and average >= 0:  # a ping is no request
                 self.ledger.record(rid)
-            timing = _timing_pack(start - received, end - start, clock() - end) \
+            after = clock() - end  # encoding: the service part, as the reply's timing says
+            timing = _timing_pack(start - received, end - start, after) \
                 if frame[6] & TIMING_FLAG else b""
             router = self.router
             reply = pack_reply(rid, self.replica, codec_b, OK, timing, body)
@@ -374,7 +375,7 @@ class DirectServer:
             self.served += 1
             st = self._main_stats
             if st is not None and st.on and average >= 0:  # a ping is no request
-                st.observe(start - received + clock() - end, end - start)
+                st.observe(start - received + after, end - start)
         if average >= 0:  # after the reply: the moving average of the handler's run time
             handler[2] = average + (end - start - average) * 0.2
 

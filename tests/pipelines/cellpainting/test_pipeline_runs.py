@@ -5,13 +5,19 @@ search in a new job."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 import hpcray
+from hpcray.errors import SpecError
 from hpcray.pipelines.cellpainting.synthetic import write_plate
+from hpcray.rundir import read_json
+from hpcray.runtime.teardown import RAY_LOGS_LIMIT, ray_logs_dir
+from hpcray.views.console import quiet_lines
 from tests.conftest import ONE_NODE, REPO, run_beside, wait_until
+from tests.views.checks import assert_report_shows_the_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -22,7 +28,10 @@ def _driver(function: str, args: dict) -> str:
 
 def test_streaming_preprocessing_and_the_classification_service(tmp_path, run_root):
     """One run: the preprocessing pool streams every field once per epoch, reading files
-    only as needed; the served classifier predicts what the model predicts offline."""
+    only as needed; the served classifier predicts what the model predicts offline. Its
+    replica warns twice as it starts: the quiet console shows that once, with where the
+    full text is (`hpcray up` does not take its workers' output: it is heard only in Ray's
+    session logs, kept at teardown)."""
     from hpcray.pipelines.cellpainting.data import read_fields
     from hpcray.pipelines.cellpainting.model import build_model
     from hpcray.pipelines.cellpainting.preprocess import channel_stats
@@ -36,7 +45,7 @@ def test_streaming_preprocessing_and_the_classification_service(tmp_path, run_ro
     sub, st = run_beside(
         "cellpainting", tmp_path.name,
         f"name: cpchecks\n{ONE_NODE}services:\n  - name: classifier\n"
-        "    deployment: hpcray.pipelines.cellpainting.service:DoseClassifier\n"
+        "    deployment: cp_checks:WarningClassifier\n"
         f"    args: {json.dumps(args)}\n    resources: {{cpus: 0.5}}\n"
         + _driver("cp_checks:stream_and_classify",
                   {"csv": str(csv), **{k: args[k] for k in ("model_dir", "low", "high")}}),
@@ -52,6 +61,17 @@ def test_streaming_preprocessing_and_the_classification_service(tmp_path, run_ro
     assert served["served"] == served["offline"] and len(served["served"]) == 6
     assert "'files' needs 5 paths" in served["error"]
     assert served["replica"] and abs(sum(served["probabilities"][0]) - 1) < 1e-3
+    console = list(quiet_lines(sub.run_dir, sub.run_id))
+    warned = [line for line in console if "low contrast in the Mito channel" in line]
+    assert len(warned) == 1, console
+    assert f"full text: hpcray logs {sub.run_id} --service classifier" in warned[0]
+    kept = hpcray.logs(sub.run_dir, service="classifier")
+    assert kept.count("low contrast in the Mito channel") >= 2, kept  # twice, shown once
+    assert "==> logs/ray/" in kept
+    with pytest.raises(SpecError, match="no service 'nosuch' in this run; services: classifier"):
+        hpcray.logs(sub.run_dir, service="nosuch")
+    with pytest.raises(SpecError, match="no stage 'x' in this run; stages: none"):
+        hpcray.logs(sub.run_dir, stage="x")
 
 
 def _pipeline(tmp_path: Path, storage: Path | None = None, epochs: int = 2,
@@ -67,11 +87,47 @@ def _pipeline(tmp_path: Path, storage: Path | None = None, epochs: int = 2,
     return path
 
 
+# what the quiet console must not show: Ray's forwarded worker lines, Serve's, Ray's and
+# Optuna's INFO records, Tune's own prints
+NOT_ON_CONSOLE = re.compile(
+    r"\([^()]* pid=\d+(, ip=[^)]*)?\)|^(INFO|DEBUG) \d{4}-\d\d-\d\d |\t(INFO|DEBUG) \S+:\d+ -- |"
+    r"^\[I \d{4}|View detailed results here|Configuration for experiment|"
+    r"Checkpoint successfully created")
+
+
+def _assert_quiet_console_and_kept_logs(run_dir: Path, capsys) -> None:
+    """`hpcray submit --wait`'s console (the CLI's own follower, on the ended run) has the
+    driver's lines and summary and no INFO line of Ray, Serve or Tune, which are all in
+    driver.log; Ray's session logs of every node are in the run directory, bounded, with
+    no secret of the run in them."""
+    from hpcray.cli import _follow
+
+    capsys.readouterr()
+    _follow(run_dir, timeout=30)
+    console = capsys.readouterr().out
+    full = (run_dir / "logs" / "driver.log").read_text()
+    assert "(ServeController pid=" in full and "View detailed results here" in full
+    assert re.search(r"^INFO \S+ \S+ serve \d+ -- ", full, re.M)  # Serve's, in the driver
+    assert not [line for line in console.splitlines() if NOT_ON_CONSOLE.search(line)], console
+    assert "best trial:" in console and "Cell painting: dose classification" in console
+    assert console.rstrip().splitlines()[-1].startswith("logs: hpcray logs ")
+    token = (run_dir / "secrets" / "ray-token").read_bytes().strip()
+    for node in read_json(run_dir / "run.json")["node_names"]:
+        kept = ray_logs_dir(run_dir / "logs", node)
+        files = [p for p in kept.rglob("*") if p.is_file()]
+        assert (kept / "raylet.out").is_file() and (kept / "gcs_server.out").is_file()
+        assert sum(p.stat().st_size for p in files) <= RAY_LOGS_LIMIT
+        assert not [p for p in files if token in p.read_bytes()]
+        assert list(kept.glob("serve/replica_hpcray-dose-classifier_*.log"))
+    assert "Started initializing replica" in hpcray.logs(run_dir, service="dose-classifier")
+
+
 def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_output(
-        tmp_path, run_root):
+        tmp_path, run_root, capsys):
     """Cancel the first job (as a walltime kill would) once a trial has checkpointed; the
     same file submitted again restores the search from its storage, finishes it, and writes
-    what a search run end to end writes (one test for both: each costs a minute of CI)."""
+    what a search run end to end writes (one test for both: each costs a minute of CI),
+    with a quiet console and Ray's logs kept."""
     storage = tmp_path / "tune-store"
     wf = _pipeline(tmp_path, storage, epochs=3, samples=1024)
     first = hpcray.submit(wf, run_root=run_root)
@@ -108,6 +164,15 @@ def test_an_interrupted_search_resumes_in_the_next_job_and_ends_with_every_outpu
     assert (out / "best-model" / "config.json").exists()
     progress = json.loads((second.run_dir / "progress" / "trials.json").read_text())
     assert progress["done"] == progress["total"] == 2
+    # `hpcray report` from Ray's events: each trial that ran in this job is a Tune actor in
+    # the process that reported its results, the pool and the served classifier beside them
+    started = read_json(second.run_dir / "run.json")["times"]["job_started"]
+    trial_pids = {r["pid"] for r in results if r["timestamp"] >= int(started)}
+    rep = assert_report_shows_the_run(
+        second.run_dir, tune_trials=len(trial_pids), shot=tmp_path / "report.png",
+        actors={"Preprocessor": 2, "service dose-classifier": 1})
+    assert {i.pid for i in rep.items if i.group == "Tune trials"} == trial_pids
+    _assert_quiet_console_and_kept_logs(second.run_dir, capsys)
 
 
 def test_the_example_renders_for_delta_with_an_account():

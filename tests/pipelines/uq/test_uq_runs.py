@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 
 import hpcray
 from hpcray.errors import SpecError
 from hpcray.spec import loads_workflow
+from hpcray.views.console import quiet_lines
 from tests.conftest import REPO, run_to_completion
 
 EXAMPLE = REPO / "examples" / "uq.yaml"
@@ -91,3 +93,9 @@ def test_two_tiny_models_three_methods_end_to_end(tmp_path):
         assert 0 <= float(row["ece"]) <= 1 and float(row["nll"]) > 0
     for name in ("uq_metrics.md", "metrics_by_method.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
+    # the run ends with its metrics table on the console, as the other pipelines do
+    console = "\n".join(quiet_lines(sub.run_dir, sub.run_id))
+    assert "UQ: 6 tasks in" in console and f"Results: {out}" in console
+    for row in rows:
+        assert re.search(rf"│ {row['model']} +│ {row['method']} +│ 1 +│ "
+                         rf"{float(row['accuracy']):.3f} ± ", console), console
