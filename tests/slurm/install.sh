@@ -2,7 +2,8 @@
 # Installs what the real-program tests need when it is missing and we can (root with
 # apt-get): Debian's slurm-wlm and munge for the test Slurm, podman (with runc and
 # catatonit) and charliecloud for the container tests, prometheus (with promtool) for
-# the metrics tests, and chromium-headless-shell for the report page's screenshot. Otherwise the tests that need them are skipped with that reason.
+# the metrics tests, and chromium-headless-shell for the report page's screenshot.
+# Otherwise the tests that need them are skipped with that reason.
 set -euo pipefail
 need=()
 if ! command -v slurmd >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
