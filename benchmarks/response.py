@@ -17,8 +17,9 @@ Writes benchmarks/results/response.{csv,png,txt}.
 The cost of the run's metrics (docs/metrics.md): one client, one replica (noop1), the same
 run, rounds with metrics on and off alternating (the replica's and the client's recording
 paused through <run>/metrics/paused, each round gated until both report the switch); RT p50
-and throughput per arm and their ratio. Writes benchmarks/results/response_metrics.{json,txt};
-`--metrics-only` runs only this arm (a run with noop1 alone).
+and throughput per arm and their ratio. Writes
+benchmarks/results/response_metrics.{csv,json,png,txt}; `--metrics-only` runs only this arm
+(a run with noop1 alone).
 """
 
 from __future__ import annotations
@@ -480,8 +481,40 @@ def report_metrics(console, metrics: dict, args) -> int:
          "requests_per_round": rows[0]["requests"] // max(1, rows[0]["rounds"]),
          "metrics_only_run": bool(args.metrics_only)}, indent=2))
     (RESULTS / "response_metrics.txt").write_text(console.export_text())
-    console.print(f"wrote {RESULTS}/response_metrics.{{json,txt}}")
+    with open(RESULTS / "response_metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["round", *per_round[0]])
+        writer.writeheader()
+        writer.writerows({"round": k, **r} for k, r in enumerate(per_round))
+    plot_metrics(per_round, ratio, RESULTS / "response_metrics.png")
+    console.print(f"wrote {RESULTS}/response_metrics.{{csv,json,png,txt}}")
     return 0
+
+
+def plot_metrics(per_round: list[dict], ratio: dict, path: Path) -> None:
+    """Each round's RT p50 with metrics on and off (the arms alternate), and the ratio: the
+    spread between rounds against the difference between arms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = range(len(per_round))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, color in (("on", "#dd8452"), ("off", "#4c72b0")):
+        left.plot(rounds, [r[f"{arm}_p50_ms"] * 1e3 for r in per_round], "o-", color=color,
+                  label=f"metrics {arm}")
+    left.set(xlabel="round", ylabel="RT p50 (µs)", title="NOOP RT p50 per round")
+    left.legend()
+    right.plot(rounds, [r["on_p50_ms"] / r["off_p50_ms"] for r in per_round], "o",
+               color="#55a868")
+    right.axhline(1.05, color="#c44e52", linestyle="--", label="target 1.05")
+    right.axhline(ratio["rt_p50_on_over_off"], color="#333333",
+                  label=f"pooled {ratio['rt_p50_on_over_off']:.3f}x")
+    right.set(xlabel="round", ylabel="on / off", title="RT p50 ratio per round")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(rows: list[dict], path: Path) -> None:
