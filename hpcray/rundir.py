@@ -196,3 +196,23 @@ def find_run(ref: str, run_root: str | Path | None = None) -> RunDir:
             if str(data.get("job_id")) == ref or data.get("run_id") == ref:
                 return RunDir(run_json.parent.resolve())
     raise RunNotFound(f"no run '{ref}' (looked for a run directory, and run/job ids under {root})")
+
+
+def run_secrets(run_path: Path) -> list[str]:
+    """The run's secrets (the Ray token, the HTTP token), so that what is written for people
+    (the report, Ray's events kept for it) carries none, whatever text a label brings in."""
+    found = []
+    for path in sorted(Path(run_path, "secrets").glob("*")):
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(text) >= 8:
+            found.append(text)
+    return found
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hpcray.rundir import RunDir, write_json_atomic
+from hpcray.rundir import RunDir, redact, run_secrets, write_json_atomic
 
 log = logging.getLogger("hpcray.up")
 
@@ -178,12 +179,13 @@ def collect(run: RunDir) -> dict[str, Any] | None:
         {"node_id": n["NodeID"], "node": nodes.get(n["NodeID"]), "address":
          n.get("NodeManagerAddress"), "cpus": n.get("Resources", {}).get("CPU", 0),
          "gpus": n.get("Resources", {}).get("GPU", 0)} for n in ray_nodes])
-    write_json_atomic(target / "actors.json", actors)
+    secrets = run_secrets(run.path)  # names and reprs are users' text: they may hold one
+    write_json_atomic(target / "actors.json", json.loads(redact(json.dumps(actors), secrets)))
     write_json_atomic(target / "replicas.json", replica_samples(run.path))
     tmp = target / "tasks.jsonl.tmp"
     with open(tmp, "w") as f:
         for t in kept:
-            f.write(json.dumps(t) + "\n")
+            f.write(redact(json.dumps(t), secrets) + "\n")
     os.replace(tmp, target / "tasks.jsonl")
     meta.update(collected=time.time(), took_s=round(time.time() - t0, 3),
                 waited_s=round(waited, 3),
@@ -207,13 +209,30 @@ def replica_samples(run_path: Path, limit: int = 1000) -> dict[str, dict[str, An
     return out
 
 
-def collect_quietly(run: RunDir) -> None:
-    """collect(), logged: nothing about the report may stop a run's teardown."""
-    try:
-        meta = collect(run)
-    except Exception as exc:  # noqa: BLE001 - the report loses its Ray view, teardown goes on
-        log.warning("could not keep Ray's task and actor events for the report: %s", exc)
+def collect_quietly(run: RunDir, budget_s: float = 10.0) -> None:
+    """collect(), logged, within `budget_s`: nothing about the report may stop or delay a
+    run's teardown past its scheduler's kill (Slurm's KillWait is about 30 s). Past the
+    budget the teardown goes on and the collection finishes beside it or not at all."""
+    done: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            done["meta"] = collect(run)
+        except Exception as exc:  # noqa: BLE001 - the report loses its Ray view
+            done["error"] = exc
+
+    worker = threading.Thread(target=work, name="hpcray-keep-events", daemon=True)
+    worker.start()
+    worker.join(budget_s)
+    if worker.is_alive():
+        log.warning("Ray's task and actor events not kept within %.0fs; the teardown goes on "
+                    "(the report may lack them)", budget_s)
         return
+    if "error" in done:
+        log.warning("could not keep Ray's task and actor events for the report: %s",
+                    done["error"])
+        return
+    meta = done.get("meta")
     if meta:
         log.info("kept Ray's events for the report: %d task(s), %d actor call(s), %d actor(s) "
                  "in %.2fs", meta["tasks_kept"], meta["actor_calls_kept"], meta["actors_kept"],

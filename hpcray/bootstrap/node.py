@@ -206,8 +206,8 @@ class NodeAgent:
         try:
             keep_ray_logs(temp_dir, ray_logs_dir(self.run.logs, self.me.name),
                           secrets_dir=self.run.token.parent, since=began)
-        except OSError as exc:
-            log.warning("Ray's session logs not kept: %s", exc)
+        except Exception:  # noqa: BLE001 - the node's teardown must reach STOPPED
+            log.exception("Ray's session logs not kept")
 
     def _start_and_wait(self, temp_dir: str) -> int:
         plan, me = self.plan, self.me

@@ -22,9 +22,10 @@ PID = re.compile(r" pid=\d+$")
 REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 # a record of a library's logger, in that library's format
 RECORDS = (
-    # Serve: "INFO 2026-12-01 22:04:22,248 serve 22939 -- Started Serve"
+    # Serve: "INFO 2026-12-01 22:04:22,248 serve 22939 -- Started Serve"; a replica's record
+    # made in a request carries more fields (request id, route) before the "--"
     ("Serve", re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) \d{4}-\d\d-\d\d "
-                         r"\d\d:\d\d:\d\d,\d+ \S+ \S+ -- ")),
+                         r"\d\d:\d\d:\d\d,\d+ (?:\S+ ){2,6}-- ")),
     # Ray: "2026-12-01 22:03:16,919\tINFO worker.py:1 -- Connecting to ..."
     ("Ray", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\t(?P<level>[A-Z]+) \S+:\d+ -- ")),
     # vLLM: "INFO 12-01 15:37:21 [model.py:733] Resolved architecture"

@@ -52,7 +52,8 @@ class Shutdown:
         is kept first, while every service and the cluster are still there (events.py); it
         takes its own time, before teardown_start, so the teardown's length stays its own."""
         if not self.stop.is_head_lost and "ray" in sys.modules:
-            collect_quietly(self.run)
+            # stopped early (a signal, the walltime): less time before the scheduler kills
+            collect_quietly(self.run, budget_s=10.0 if self.stop.reason is None else 3.0)
         record(self.run, "teardown_start")
         if services is not None and not self.stop.is_head_lost:  # with the head, Serve went
             # after a lost node Serve would wait out its graceful timeouts (20-30 s) on actors

@@ -249,6 +249,8 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a connection that sends nothing does not hold a thread for good
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 server._answer(self)
 

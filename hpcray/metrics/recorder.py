@@ -102,6 +102,16 @@ class ServiceStats:
         self.inference_counts[_bisect(_bounds, inference_ns)] += 1
         self.inference_sum += inference_ns
 
+    def absorb(self, other: ServiceStats) -> None:
+        """Add a finished thread's numbers (nobody writes `other` any more)."""
+        self.errors += other.errors
+        for i, c in enumerate(other.service_counts):
+            self.service_counts[i] += c
+        for i, c in enumerate(other.inference_counts):
+            self.inference_counts[i] += c
+        self.service_sum += other.service_sum
+        self.inference_sum += other.inference_sum
+
     def snapshot(self) -> dict[str, Any]:
         """{"service_seconds": ..., "inference_seconds": ...} as Histogram.snapshot gives."""
         return {"service_seconds": {"counts": list(self.service_counts),
@@ -118,7 +128,10 @@ class ReplicaStats:
 
     def __init__(self) -> None:
         self.on = True
-        self._parts: list[ServiceStats] = []
+        self._parts: list[tuple[threading.Thread, ServiceStats]] = []
+        # the numbers of threads that ended (a stream's thread each): one object, not one
+        # per thread ever run
+        self._retired = ServiceStats()
         self._lock = threading.Lock()  # taken once per thread, never per request
         self._local = threading.local()
 
@@ -129,20 +142,27 @@ class ReplicaStats:
             stats = self._local.stats = ServiceStats()
             stats.on = self.on
             with self._lock:
-                self._parts.append(stats)
+                self._parts.append((threading.current_thread(), stats))
         return stats
 
     def switch(self, on: bool) -> None:
         """Record (True) or pause (False); each thread sees it at its next request."""
         self.on = on
         with self._lock:
-            for part in self._parts:
+            for _, part in self._parts:
                 part.on = on
 
     def snapshot(self) -> dict[str, Any]:
         """What a replica's sample carries: its threads' stats added up, times in seconds."""
         with self._lock:
-            parts = list(self._parts)
+            alive = []
+            for thread, part in self._parts:
+                if thread.is_alive():
+                    alive.append((thread, part))
+                else:
+                    self._retired.absorb(part)
+            self._parts = alive
+            parts = [self._retired, *(part for _, part in alive)]
         snaps = [p.snapshot() for p in parts]
         return {"errors": sum(p.errors for p in parts),
                 "service_seconds": merge([s["service_seconds"] for s in snaps]),
@@ -168,6 +188,12 @@ class ClientStats:
             self.counts[_bisect(_bounds, comm)] += 1
             self.total += comm
 
+    def absorb(self, other: ClientStats) -> None:
+        """Add a finished thread's numbers (nobody writes `other` any more)."""
+        for i, c in enumerate(other.counts):
+            self.counts[i] += c
+        self.total += other.total
+
     def snapshot(self) -> dict[str, Any]:
         return {"counts": list(self.counts), "sum": self.total, "count": sum(self.counts)}
 
@@ -183,7 +209,9 @@ class ClientMetrics:
         self.host = socket.gethostname()
         self.path = run_dir / "metrics" / "clients" / f"{self.host}-{os.getpid()}.json"
         self._lock = threading.Lock()  # taken once per (thread, service), never per request
-        self._stats: list[tuple[str, ClientStats]] = []
+        self._stats: list[tuple[str, threading.Thread, ClientStats]] = []
+        self._retired: dict[str, ClientStats] = {}  # per service: threads that ended
+        self._written: dict[str, Any] | None = None  # the services part last written
         self._local = threading.local()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,7 +223,7 @@ class ClientMetrics:
         if stats is None:
             stats = mine[service] = ClientStats()
             with self._lock:
-                self._stats.append((service, stats))
+                self._stats.append((service, threading.current_thread(), stats))
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._write_forever,
                                                     name="hpcray-client-metrics", daemon=True)
@@ -205,7 +233,14 @@ class ClientMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            parts = list(self._stats)
+            alive = []
+            for service, thread, stats in self._stats:
+                if thread.is_alive():
+                    alive.append((service, thread, stats))
+                else:
+                    self._retired.setdefault(service, ClientStats()).absorb(stats)
+            self._stats = alive
+            parts = [*self._retired.items(), *((service, stats) for service, _, stats in alive)]
         services: dict[str, list[dict[str, Any]]] = {}
         for service, stats in parts:
             services.setdefault(service, []).append(stats.snapshot())
@@ -214,9 +249,15 @@ class ClientMetrics:
                 "services": {s: {"communication_seconds": merge(h)} for s, h in services.items()}}
 
     def write(self) -> None:
+        """Write the numbers when they changed: an idle client (a stage's worker that called
+        once) does not rename a file on the shared file system every SAMPLE_S."""
+        snapshot = self.snapshot()
+        if snapshot["services"] == self._written:
+            return
         with contextlib.suppress(OSError):  # the run dir is gone: the run is over
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.path, self.snapshot())
+            write_json_atomic(self.path, snapshot)
+            self._written = snapshot["services"]
 
     def _write_forever(self) -> None:
         while not self._stop.wait(SAMPLE_S):

@@ -121,7 +121,8 @@ def intel_gpus() -> list[dict[str, Any]] | None:
     if not _xpu_devices:
         return []
     ids = ",".join(str(d) for d in sorted(_xpu_devices))
-    text = _tool(["xpu-smi", "dump", "-d", ids, "-m", XPU_SMI_METRICS, "-n", "1"])
+    # two samples (about a second apart): utilisation is 'N/A' in the first one
+    text = _tool(["xpu-smi", "dump", "-d", ids, "-m", XPU_SMI_METRICS, "-n", "2"])
     return None if text is None else parse_xpu_dump(text, _xpu_devices)
 
 
@@ -137,7 +138,7 @@ def parse_xpu_discovery(text: str) -> dict[int, float | None]:
 
 
 def parse_xpu_dump(text: str, memory: dict[int, float | None]) -> list[dict[str, Any]]:
-    """`xpu-smi dump -d 0,1 -m 0,18 -n 1`: a CSV header ("Timestamp, DeviceId, GPU
+    """`xpu-smi dump -d 0,1 -m 0,18 -n 2`: a CSV header ("Timestamp, DeviceId, GPU
     Utilization (%), GPU Memory Used (MiB)"), then one row per device; 'N/A' while a
     figure is not known yet. Columns are found by their header, the last row per device
     kept."""

@@ -46,7 +46,7 @@ class ReplicaHost:
         # requests, errors and latency histograms for the head's Prometheus endpoint
         self.stats = ReplicaStats() if run_dir and metrics_enabled() else None
         self.in_flight = 0  # requests on the Serve path being answered (the replica's loop)
-        self.serve_requests = 0  # requests that came over the Serve path
+        self.serve_requests = 0  # requests answered over the Serve path
         self.direct: DirectServer | None = None
         if transport == "direct":
             self._serve_direct()
@@ -133,16 +133,17 @@ class ReplicaHost:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request of the Serve path (a DeploymentHandle, or HTTP through __call__)."""
         received = time.perf_counter()
-        self.serve_requests += 1
         self.in_flight += 1
         try:
-            return await self._handle(request, received)
+            answer = await self._handle(request, received)
         except Exception:
             if self.stats is not None and self.stats.on:
                 self.stats.for_thread().errors += 1
             raise
         finally:
             self.in_flight -= 1
+        self.serve_requests += 1  # answered, as the direct path counts (errors apart)
+        return answer
 
     async def _handle(self, request: dict[str, Any], received: float) -> dict[str, Any]:
         method = request.get("method")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcray.bootstrap.events import read_events
-from hpcray.rundir import RunDir, find_run, read_json
+from hpcray.rundir import RunDir, find_run, read_json, redact, run_secrets
 from hpcray.services.names import APP_PREFIX, OPENAI_APP
 from hpcray.stages.records import read_attempts
 
@@ -264,6 +264,8 @@ class _Attempts:
             self.by_proc.setdefault((a.get("node"), a.get("pid")), []).append(a)
         for group in self.by_proc.values():
             group.sort(key=lambda a: a["started"])
+        # each group's start times, built once: a reused worker runs thousands of attempts
+        self.starts = {key: [a["started"] for a in group] for key, group in self.by_proc.items()}
         self.matched: set[int] = set()
 
     def match(self, node: str | None, pid: int | None, start: float, end: float,
@@ -273,7 +275,7 @@ class _Attempts:
         group = self.by_proc.get((node, pid))
         if not group:
             return None
-        i = bisect_left([a["started"] for a in group], start)
+        i = bisect_left(self.starts[(node, pid)], start)
         best = None
         for a in group[max(0, i - 2):i + 2]:
             if id(a) in self.matched or not start - 1 <= a["started"] <= end + 1:
@@ -449,6 +451,9 @@ def report(ref: str | Path, run_root: str | Path | None = None, plot: bool = Tru
     run_end = (times.get("teardown_start") or events["meta"].get("collected")
                or times.get("driver_end") or times.get("finished"))
     items = timeline_items(events, attempts, run_end)
+    secrets = run_secrets(run.path)
+    for item in items:  # an actor's name or repr is the user's text: it may hold anything
+        item.label = redact(item.label, secrets)
     if times.get("driver_start") and times.get("driver_end"):  # a process, not a Ray task
         items.insert(0, Item(node="driver", group="driver", label="the workflow's driver",
                              kind="driver", start=times["driver_start"],
@@ -478,20 +483,21 @@ def report(ref: str | Path, run_root: str | Path | None = None, plot: bool = Tru
                  plots=pipeline_plots(run))
     target = run.path / "report"
     target.mkdir(exist_ok=True)
-    (target / "timeline.json").write_text(json.dumps(
+    (target / "timeline.json").write_text(redact(json.dumps(
         {"t0": out.t0, "nodes": [n["name"] for n in nodes],
-         "items": [asdict(i) for i in items]}))
+         "items": [asdict(i) for i in items]}), secrets))
     if plot and items:
         out.timeline = str(_plot(out, [n["name"] for n in nodes], target))
         _plot_use(out, target)
     if plot:
         from hpcray.views.report_html import write_html
 
-        out.html = str(write_html(out, target / "report.html"))
+        out.html = str(write_html(out, target / "report.html", secrets))
     summary = asdict(out)
     summary.pop("items")
-    (target / "report.json").write_text(json.dumps(summary, indent=2))
+    (target / "report.json").write_text(redact(json.dumps(summary, indent=2), secrets))
     return out
+
 
 
 def lanes(rep: Report, nodes: list[str]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import html
 import time
 from pathlib import Path
 
-from hpcray.views.report import Item, Report, colours, lanes, stack
+from hpcray.views.report import Item, Report, colours, lanes, redact, stack
 
 MAX_BARS = 6000
 WIDTH = 1300
@@ -186,8 +186,9 @@ def page(rep: Report, nodes: list[str]) -> str:
             "</small></p></body></html>")
 
 
-def write_html(rep: Report, path: Path) -> Path:
+def write_html(rep: Report, path: Path, secrets: list[str] | None = None) -> Path:
+    """The page, with none of `secrets` (the run's tokens) in it."""
     nodes = list(dict.fromkeys([i.node for i in rep.items if i.node != "?"]))
     nodes = sorted(rep.node_gpus) if rep.node_gpus else nodes
-    path.write_text(page(rep, nodes))
+    path.write_text(redact(page(rep, nodes), secrets or []))
     return path

@@ -67,3 +67,16 @@ def test_a_warning_repeated_by_other_replicas_or_by_ray_is_one_warning():
     assert "[repeated" not in again.message and "\x1b" not in again.message
     assert [line.who for line in lines[9:13]] == ["train_trial", "Serve", "Ray",
                                                   "ServeController"]
+
+
+def test_a_replica_record_made_in_a_request_is_one_warning_with_the_others():
+    """Serve adds the request's id and route to records made while answering one."""
+    lines = classify([
+        "(ServeReplica:hpcray-cls:cls pid=24864) WARNING 2026-12-02 08:00:01,104 hpcray-cls_cls "
+        "wimhitdc -- plate field 1: low contrast in the Mito channel",
+        "(ServeReplica:hpcray-cls:cls pid=24864) WARNING 2026-12-02 08:00:02,511 hpcray-cls_cls "
+        "wimhitdc 0f6a2d1c-9b1e-4c55-8f7e-1c3e2a6b9d40 /classify -- plate field 1: low "
+        "contrast in the Mito channel"])
+    assert [(line.held, line.level, line.service) for line in lines] == \
+        [(True, "WARNING", "cls")] * 2
+    assert lines[0].key() == lines[1].key()

@@ -23,12 +23,14 @@ ROCM = json.dumps({
               "VRAM Total Used Memory (B)": "34351349760"},
     "card1": {"GPU use (%)": "0", "VRAM Total Memory (B)": "68702699520",
               "VRAM Total Used Memory (B)": "10960896"}})
-# xpu-smi discovery --dump 1,16, then xpu-smi dump -d 0,1 -m 0,18 -n 1 (Aurora: 'N/A' for
-# utilisation until the second sample, as ALCF's recorded dumps show)
+# xpu-smi discovery --dump 1,16, then xpu-smi dump -d 0,1 -m 0,18 -n 2 (Aurora: 'N/A' for
+# utilisation until the second sample, as ALCF's recorded dumps show; the last row counts)
 XPU_DISCOVERY = 'Device ID,Memory Physical Size\n0,"65536.00 MiB"\n1,"65536.00 MiB"\n'
 XPU_DUMP = ("Timestamp, DeviceId, GPU Utilization (%), GPU Memory Used (MiB)\n"
             "23:48:25.043,    0,  N/A, 28.02\n"
-            "23:48:25.043,    1, 61.50, 4096.00\n")
+            "23:48:25.043,    1,  N/A, 4096.00\n"
+            "23:48:26.044,    0,  N/A, 28.02\n"
+            "23:48:26.044,    1, 61.50, 4096.00\n")
 
 
 def test_parse_nvidia():
@@ -79,7 +81,7 @@ def test_node_usage_asks_each_vendors_tool(tmp_path, monkeypatch, vendor):
         log = _stand_in(bin_dir, "rocm-smi", {" ".join(usage.ROCM_SMI[1:]): ROCM})
         expected = [usage.ROCM_SMI[1:]]
     else:
-        dump = ["dump", "-d", "0,1", "-m", "0,18", "-n", "1"]
+        dump = ["dump", "-d", "0,1", "-m", "0,18", "-n", "2"]
         log = _stand_in(bin_dir, "xpu-smi", {" ".join(usage.XPU_SMI_DISCOVERY[1:]):
                                              XPU_DISCOVERY, " ".join(dump): XPU_DUMP})
         expected = [usage.XPU_SMI_DISCOVERY[1:], dump, dump]  # discovery asked once

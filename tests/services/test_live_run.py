@@ -305,7 +305,6 @@ scrape_configs:
     authorization: {{credentials_file: {token_file}}}
     static_configs: [{{targets: ["{url.split('/')[2]}"], labels: {{run: direct}}}}]
   - job_name: ray
-    authorization: {{credentials_file: {token_file}}}
     http_sd_configs:
       - url: {url.replace('/metrics', '/ray-targets')}
         refresh_interval: 5s

@@ -140,12 +140,19 @@ class DirectServer:
         # a stream whose replies are held waits before it makes more
         self._held: dict[tuple[bytes, bytes], _Held] = {}
         self.stall_limit_s = STALL_LIMIT_S
+        self.streams_waiting = 0  # streams whose generator waits for a slow reader now
         self._loop_push = threading.local()
         self._work: queue.SimpleQueue | None = None  # the worker thread's requests
         self._offloaded = 0  # requests on the worker, not yet replied (socket thread only)
         self.thread = threading.Thread(target=self._serve_forever, name="hpcray-direct",
                                        daemon=True)
-        self.served = 0
+        # requests answered, counted per thread that answers (no lost increments between
+        # the socket thread, the worker, the event loop and streams), pings not included
+        self._served_cells: list[tuple[threading.Thread, list[int]]] = []
+        self._served_retired = 0  # the counts of threads that ended
+        self._served_lock = threading.Lock()
+        self._served_local = threading.local()
+        self._main_served = [0]  # the socket thread's cell, registered when it runs
         self.stats = stats
         self._main_stats: ServiceStats | None = None  # the socket thread's, set when it runs
         self._waiting: deque[tuple[int, list[bytes]]] = deque()  # received, not yet served
@@ -168,6 +175,28 @@ class DirectServer:
         waiting for the socket thread, on the worker, on the event loop, streams running."""
         return (len(self._waiting) + self._offloaded + self._async_sent - self._async_done
                 + len(self._streams))
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far (pings not counted)."""
+        with self._served_lock:
+            alive = []
+            for thread, cell in self._served_cells:
+                if thread.is_alive():
+                    alive.append((thread, cell))
+                else:
+                    self._served_retired += cell[0]
+            self._served_cells = alive
+            return self._served_retired + sum(cell[0] for _, cell in alive)
+
+    def _served_cell(self) -> list[int]:
+        """The calling thread's count of answered requests."""
+        cell = self._served_local.__dict__.get("cell")
+        if cell is None:
+            cell = self._served_local.cell = [0]
+            with self._served_lock:
+                self._served_cells.append((threading.current_thread(), cell))
+        return cell
 
     def _thread_stats(self) -> ServiceStats | None:
         """The calling thread's stats when recording, else None."""
@@ -196,6 +225,7 @@ class DirectServer:
         poller.register(router, zmq.POLLIN)
         poller.register(completions, zmq.POLLIN)
         waiting = self._waiting
+        self._main_served = self._served_cell()
         if self.stats is not None:
             self._main_stats = self.stats.for_thread()
         clock = time.perf_counter_ns
@@ -282,7 +312,9 @@ class DirectServer:
                     del self._held[key]
                     self._stop_stream(key, "its client is gone")
                     continue
-                if now - held.since > self.stall_limit_s and not held.stalled:
+                # a running stream is stopped; a plain reply (or a stream's last) waits on
+                if now - held.since > self.stall_limit_s and not held.stalled \
+                        and key in self._streams:
                     held.stalled = True
                     self._stop_stream(key, "its client stopped reading")
                     first = held.frames[0]
@@ -294,6 +326,10 @@ class DirectServer:
                                                                 message)])
                 continue
             del self._held[key]
+
+    def _waiting_streams(self, change: int) -> None:
+        with self._served_lock:
+            self.streams_waiting += change
 
     def _reading(self, stream: _Stream) -> bool:
         """Whether the stream's client has room for more (no reply of it held)."""
@@ -358,9 +394,12 @@ class DirectServer:
                 return
             if self.ledger is not None and average >= 0:  # a ping is no request
                 self.ledger.record(rid)
-            after = clock() - end  # encoding: the service part, as the reply's timing says
-            timing = _timing_pack(start - received, end - start, after) \
-                if frame[6] & TIMING_FLAG else b""
+            st = self._main_stats
+            record = st is not None and st.on and average >= 0  # a ping is no request
+            timed = frame[6] & TIMING_FLAG
+            # encoding: the service part, as the reply's timing says (read only when needed)
+            after = clock() - end if timed or record else 0
+            timing = _timing_pack(start - received, end - start, after) if timed else b""
             router = self.router
             reply = pack_reply(rid, self.replica, codec_b, OK, timing, body)
             try:
@@ -372,10 +411,10 @@ class DirectServer:
                     self._held[(envelope[0], rid)] = _Held([*envelope, reply])
                 elif exc.errno not in _GONE:
                     raise
-            self.served += 1
-            st = self._main_stats
-            if st is not None and st.on and average >= 0:  # a ping is no request
-                st.observe(start - received + after, end - start)
+            if average >= 0:  # a ping is no request
+                self._main_served[0] += 1
+            if record:
+                st.observe(start - received + after, end - start)  # type: ignore[union-attr]
         if average >= 0:  # after the reply: the moving average of the handler's run time
             handler[2] = average + (end - start - average) * 0.2
 
@@ -454,8 +493,8 @@ class DirectServer:
         timing = TIMING.pack(start - received, end - start, time.perf_counter_ns() - end) \
             if request.timed else b""
         send([*envelope, pack_reply(request.id, self.replica, request.codec, OK, timing, body)])
-        self.served += 1
         if not ping:
+            self._served_cell()[0] += 1
             st = self._thread_stats()
             if st is not None:
                 st.observe(start - received + time.perf_counter_ns() - end, end - start)
@@ -579,8 +618,13 @@ class DirectServer:
         try:
             async for piece in pieces:
                 send(self._piece(stream, piece))
-                while not self._reading(stream):  # a slow reader: wait, do not pile up
-                    await asyncio.sleep(HELD_POLL_MS / 1000)
+                if not self._reading(stream):  # a slow reader: wait, do not pile up
+                    self._waiting_streams(+1)
+                    try:
+                        while not self._reading(stream):
+                            await asyncio.sleep(HELD_POLL_MS / 1000)
+                    finally:
+                        self._waiting_streams(-1)
         except asyncio.CancelledError:
             await pieces.aclose()
             raise
@@ -605,8 +649,13 @@ class DirectServer:
                 if stop.is_set():
                     return
                 send(self._piece(stream, piece))
-                while not self._reading(stream) and not stop.wait(HELD_POLL_MS / 1000):
-                    pass
+                if not self._reading(stream):  # a slow reader: wait, do not pile up
+                    self._waiting_streams(+1)
+                    try:
+                        while not self._reading(stream) and not stop.wait(HELD_POLL_MS / 1000):
+                            pass
+                    finally:
+                        self._waiting_streams(-1)
             if not stop.is_set():
                 self._reply(send, stream.envelope, request, None, stream.received, stream.start,
                             time.perf_counter_ns())

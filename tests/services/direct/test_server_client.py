@@ -317,12 +317,13 @@ def test_a_slow_reader_gets_every_piece_and_the_stream_waits_for_it(serve_model,
     client = client_for({"r1": address})
     pieces = client.stream("burst", BURST)
     assert next(pieces)["i"] == 0
-    assert wait_until(lambda: server._held, 30)  # the client's queue is full
-    made = Model.made
-    assert made < BURST  # the generator waits while replies are held
+    # the client's queue filled, replies are held, and the generator waits for the client
+    # (without that wait it would run on to the end and the replica would hold it all)
+    assert wait_until(lambda: server._held and server.streams_waiting == 1, 30)
+    assert Model.made < BURST
     rest = [piece["i"] for piece in pieces]
     assert rest == list(range(1, BURST))
-    assert not server._held and Model.made == BURST
+    assert not server._held and Model.made == BURST and server.streams_waiting == 0
     assert list(client.stream("count", 2)) == [{"i": 0}, {"i": 1}]
 
 
