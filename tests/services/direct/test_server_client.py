@@ -223,6 +223,22 @@ def test_sixteen_clients_no_request_lost_or_duplicated(serve_model, client_for):
     assert all(len(ids) == len(set(ids)) == 1024 for ids in seen.values())
 
 
+def test_served_counts_answers_on_every_thread_and_no_ping(serve_model, client_for):
+    """Answers come from the socket thread (fast handlers), the worker (slow ones) and the
+    event loop (coroutines); `served` (what `hpcray status` and the metrics show) counts each
+    once, and the health checks' pings not at all."""
+    server, address = serve_model("r1")
+    client = client_for({"r1": address})
+    for i in range(30):
+        client.call("echo", i)
+    for _ in range(10):
+        client.call("asleep", 0)
+        client.call("sleep", 0.002)  # slow: the worker thread answers it after a few
+    for _ in range(5):
+        client.ping("r1")
+    assert server.served == 50
+
+
 # -- streams -----------------------------------------------------------------------------------
 def test_a_stream_sends_its_pieces_then_its_timing(serve_model, client_for):
     _, address = serve_model("r1")
