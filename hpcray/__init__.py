@@ -1,8 +1,8 @@
 """hpcray: hybrid HPC + ML workflows on Ray inside batch allocations.
 
-The public API: submitting and following runs (`submit`, `status`, ...), joining one
-(`connect`), calling its services (`service`), starting one from a driver (`serving`), and
-what a process knows of its run (`context`, `progress`).
+The public API: submitting and following runs (`submit`, `status`, `logs`, `report`, ...),
+joining one (`connect`), calling its services (`service`), starting one from a driver
+(`serving`), and what a process knows of its run (`context`, `progress`).
 
 Each name is imported when first used: every Serve replica and task of a run imports this
 package, and most of them need none of the submitting side (about 0.6 s of imports each)."""
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hpcray.services.handle import service
     from hpcray.services.serving import serving
     from hpcray.spec import Workflow, load_workflow
+    from hpcray.views.report import report
 
 _WHERE = {
     "cancel": "hpcray.api", "logs": "hpcray.api", "script": "hpcray.api",
@@ -29,10 +30,11 @@ _WHERE = {
     "progress": "hpcray.runcontext",
     "service": "hpcray.services.handle", "serving": "hpcray.services.serving",
     "Workflow": "hpcray.spec", "load_workflow": "hpcray.spec",
+    "report": "hpcray.views.report",
 }
 
 __all__ = ["RunContext", "Workflow", "cancel", "connect", "context", "load_workflow", "logs",
-           "progress", "script", "service", "serving", "status", "submit", "wait"]
+           "progress", "report", "script", "service", "serving", "status", "submit", "wait"]
 __version__ = "0.1.0"
 
 

@@ -126,9 +126,9 @@ def report(ref: str, run_root: str | None, no_plot: bool) -> None:
     node and GPU, busy CPU/GPU against what the run held, each replica's BT, the RT split,
     the stages; <run>/report/report.html is one self-contained page with the pipeline's
     figures."""
-    from hpcray.views.report import report as make_report
+    import hpcray
 
-    click.echo(make_report(ref, run_root, plot=not no_plot).summary())
+    click.echo(hpcray.report(ref, run_root, plot=not no_plot).summary())
 
 
 @main.command()
