@@ -24,8 +24,9 @@ import socket
 import threading
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from hpcray import env
 from hpcray.rundir import write_json_atomic
@@ -78,6 +79,60 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
     return BOUNDS_S[-1]
 
 
+class _Absorbing(Protocol):
+    def absorb(self, other: Any) -> None: ...
+
+
+T = TypeVar("T", bound=_Absorbing)
+
+
+class PerThread(Generic[T]):
+    """One T per thread that updates it, so no two threads ever write one counter and the hot
+    path takes no lock. A reader takes them all; the objects of threads that ended are folded
+    into one (a replica runs a thread per synchronous stream: nothing is kept per thread ever
+    run)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._parts: list[tuple[threading.Thread, T]] = []
+        self._retired = make()
+        self._lock = threading.Lock()  # taken once per thread and per read, never per update
+        self._local = threading.local()
+
+    def mine(self) -> T:
+        """The calling thread's T (made and registered on its first use)."""
+        part = self._local.__dict__.get("part")
+        if part is None:
+            part = self._local.part = self._make()
+            with self._lock:
+                self._parts.append((threading.current_thread(), part))
+        return part
+
+    def all(self) -> list[T]:
+        """Every thread's T, those of threads that ended folded into the first."""
+        with self._lock:
+            alive = []
+            for thread, part in self._parts:
+                if thread.is_alive():
+                    alive.append((thread, part))
+                else:
+                    self._retired.absorb(part)
+            self._parts = alive
+            return [self._retired, *(part for _, part in alive)]
+
+
+class Count:
+    """A count one thread updates (`n += 1`)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def absorb(self, other: Count) -> None:
+        self.n += other.n
+
+
 class ServiceStats:
     """One replica's numbers, updated by one thread: bucket counts and sums (ns) of the
     service and inference parts, flat in one object (the hot path's cost is attribute
@@ -128,41 +183,26 @@ class ReplicaStats:
 
     def __init__(self) -> None:
         self.on = True
-        self._parts: list[tuple[threading.Thread, ServiceStats]] = []
-        # the numbers of threads that ended (a stream's thread each): one object, not one
-        # per thread ever run
-        self._retired = ServiceStats()
-        self._lock = threading.Lock()  # taken once per thread, never per request
-        self._local = threading.local()
+        self._parts = PerThread(self._new)
+
+    def _new(self) -> ServiceStats:
+        stats = ServiceStats()
+        stats.on = self.on
+        return stats
 
     def for_thread(self) -> ServiceStats:
         """The calling thread's ServiceStats (created and registered on its first use)."""
-        stats = self._local.__dict__.get("stats")
-        if stats is None:
-            stats = self._local.stats = ServiceStats()
-            stats.on = self.on
-            with self._lock:
-                self._parts.append((threading.current_thread(), stats))
-        return stats
+        return self._parts.mine()
 
     def switch(self, on: bool) -> None:
         """Record (True) or pause (False); each thread sees it at its next request."""
         self.on = on
-        with self._lock:
-            for _, part in self._parts:
-                part.on = on
+        for part in self._parts.all():
+            part.on = on
 
     def snapshot(self) -> dict[str, Any]:
         """What a replica's sample carries: its threads' stats added up, times in seconds."""
-        with self._lock:
-            alive = []
-            for thread, part in self._parts:
-                if thread.is_alive():
-                    alive.append((thread, part))
-                else:
-                    self._retired.absorb(part)
-            self._parts = alive
-            parts = [self._retired, *(part for _, part in alive)]
+        parts = self._parts.all()
         snaps = [p.snapshot() for p in parts]
         return {"errors": sum(p.errors for p in parts),
                 "service_seconds": merge([s["service_seconds"] for s in snaps]),
@@ -209,8 +249,7 @@ class ClientMetrics:
         self.host = socket.gethostname()
         self.path = run_dir / "metrics" / "clients" / f"{self.host}-{os.getpid()}.json"
         self._lock = threading.Lock()  # taken once per (thread, service), never per request
-        self._stats: list[tuple[str, threading.Thread, ClientStats]] = []
-        self._retired: dict[str, ClientStats] = {}  # per service: threads that ended
+        self._services: dict[str, PerThread[ClientStats]] = {}
         self._written: dict[str, Any] | None = None  # the services part last written
         self._local = threading.local()
         self._stop = threading.Event()
@@ -221,32 +260,24 @@ class ClientMetrics:
         mine: dict[str, ClientStats] = self._local.__dict__.setdefault("stats", {})
         stats = mine.get(service)
         if stats is None:
-            stats = mine[service] = ClientStats()
             with self._lock:
-                self._stats.append((service, threading.current_thread(), stats))
+                per_thread = self._services.setdefault(service, PerThread(ClientStats))
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._write_forever,
                                                     name="hpcray-client-metrics", daemon=True)
                     self._thread.start()
                     atexit.register(self.write)
+            stats = mine[service] = per_thread.mine()
         return stats
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            alive = []
-            for service, thread, stats in self._stats:
-                if thread.is_alive():
-                    alive.append((service, thread, stats))
-                else:
-                    self._retired.setdefault(service, ClientStats()).absorb(stats)
-            self._stats = alive
-            parts = [*self._retired.items(), *((service, stats) for service, _, stats in alive)]
-        services: dict[str, list[dict[str, Any]]] = {}
-        for service, stats in parts:
-            services.setdefault(service, []).append(stats.snapshot())
+            services = dict(self._services)
+        merged = {service: merge([s.snapshot() for s in per_thread.all()])
+                  for service, per_thread in services.items()}
         return {"time": time.time(), "host": self.host, "pid": os.getpid(),
                 "node": env.current_node(),
-                "services": {s: {"communication_seconds": merge(h)} for s, h in services.items()}}
+                "services": {s: {"communication_seconds": h} for s, h in merged.items()}}
 
     def write(self) -> None:
         """Write the numbers when they changed: an idle client (a stage's worker that called

@@ -30,11 +30,11 @@ def test_a_replicas_threads_that_ended_are_counted_once_and_let_go():
     _in_threads(50, work)
     first = stats.snapshot()
     assert first["service_seconds"]["count"] == 500 and first["errors"] == 50
-    assert stats._parts == []  # folded into one object
+    assert stats._parts._parts == []  # folded into one object
     stats.for_thread().observe(30_000, 10_000)  # this thread, still running
     again = stats.snapshot()
     assert again["service_seconds"]["count"] == 501 and again["errors"] == 50
-    assert len(stats._parts) == 1
+    assert len(stats._parts._parts) == 1
     assert again["inference_seconds"]["sum"] == pytest.approx(501 * 10_000 * 1e-9)
 
 
@@ -52,7 +52,7 @@ def test_a_clients_threads_that_ended_are_counted_once_and_an_idle_client_writes
     metrics.write()
     written = json.loads(metrics.path.read_text())
     assert written["services"]["echo"]["communication_seconds"]["count"] == 100
-    assert [s for s, _, _ in metrics._stats] == []
+    assert metrics._services["echo"]._parts == []
     metrics.path.unlink()
     metrics.write()  # nothing new: no write
     assert not metrics.path.exists()

@@ -35,7 +35,7 @@ import zmq
 
 from hpcray import env
 from hpcray.errors import ServiceRequestError
-from hpcray.metrics.recorder import ReplicaStats, ServiceStats
+from hpcray.metrics.recorder import Count, PerThread, ReplicaStats, ServiceStats
 from hpcray.runtime.network import NODE_IP_ENV
 from hpcray.services.direct.protocol import (
     CANCEL,
@@ -148,11 +148,9 @@ class DirectServer:
                                        daemon=True)
         # requests answered, counted per thread that answers (no lost increments between
         # the socket thread, the worker, the event loop and streams), pings not included
-        self._served_cells: list[tuple[threading.Thread, list[int]]] = []
-        self._served_retired = 0  # the counts of threads that ended
-        self._served_lock = threading.Lock()
-        self._served_local = threading.local()
-        self._main_served = [0]  # the socket thread's cell, registered when it runs
+        self._served = PerThread(Count)
+        self._main_served = Count()  # the socket thread's, registered when it runs
+        self._waiting_lock = threading.Lock()
         self.stats = stats
         self._main_stats: ServiceStats | None = None  # the socket thread's, set when it runs
         self._waiting: deque[tuple[int, list[bytes]]] = deque()  # received, not yet served
@@ -179,24 +177,7 @@ class DirectServer:
     @property
     def served(self) -> int:
         """Requests answered so far (pings not counted)."""
-        with self._served_lock:
-            alive = []
-            for thread, cell in self._served_cells:
-                if thread.is_alive():
-                    alive.append((thread, cell))
-                else:
-                    self._served_retired += cell[0]
-            self._served_cells = alive
-            return self._served_retired + sum(cell[0] for _, cell in alive)
-
-    def _served_cell(self) -> list[int]:
-        """The calling thread's count of answered requests."""
-        cell = self._served_local.__dict__.get("cell")
-        if cell is None:
-            cell = self._served_local.cell = [0]
-            with self._served_lock:
-                self._served_cells.append((threading.current_thread(), cell))
-        return cell
+        return sum(count.n for count in self._served.all())
 
     def _thread_stats(self) -> ServiceStats | None:
         """The calling thread's stats when recording, else None."""
@@ -225,7 +206,7 @@ class DirectServer:
         poller.register(router, zmq.POLLIN)
         poller.register(completions, zmq.POLLIN)
         waiting = self._waiting
-        self._main_served = self._served_cell()
+        self._main_served = self._served.mine()
         if self.stats is not None:
             self._main_stats = self.stats.for_thread()
         clock = time.perf_counter_ns
@@ -328,7 +309,7 @@ class DirectServer:
             del self._held[key]
 
     def _waiting_streams(self, change: int) -> None:
-        with self._served_lock:
+        with self._waiting_lock:
             self.streams_waiting += change
 
     def _reading(self, stream: _Stream) -> bool:
@@ -412,7 +393,7 @@ class DirectServer:
                 elif exc.errno not in _GONE:
                     raise
             if average >= 0:  # a ping is no request
-                self._main_served[0] += 1
+                self._main_served.n += 1
             if record:
                 st.observe(start - received + after, end - start)  # type: ignore[union-attr]
         if average >= 0:  # after the reply: the moving average of the handler's run time
@@ -494,7 +475,7 @@ class DirectServer:
             if request.timed else b""
         send([*envelope, pack_reply(request.id, self.replica, request.codec, OK, timing, body)])
         if not ping:
-            self._served_cell()[0] += 1
+            self._served.mine().n += 1
             st = self._thread_stats()
             if st is not None:
                 st.observe(start - received + time.perf_counter_ns() - end, end - start)
