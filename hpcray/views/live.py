@@ -119,6 +119,8 @@ class RunProgress:
         self._thread.join(timeout=2)
         self._refresh()
         self.live.__exit__(*exc)
+        if not self.live.console.is_terminal:  # the last frame, written once, ends its line
+            self.live.console.line()
 
     def update(self, st: RunStatus) -> None:
         self.view.st = st
