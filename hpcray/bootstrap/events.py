@@ -197,11 +197,13 @@ def collect(run: RunDir) -> dict[str, Any] | None:
 
 
 def replica_samples(run_path: Path, limit: int = 1000) -> dict[str, dict[str, Any]]:
-    """The live replicas' last metric samples (`metrics/replicas/<service>/<replica>.json`:
-    requests, and the service and inference histograms of the RT split), copied while the
-    replicas still run: each removes its own file when it stops."""
+    """The replicas' last metric samples (`metrics/replicas/<service>/<replica>.json`:
+    requests, and the service and inference histograms of the RT split): of the live ones,
+    and the final ones of replicas already stopped (`metrics/replicas-stopped/`)."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted((run_path / "metrics" / "replicas").glob("*/*.json"))[:limit]:
+    paths = [*sorted((run_path / "metrics" / "replicas-stopped").glob("*/*.json")),
+             *sorted((run_path / "metrics" / "replicas").glob("*/*.json"))]
+    for path in paths[-limit:]:
         try:
             out.setdefault(path.parent.name, {})[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -4,6 +4,7 @@ head's Prometheus endpoint (prometheus.py) read them without joining Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -211,8 +212,21 @@ class RequestCounter:
             last, since = served, now
 
     def stop(self) -> None:
+        """No more samples; the live one goes (the replica no longer counts as running) and
+        its final numbers stay in `metrics/replicas-stopped/`, for the report's RT split of a
+        service stopped before the run ends (one a driver started and stopped itself)."""
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout=5)  # a write in flight would bring the file back
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        if self.path is None:
+            return
+        sample: dict[str, Any] = {"time": time.time(), "node": self.node, "stopped": True,
+                                  "served": self._served(), "rate": 0.0, "in_flight": 0}
+        if self.stats is not None:
+            sample.update(self.stats.snapshot(), recording=self.stats.on)
+        stopped = self.path.parents[2] / "replicas-stopped" / self.path.parent.name \
+            / self.path.name
+        with contextlib.suppress(OSError):  # the run dir is gone: the run is over
+            stopped.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stopped, sample)
+        self.path.unlink(missing_ok=True)

@@ -60,3 +60,25 @@ def test_a_clients_threads_that_ended_are_counted_once_and_an_idle_client_writes
     metrics.write()
     assert json.loads(metrics.path.read_text())["services"]["echo"][
         "communication_seconds"]["count"] == 101
+
+
+def test_a_stopped_replicas_final_numbers_stay_for_the_report(tmp_path):
+    """A service a driver starts and stops itself is gone before the teardown keeps Ray's
+    events: its replicas' last numbers must outlive them, out of the live samples."""
+    from hpcray.bootstrap.events import replica_samples
+    from hpcray.metrics.recorder import ReplicaStats
+    from hpcray.metrics.usage import RequestCounter
+    from tests.conftest import wait_until
+
+    stats = ReplicaStats()
+    stats.for_thread().observe(40_000, 20_000)
+    counter = RequestCounter(str(tmp_path), "cls", "r1", "n0", served=lambda: 7, stats=stats)
+    live = tmp_path / "metrics" / "replicas" / "cls" / "r1.json"
+    try:
+        assert wait_until(live.exists, 30)
+    finally:
+        counter.stop()
+    assert not live.exists()  # no longer counted as running
+    kept = replica_samples(tmp_path)["cls"]["r1"]
+    assert kept["stopped"] and kept["served"] == 7
+    assert kept["inference_seconds"]["count"] == 1
