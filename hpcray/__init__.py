@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hpcray import lazy
 
 if TYPE_CHECKING:
-    from hpcray.api import cancel, logs, script, status, submit, wait
+    from hpcray.api import cancel, grow, logs, script, shrink, status, submit, wait
     from hpcray.bootstrap.connect import connect
     from hpcray.runcontext import RunContext, context, progress
     from hpcray.services.handle import service
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "cancel": "hpcray.api", "logs": "hpcray.api", "script": "hpcray.api",
     "status": "hpcray.api", "submit": "hpcray.api", "wait": "hpcray.api",
+    "grow": "hpcray.api", "shrink": "hpcray.api",
     "connect": "hpcray.bootstrap.connect",
     "RunContext": "hpcray.runcontext", "context": "hpcray.runcontext",
     "progress": "hpcray.runcontext",
@@ -33,8 +34,9 @@ _WHERE = {
     "report": "hpcray.views.report",
 }
 
-__all__ = ["RunContext", "Workflow", "cancel", "connect", "context", "load_workflow", "logs",
-           "progress", "report", "script", "service", "serving", "status", "submit", "wait"]
+__all__ = ["RunContext", "Workflow", "cancel", "connect", "context", "grow", "load_workflow",
+           "logs", "progress", "report", "script", "service", "serving", "shrink", "status",
+           "submit", "wait"]
 __version__ = "0.1.0"
 
 

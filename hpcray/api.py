@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,9 +21,16 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hpcray import env
+from hpcray.bootstrap.elastic import request_release
+from hpcray.bootstrap.jobs import MAIN as MAIN_JOB
+from hpcray.bootstrap.jobs import jobs as run_jobs
+from hpcray.bootstrap.jobs import release_queued, submit_job
 from hpcray.bootstrap.launch import agent_argv
 from hpcray.bootstrap.output import OutputLine, classify
-from hpcray.errors import ResourceError, SpecError
+from hpcray.bootstrap.relay import chain as relay_chain
+from hpcray.bootstrap.relay import pending_successors
+from hpcray.bootstrap.resolved import load_resolved
+from hpcray.errors import ResourceError, RunStateError, SchedulerError, SpecError
 from hpcray.metrics.prometheus import collect, service_summary
 from hpcray.rundir import DEFAULT_RUN_ROOT, RunDir, find_run, read_json
 from hpcray.runtime.containers import check_image, resolve_workflow_containers
@@ -38,12 +46,14 @@ from hpcray.sites.queues import check_queue_directives, choose_queue, queue_tabl
 from hpcray.spec import Workflow, load_workflow
 from hpcray.spec.checks import check_containers, check_targets
 from hpcray.spec.models import Token
-from hpcray.spec.walltime import hhmmss
+from hpcray.spec.walltime import hhmmss, parse_walltime
 from hpcray.spec.yamlsource import load_yaml_file
 from hpcray.state import (
     ALIVE,
     SERVICE_LIVE,
     TERMINAL,
+    JobPhase,
+    JobRole,
     NodeState,
     RunState,
     ServiceState,
@@ -121,6 +131,8 @@ def job_request(workflow: Workflow, site: SiteProfile, run_dir: Path,
         raise ResourceError(f"{hhmmss(alloc.walltime)} exceeds the limit of {where} "
                             f"({hhmmss(site.max_walltime)})", field="allocation.walltime")
     _check_account(site, alloc.account, gpus)
+    if workflow.elastic is not None:
+        _check_elastic(workflow, site)
     if not _SAFE_PATH.match(str(run_dir)):
         raise SpecError(f"run directory {str(run_dir)!r} has characters that cannot go into a "
                         "job script directive; choose a run_root without spaces or quotes")
@@ -191,6 +203,29 @@ def _given(wf: Workflow, account: str | None, run_root: str | Path | None,
                              else f"the default run root, ./{DEFAULT_RUN_ROOT} in the current "
                              "directory; set run_root in the workflow or --run-root")
     return given
+
+
+def _check_elastic(workflow: Workflow, site: SiteProfile) -> None:
+    """The worker jobs `elastic:` would submit, checked as the main job is: a grow the
+    site refuses would otherwise be found out only while the run waits for it."""
+    spec, alloc = workflow.elastic, workflow.allocation
+    assert spec is not None
+    where = f"site '{site.name}'"
+    if site.max_nodes and spec.nodes_per_job > site.max_nodes:
+        raise ResourceError(f"{spec.nodes_per_job} nodes per worker job exceed the "
+                            f"{site.max_nodes} nodes of {where}", field="elastic.nodes_per_job")
+    walltime = spec.walltime or alloc.walltime
+    if site.max_walltime and walltime > site.max_walltime:
+        raise ResourceError(f"{hhmmss(walltime)} exceeds the limit of {where} "
+                            f"({hhmmss(site.max_walltime)})", field="elastic.walltime")
+    if walltime <= alloc.walltime_warning:
+        raise ResourceError(f"{hhmmss(walltime)} is not longer than the walltime warning "
+                            f"({alloc.walltime_warning}s)", field="elastic.walltime")
+    try:
+        choose_queue(site, spec.nodes_per_job, walltime, spec.partition or alloc.partition,
+                     alloc.qos)
+    except ResourceError as exc:
+        raise ResourceError(f"worker jobs: {exc.reason}", field="elastic.partition") from None
 
 
 def _check_account(site: SiteProfile, account: str | None, gpus: int) -> None:
@@ -275,7 +310,10 @@ def _storage_directives(workflow: Workflow, site: SiteProfile) -> tuple[str, ...
 
 def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) -> None:
     """Services hold their CPUs and GPUs for the whole run: more than the allocation has can
-    never start, so it fails here rather than after the readiness timeout."""
+    never start, so it fails here rather than after the readiness timeout. An autoscaled
+    service starts with `replicas`, and its max_replicas must fit beside the other services
+    at their min_replicas: a max that could never be placed is a mistake, while two services
+    may take turns with the same GPUs."""
     nodes = workflow.allocation.nodes
     for s in workflow.services:
         for kind, per_node in (("cpus", cpus), ("gpus", gpus)):
@@ -294,6 +332,16 @@ def _check_service_totals(workflow: Workflow, cpus: int, gpus: int, where: str) 
                 f"the services need {need:g} {kind[:-1].upper()}s in all ({parts}), but the "
                 f"allocation has {nodes} node(s) x {per_node} on {where}; lower replicas "
                 f"or resources.{kind} (fractions such as 0.5 are allowed)")
+        for i, s in enumerate(workflow.services):  # each one's max beside the others' min
+            most = sum((x.ceiling if x is s else x.floor) * getattr(x.resources, kind)
+                       for x in workflow.services)
+            if s.autoscaling and most > nodes * per_node + 1e-9:
+                raise ResourceError(
+                    f"service '{s.name}' at its {s.ceiling} replicas x "
+                    f"{getattr(s.resources, kind):g} needs {most:g} {kind[:-1].upper()}s with "
+                    f"the other services at their least, but the allocation has {nodes} "
+                    f"node(s) x {per_node} on {where}",
+                    field=f"services.{i}.autoscaling.max_replicas")
 
 
 def _spreads(service) -> bool:
@@ -425,6 +473,8 @@ def submit(workflow: str | Path | Workflow, site: str | SiteProfile | None = Non
     run.mark("submitted")
     job_id = get_scheduler(profile.scheduler).submit(run.job_script, run.path)
     run.update(job_id=job_id)
+    run.update_job(MAIN_JOB, role=JobRole.MAIN, job_id=job_id, state=JobPhase.SUBMITTED,
+                   nodes=run.read().get("nodes_expected"), submitted=time.time())
     return Submission(run.path.name, run.path, job_id, profile.scheduler, profile.name)
 
 
@@ -436,6 +486,8 @@ class NodeStatus:
     error: str | None = None
     lost: float | None = None
     usage: dict[str, Any] | None = None  # the node agent's latest sample (metrics/usage.py)
+    job: str | None = None  # the worker job that brought it ("w1 (1234)"); None: the main job's
+    released: str | None = None  # why a worker job's node left (drained, walltime, cancelled)
 
 
 @dataclass
@@ -451,6 +503,7 @@ class ServiceStatus:
     errors: int = 0  # requests the running replicas failed or refused
     in_flight: int = 0  # requests received by the replicas, not answered yet
     p50_ms: dict[str, float] = field(default_factory=dict)  # communication, service, inference
+    autoscaling: str | None = None  # "min-max"; replicas then: taking requests / target
 
     def line(self) -> str:
         bt = ", ".join(f"{k} {v:.2f}s" for k, v in self.bt.items())
@@ -459,8 +512,9 @@ class ServiceStatus:
             rate += f", {self.errors} errors, {self.in_flight} in flight"
         if self.p50_ms:
             rate += "; p50 " + ", ".join(f"{k} {v:.3f}" for k, v in self.p50_ms.items()) + " ms"
+        auto = f", autoscaling {self.autoscaling}" if self.autoscaling else ""
         return (f"  service {self.name}: {self.state} ({self.replicas_ready}/{self.replicas} "
-                f"replicas){'; BT ' + bt if bt else ''}{rate}")
+                f"replicas{auto}){'; BT ' + bt if bt else ''}{rate}")
 
 
 def _service_statuses(run: RunDir, wf: dict[str, Any],
@@ -475,6 +529,10 @@ def _service_statuses(run: RunDir, wf: dict[str, Any],
               } if replicas else {}
         state = states.get(name, {}).get("state", ServiceState.PENDING)
         status = ServiceStatus(name, state, len(replicas), int(spec.get("replicas", 1)), bt)
+        scaled = states.get(name, {})
+        if scaled.get("autoscaling") and scaled.get("target") is not None:  # as it is now
+            status.replicas_ready, status.replicas = scaled["live"], scaled["target"]
+            status.autoscaling = scaled["autoscaling"]
         # a replica killed at teardown leaves its last sample: only a live service has rates
         if state in SERVICE_LIVE and name in snapshot["services"]:
             got = service_summary(snapshot["services"][name])
@@ -494,10 +552,13 @@ class StageStatus:
     failed: int
     running: int
     retried: int
+    skipped: int = 0  # of `done`: done in an earlier job of a relay, not run again
 
     def line(self) -> str:
-        return (f"  stage {self.name}: {self.state}; tasks {self.done}/{self.total} done, "
-                f"{self.running} running, {self.failed} failed, {self.retried} retried")
+        earlier = f" ({self.skipped} in an earlier job)" if self.skipped else ""
+        return (f"  stage {self.name}: {self.state}; tasks {self.done}/{self.total} done"
+                f"{earlier}, {self.running} running, {self.failed} failed, "
+                f"{self.retried} retried")
 
 
 def _stage_statuses(run: RunDir, wf: dict[str, Any]) -> list[StageStatus]:
@@ -507,8 +568,39 @@ def _stage_statuses(run: RunDir, wf: dict[str, Any]) -> list[StageStatus]:
         got = states.get(spec["name"], {})
         out.append(StageStatus(spec["name"], got.get("state", StageState.WAITING),
                                got.get("total", 0), got.get("done", 0), got.get("failed", 0),
-                               got.get("running", 0), got.get("retried", 0)))
+                               got.get("running", 0), got.get("retried", 0),
+                               got.get("skipped", 0)))
     return out
+
+
+@dataclass
+class JobStatus:
+    """One batch job of the run (run.json `jobs`): the main job, a relay's successors, the
+    worker jobs of a grow."""
+
+    tag: str
+    role: str
+    job_id: str | None
+    state: str  # JobPhase
+    nodes: int | None = None
+    started: float | None = None
+    ended: float | None = None
+
+    def line(self) -> str:
+        def clock(t: float | None) -> str:
+            return time.strftime("%H:%M:%S", time.localtime(t)) if t else "?"
+        when = f", {clock(self.started)}-{clock(self.ended) if self.ended else ''}" \
+            if self.started or self.ended else ""
+        return (f"  job {self.tag} ({self.role}, {self.job_id or 'not submitted'}): "
+                f"{self.state}, {self.nodes if self.nodes is not None else '?'} node(s){when}")
+
+
+def _job_statuses(data: dict[str, Any]) -> list[JobStatus]:
+    listed = data.get("jobs") or {}
+    order = sorted(listed, key=lambda t: (t != MAIN_JOB, listed[t].get("submitted") or 0.0, t))
+    return [JobStatus(t, str(listed[t].get("role", "")), listed[t].get("job_id"),
+                      str(listed[t].get("state", "")), listed[t].get("nodes"),
+                      listed[t].get("started"), listed[t].get("ended")) for t in order]
 
 
 @dataclass
@@ -526,6 +618,7 @@ class RunStatus:
     services: list[ServiceStatus] = field(default_factory=list)
     stages: list[StageStatus] = field(default_factory=list)
     metrics_url: str | None = None  # the run's Prometheus endpoint while it runs
+    jobs: list[JobStatus] = field(default_factory=list)  # the run's batch jobs, oldest first
 
     @property
     def nodes_joined(self) -> int:
@@ -555,7 +648,11 @@ class RunStatus:
         for n in self.nodes:
             extra = " joined" if n.joined else ""
             extra += ", lost while running" if n.lost else ""
+            extra += f" (worker job {n.job})" if n.job else ""
+            extra += f", released: {n.released}" if n.released else ""
             lines.append(f"  {n.name}: {n.state}{extra}{' - ' + n.error if n.error else ''}")
+        if len(self.jobs) > 1:  # a relay's chain, a grow's worker jobs
+            lines += [j.line() for j in self.jobs]
         lines += [s.line() for s in self.services]
         lines += [s.line() for s in self.stages]
         if self.phases:
@@ -583,22 +680,22 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
         state = RunState.QUEUED if job_id else RunState.SUBMITTING
         if sched_state.finished:
             state = RunState.LOST  # the job ended before `hpcray up` wrote anything
-    elif state in ALIVE and (
-            sched_state.finished or (sched_state == JobState.UNKNOWN and scheduler == "local")):
-        # The job is gone but never recorded an end: killed hard (SIGKILL, node failure).
-        data = run.read()
-        state = run_state(data)
-        if state in ALIVE:
-            state = RunState.LOST
+    elif state in (*ALIVE, RunState.RELAYING) and _gone(sched_state, scheduler):
+        data, state, job_id, sched_state = _ended_unsaid(run, scheduler, state, job_id,
+                                                         sched_state)
     joined = data.get("nodes", {})
     workflow = (read_json(run.resolved, {}) or {}).get("workflow", {})
     agents = run.node_states()
     names = data.get("node_names") or sorted(agents)
+    names += [n for n, entry in joined.items() if entry.get("job") and n not in names]
     nodes = [NodeStatus(n, agents.get(n, {}).get("state", NodeState.PENDING),
                         joined.get(n, {}).get("joined"),
                         agents.get(n, {}).get("error") or joined.get(n, {}).get("lost_reason"),
                         joined.get(n, {}).get("lost"),
-                        agents.get(n, {}).get("usage") if state not in TERMINAL else None)
+                        agents.get(n, {}).get("usage") if state not in TERMINAL else None,
+                        f"{joined[n]['job']} ({joined[n].get('job_id')})"
+                        if joined.get(n, {}).get("job") else None,
+                        joined.get(n, {}).get("released_reason"))
              for n in names]
     snapshot = collect(run.path)  # what the run's Prometheus endpoint serves now
     return RunStatus(run_id=data.get("run_id", run.path.name), run_dir=run.path, job_id=job_id,
@@ -607,8 +704,167 @@ def status(ref: str | Path, run_root: str | Path | None = None) -> RunStatus:
                      times=data.get("times", {}), error=data.get("error"),
                      services=_service_statuses(run, workflow, snapshot),
                      stages=_stage_statuses(run, workflow),
-                     metrics_url=None if state in TERMINAL else
-                     (read_json(run.head, {}) or {}).get("metrics_url"))
+                     metrics_url=None if state in TERMINAL or state == RunState.RELAYING
+                     else (read_json(run.head, {}) or {}).get("metrics_url"),
+                     jobs=_job_statuses(data))
+
+
+def _gone(sched_state: JobState, scheduler: str) -> bool:
+    """The scheduler no longer runs or queues the job (a local job: its process is gone)."""
+    return sched_state.finished or (sched_state == JobState.UNKNOWN and scheduler == "local")
+
+
+def _ended_unsaid(run: RunDir, scheduler: str, state: RunState, job_id: str | None,
+                  sched_state: JobState
+                  ) -> tuple[dict[str, Any], RunState, str | None, JobState]:
+    """The run's job is gone and the run recorded no end: killed hard (SIGKILL, a node
+    failure), or a relay's successor (`job_id` while RELAYING) that ended before it took the
+    run over: LOST. Unless the run recorded something meanwhile, or its job was killed (at
+    its walltime) after submitting a relay successor that still waits to start: RELAYING,
+    shown with that successor."""
+    data = run.read()
+    if (run_state(data), data.get("job_id")) != (state, job_id):
+        state, job_id = run_state(data), data.get("job_id")
+        sched_state = get_scheduler(scheduler).state(str(job_id)) if job_id else \
+            JobState.UNKNOWN
+        if state not in (*ALIVE, RunState.RELAYING) or not _gone(sched_state, scheduler):
+            return data, state, job_id, sched_state
+    if state in ALIVE:
+        for _, job in reversed(pending_successors(data)):
+            got = get_scheduler(scheduler).state(str(job["job_id"]))
+            if not _gone(got, scheduler):
+                return data, RunState.RELAYING, str(job["job_id"]), got
+    return data, RunState.LOST, job_id, sched_state
+
+
+@dataclass
+class JobChange:
+    """One worker job a grow submitted or a shrink released."""
+
+    tag: str
+    job_id: str
+    nodes: int
+    state: str  # run.json's jobs.<tag>.state (JobPhase)
+    scheduler_state: str = ""
+    seconds: float | None = None  # how long the shrink took, for this job
+    reason: str = ""
+
+    def line(self) -> str:
+        took = f" in {self.seconds:.1f}s" if self.seconds is not None else ""
+        sched = f", scheduler: {self.scheduler_state}" if self.scheduler_state else ""
+        why = f" ({self.reason})" if self.reason else ""
+        return f"worker job {self.tag} (job {self.job_id}, {self.nodes} node(s)): " \
+               f"{self.state}{took}{sched}{why}"
+
+
+def grow(ref: str | Path, nodes: int = 1, *, run_root: str | Path | None = None,
+         site: str | None = None, partition: str | None = None,
+         walltime: str | int | None = None) -> JobChange:
+    """Submit a worker-only job whose nodes join the running run's cluster (same token, the
+    head's address from the run directory, job-private ports and temp dirs, the per-node
+    label), with the run's scheduler module and job-script template. Its walltime defaults
+    to what is left of the run's; the nodes show in `status` with the job that brought them."""
+    run = find_run(str(ref), run_root)
+    data = run.read()
+    state = run_state(data)
+    if state not in ALIVE or not run.head.exists() or run.stop_file.exists() \
+            or "cancel_requested" in data.get("times", {}):
+        raise RunStateError(f"run {run.path.name} is {state}"
+                            f"{', stopping' if state in ALIVE else ''}: only a running run "
+                            "can grow")
+    if site is not None and site != data.get("site"):
+        raise SpecError(f"a worker job runs on the run's site ({data.get('site')}); "
+                        f"--site {site} differs", field="site")
+    if nodes < 1:
+        raise SpecError(f"{nodes} nodes: a worker job needs at least one", field="nodes")
+    try:
+        if partition is not None:
+            TypeAdapter(Token).validate_python(partition)
+        seconds = parse_walltime(walltime) if walltime is not None else None
+    except (ValidationError, ValueError) as exc:
+        what = "partition" if isinstance(exc, ValidationError) else "walltime"
+        raise SpecError(f"{what}: {str(exc).splitlines()[-1].strip()}", field=what) from None
+    if seconds is None:
+        workflow = load_resolved(run)[0]
+        started = data.get("times", {}).get("job_started", time.time())
+        seconds = int(workflow.allocation.walltime - (time.time() - started))
+    tag, job_id = submit_job(run, JobRole.WORKER, nodes=nodes, walltime=seconds,
+                             partition=partition, reason="hpcray grow")
+    return JobChange(tag, job_id, nodes, JobPhase.SUBMITTED)
+
+
+def shrink(ref: str | Path, *, job: str | None = None, nodes: int | None = None,
+           run_root: str | Path | None = None, wait: bool = True,
+           drain_timeout: float | None = 300, timeout: float = 600) -> list[JobChange]:
+    """Release worker jobs: their nodes take no new work, what runs there finishes, Serve
+    starts replicas there elsewhere first, then the job ends (COMPLETED). `job`: a worker
+    job's tag or id; `nodes`: whole worker jobs, newest first, until that many nodes are
+    released (the main job's nodes hold the head and stay). A job still queued is cancelled.
+    `drain_timeout`: seconds the drain may take (None: as long as it takes); then the job
+    ends with what still runs there (Ray runs it again elsewhere, as after a cancel)."""
+    run = find_run(str(ref), run_root)
+    if (job is None) == (nodes is None):
+        raise SpecError("give a worker job (--job) or a number of nodes (--nodes)")
+    if nodes is not None and nodes < 1:
+        raise SpecError(f"--nodes {nodes}: give at least 1", field="nodes")
+    workers = {t: r for t, r in run_jobs(run).items()
+               if r.get("role") == JobRole.WORKER and r.get("state") != JobPhase.ENDED}
+    if job is not None:
+        chosen = [t for t, r in workers.items() if job in (t, str(r.get("job_id")))]
+        if not chosen:
+            running = ", ".join(f"{t} ({r.get('job_id')})" for t, r in workers.items())
+            raise SpecError(f"no running worker job {job!r} in run {run.path.name}; "
+                            f"running: {running or 'none'}")
+    else:
+        assert nodes is not None
+        newest = sorted(workers, key=lambda t: workers[t].get("submitted", 0), reverse=True)
+        chosen, count = [], 0
+        for tag in newest:
+            if count >= nodes:
+                break
+            chosen.append(tag)
+            count += int(workers[tag].get("nodes") or 0)
+        if count < nodes:
+            raise ResourceError(f"only {count} node(s) are in worker jobs of run "
+                                f"{run.path.name}; the main job's nodes hold the head and stay",
+                                field="nodes")
+    scheduler = get_scheduler(run.read().get("scheduler", "local"))
+    t0 = time.monotonic()
+    for tag in chosen:
+        record = workers[tag]
+        if record.get("state") == JobPhase.SUBMITTED and record.get("job_id"):
+            scheduler.cancel(str(record["job_id"]))
+            run.update_job(tag, state=JobPhase.ENDED, ended=time.time(),
+                           end_reason="released before it started")
+        else:
+            request_release(run, tag, "hpcray shrink", drain_timeout)
+    out = []
+    for tag in chosen:
+        record = workers[tag]
+        sched_state = ""
+        if wait:
+            deadline = t0 + timeout
+            while run_jobs(run)[tag].get("state") != JobPhase.ENDED:
+                if time.monotonic() > deadline:
+                    raise SchedulerError(f"worker job {tag} ({record.get('job_id')}) did not "
+                                         f"end within {timeout:.0f}s of the shrink")
+                time.sleep(0.5)
+                ended = scheduler.state(str(record.get("job_id")))
+                if ended.finished:  # its `hpcray up` was killed before it could say so
+                    time.sleep(2)  # (what it says as it ends wins)
+                    run.update_job(tag, only_from=set(JobPhase) - {JobPhase.ENDED},
+                                   state=JobPhase.ENDED, ended=time.time(),
+                                   end_reason=f"failed: the scheduler ended it ({ended.value})")
+            while (js := scheduler.state(str(record.get("job_id")))) == JobState.RUNNING \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+            sched_state = js.value
+        final = run_jobs(run)[tag]
+        out.append(JobChange(tag, str(record.get("job_id")), int(record.get("nodes") or 0),
+                             final.get("state", ""), sched_state,
+                             time.monotonic() - t0 if wait else None,
+                             final.get("end_reason", "")))
+    return out
 
 
 def wait(ref: str | Path, timeout: float | None = None, poll: float = 0.5,
@@ -631,9 +887,22 @@ def cancel(ref: str | Path, run_root: str | Path | None = None, wait_s: float = 
     """Scheduler cancel, then wait for the job-scoped teardown to finish."""
     run = find_run(str(ref), run_root)
     data = run.read()
-    run.mark("cancel_requested")
-    if data.get("job_id") and run_state(data) not in TERMINAL:
-        get_scheduler(data.get("scheduler", "local")).cancel(str(data["job_id"]))
+    run.mark("cancel_requested")  # a relay submits no successor after this (relay.py)
+    state = run_state(data)
+    scheduler = get_scheduler(data.get("scheduler", "local"))
+    if data.get("job_id") and state not in TERMINAL:
+        scheduler.cancel(str(data["job_id"]))
+    if state not in TERMINAL:  # a relay's successor still queued: it has nothing to resume
+        for tag, job in pending_successors(data):
+            if str(job["job_id"]) != str(data.get("job_id")):
+                with contextlib.suppress(SchedulerError):
+                    scheduler.cancel(str(job["job_id"]))
+            run.update_job(tag, state=JobPhase.ENDED, ended=time.time(), end_reason="cancelled")
+    if state == RunState.RELAYING:  # between two jobs: nothing runs that could record it
+        run.mark("finished", state=RunState.CANCELLED)
+    if state not in TERMINAL:  # worker jobs still queued would only find nothing to join
+        for tag in release_queued(run):
+            log.info("worker job %s cancelled before it started", tag)
     st = wait(run.path, timeout=wait_s)
     if st.state in (RunState.QUEUED, RunState.SUBMITTING, RunState.LOST):
         run.update(state=RunState.CANCELLED)
@@ -669,7 +938,13 @@ def logs(ref: str | Path, node: str | None = None, run_root: str | Path | None =
     path = run.logs / "driver.log" if driver else run.node_log(node) if node else run.job_out
     if not path.exists():
         raise SpecError(f"no log at {path} yet")
-    return path.read_text(errors="replace")
+    text = path.read_text(errors="replace")
+    workers = [t for t, j in run_jobs(run).items() if j.get("role") == JobRole.WORKER]
+    for tag in [*relay_chain(run)[1:], *workers] if path == run.job_out else []:
+        more = run.jobs_dir / tag / "job.out"  # a relay's next jobs, the worker jobs
+        if more.exists():
+            text += f"--- job {tag}: {more}\n{more.read_text(errors='replace')}"
+    return text
 
 
 def output_lines(ref: str | Path, which: str = "driver",

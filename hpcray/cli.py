@@ -179,23 +179,61 @@ def sites(name: str | None) -> None:
         click.echo(f"{known:12} {profile.scheduler:6} {profile.description}")
 
 
+@main.command()
+@click.argument("ref")
+@_root
+@click.option("--nodes", "-N", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes of the worker job.")
+@_site
+@click.option("--partition", "-p", help="Partition or queue (default: the run's).")
+@click.option("--walltime", "-t", help="Walltime of the worker job (default: the run's).")
+def grow(ref: str, run_root: str | None, nodes: int, site: str | None, partition: str | None,
+         walltime: str | None) -> None:
+    """Add nodes to a running run: a worker-only batch job whose nodes join its cluster."""
+    click.echo(api.grow(ref, nodes, run_root=run_root, site=site, partition=partition,
+                        walltime=walltime).line())
+
+
+@main.command()
+@click.argument("ref")
+@_root
+@click.option("--job", "job", help="The worker job to release (its job id or tag, w1, ...).")
+@click.option("--nodes", "-N", type=click.IntRange(min=1), help="Release worker jobs, newest "
+              "first, until at least this many nodes are released.")
+@click.option("--drain-timeout", type=float, default=300, show_default=True,
+              help="Seconds the drain may take; what still runs then runs again elsewhere.")
+@click.option("--wait/--no-wait", default=True, help="Wait until their nodes have left.")
+@click.option("--timeout", type=float, default=600, help="Seconds to wait at most.")
+def shrink(ref: str, run_root: str | None, job: str | None, nodes: int | None,
+           drain_timeout: float, wait: bool, timeout: float) -> None:
+    """Release worker jobs: their nodes take no new work, what runs there finishes, replicas
+    there move to other nodes first, then the job ends."""
+    for released in api.shrink(ref, job=job, nodes=nodes, run_root=run_root, wait=wait,
+                               drain_timeout=drain_timeout, timeout=timeout):
+        click.echo(released.line())
+
+
 @main.command(hidden=True)
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
-def up(run_dir: str) -> None:
-    """Inside the allocation: start Ray on all nodes, run the driver, tear down."""
+@click.option("--job", "job", default="main", help="Which of the run's jobs this is (its tag in "
+              "run.json's jobs): main, a worker job (w1, ...) or a relay's successor (r1, ...).")
+def up(run_dir: str, job: str) -> None:
+    """Inside the allocation: start Ray on all nodes, run the driver, tear down; a worker
+    job's: join the run's cluster until released."""
     from hpcray.bootstrap.up import main as up_main
 
-    sys.exit(up_main(run_dir))
+    sys.exit(up_main(run_dir, job))
 
 
 @main.command(hidden=True)
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--node", default=None, help="Node name (default: from the launcher's env).")
-def node(run_dir: str, node: str | None) -> None:
+@click.option("--job", "job", default="main", help="The job whose plan names this node.")
+def node(run_dir: str, node: str | None, job: str) -> None:
     """One node's agent: ray start with the job's ports, temp dir and token."""
     from hpcray.bootstrap.node import main as node_main
 
-    sys.exit(node_main(run_dir, node))
+    sys.exit(node_main(run_dir, node, job))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ NODE_IP = "HPCRAY_NODE_IP"            # the node's address on the allocation's n
 HTTP_TOKEN_FILE = "HPCRAY_HTTP_TOKEN_FILE"  # the run's HTTP bearer token, a 0600 file
 HTTP_TOKEN_SHA256 = "HPCRAY_HTTP_TOKEN_SHA256"  # its SHA-256, for Serve's controller and proxy
 PORT_BLOCK = "HPCRAY_PORT_BLOCK"      # first port of the node's block (program services' ports)
+RESUMED = "HPCRAY_RESUMED"            # a relay's successor job: how many jobs ran the run before
 
 # -- set for drivers and executable stages -------------------------------------------------------
 ENDPOINTS = "HPCRAY_ENDPOINTS"        # endpoints.json: each service's URLs
@@ -31,6 +32,7 @@ NODE_NAME = "HPCRAY_NODE_NAME"
 RANK = "HPCRAY_RANK"
 LOCAL_RANK = "HPCRAY_LOCAL_RANK"
 NRANKS = "HPCRAY_NRANKS"
+LOCAL_JOB_TAG = "HPCRAY_LOCAL_JOB_TAG"  # a local worker job's tag: its emulated nodes' names
 
 # -- set by the job script ------------------------------------------------------------------------
 PYTHON = "HPCRAY_PYTHON"              # the job's interpreter (allocation.python), for setup lines
@@ -65,6 +67,15 @@ def run_dir() -> Path | None:
     """The run directory of the process, when it is part of a run."""
     value = os.environ.get(RUN_DIR)
     return Path(value) if value else None
+
+
+def resumed_after() -> int:
+    """How many jobs ran this run before the one this process belongs to (0: the first job,
+    or outside a run); a relay's successor sets it for every process it starts."""
+    try:
+        return max(0, int(os.environ.get(RESUMED, "0")))
+    except ValueError:
+        return 0
 
 
 def current_node() -> str | None:

@@ -42,6 +42,10 @@ class BootstrapError(HpcrayError):
     """The Ray cluster could not be brought up inside the allocation."""
 
 
+class RunStateError(HpcrayError):
+    """The run is not in a state that allows this (growing a run that has ended)."""
+
+
 class RunNotFound(HpcrayError):
     """No run directory matches the given job id, run id or path."""
 

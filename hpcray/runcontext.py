@@ -24,10 +24,20 @@ class RunContext:
     directory not made by submit, they are None.
 
     `node` is the run's node of a process Ray started (a replica, a task); the driver and
-    `hpcray up` are not Ray's, so theirs is None."""
+    `hpcray up` are not Ray's, so theirs is None.
 
-    def __init__(self, run_dir: Path | None, node: str | None) -> None:
+    `resumed` is True in a relay's successor job (allocation.relay): the run went on past an
+    earlier job's walltime, so a driver or task may find its own earlier results (a Tune
+    search to restore, files already written) and should continue from them."""
+
+    def __init__(self, run_dir: Path | None, node: str | None, jobs_before: int = 0) -> None:
         self.run_dir, self.node = run_dir, node
+        self.jobs_before = jobs_before  # jobs of the relay that ran the run before this one
+
+    @property
+    def resumed(self) -> bool:
+        """This process belongs to a relay's successor job, not to the run's first job."""
+        return self.jobs_before > 0
 
     @functools.cached_property
     def _resolved(self) -> tuple[Workflow, SiteProfile] | None:
@@ -63,7 +73,7 @@ class RunContext:
 
 def context() -> RunContext:
     """The run of this process (a driver, a replica, a stage task, a job step)."""
-    return RunContext(env.run_dir(), env.current_node())
+    return RunContext(env.run_dir(), env.current_node(), env.resumed_after())
 
 
 def progress(task: str, done: float, total: float | None = None, detail: str = "") -> None:

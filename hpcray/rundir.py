@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +173,57 @@ class RunDir:
             data.update(fields)
             write_json_atomic(self.run_json, data)
             return data
+
+    @property
+    def jobs_dir(self) -> Path:
+        """jobs/<tag>/: a worker's or successor's job script, output and plan."""
+        return self.path / "jobs"
+
+    def update_job(self, tag: str, only_from: Collection[str] | None = None,
+                   **fields: Any) -> bool:
+        """Merge `fields` into run.json's `jobs.<tag>` (the other jobs and fields kept);
+        with `only_from`, only while the job's state is one of those (checked under the
+        lock: two processes move a job on, and its state never goes back). True if written."""
+        def write() -> bool:
+            with self._locked():
+                data = self.read()
+                job = data.setdefault("jobs", {}).setdefault(tag, {})
+                if only_from is not None and job.get("state") not in only_from:
+                    return False
+                job.update(fields)
+                write_json_atomic(self.run_json, data)
+                return True
+        return self.write_with_reserve(write)
+
+    def update_node(self, name: str, fresh: bool = False, **fields: Any) -> None:
+        """Merge `fields` into run.json's `nodes.<name>` (`fresh`: start the entry anew, a
+        node a new job brought to a host an ended one had)."""
+        def write() -> None:
+            with self._locked():
+                data = self.read()
+                nodes = data.setdefault("nodes", {})
+                nodes[name] = {**({} if fresh else nodes.get(name, {})), **fields}
+                write_json_atomic(self.run_json, data)
+        self.write_with_reserve(write)
+
+    def add_lost(self, *names: str) -> None:
+        """Add to run.json's `nodes_lost` (a union: two watchers add to it)."""
+        def write() -> None:
+            with self._locked():
+                data = self.read()
+                data["nodes_lost"] = sorted({*data.get("nodes_lost", []), *names})
+                write_json_atomic(self.run_json, data)
+        self.write_with_reserve(write)
+
+    def replace(self, **fields: Any) -> dict[str, Any]:
+        """Set run.json's `fields` whole (update merges dicts): a relay's successor starts
+        `times`, `nodes` and `services` afresh for its own job."""
+        def write() -> dict[str, Any]:
+            with self._locked():
+                data = {**self.read(), **fields}
+                write_json_atomic(self.run_json, data)
+                return data
+        return self.write_with_reserve(write)
 
     def node_states(self) -> dict[str, dict[str, Any]]:
         out = {}

@@ -29,6 +29,10 @@ class RunState(StrEnum):
     SUBMITTING = "submitting"
     BOOTSTRAPPING = "bootstrapping"
     RUNNING = "running"
+    # a job reached its walltime and handed the run to its successor (allocation.relay), which
+    # has not started yet: neither ended nor alive (no `hpcray up`); run.json's `job_id` is the
+    # successor's, so status, wait and cancel follow it
+    RELAYING = "relaying"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -41,7 +45,8 @@ TERMINAL: frozenset[RunState] = frozenset({
 """A run in one of these has ended; nothing will change its state again."""
 
 ALIVE: frozenset[RunState] = frozenset({RunState.BOOTSTRAPPING, RunState.RUNNING})
-"""`hpcray up` is running: a job gone while its run is in one of these ended without saying."""
+"""`hpcray up` is running: a job gone while its run is in one of these ended without saying
+(unless a relay's successor is still to come: api.status). RELAYING is in neither set."""
 
 
 class NodeState(StrEnum):
@@ -94,6 +99,25 @@ class AttemptState(StrEnum):
     FAILED = "failed"
 
 
+class JobRole(StrEnum):
+    """What a batch job is to its run (run.json `jobs`, keyed by a tag: main, w1, r1, ...)."""
+
+    MAIN = "main"            # the job `hpcray submit` submitted: the head and its nodes
+    WORKER = "worker"        # a worker-only job that grew the run (`hpcray grow`, elastic)
+    SUCCESSOR = "successor"  # a relay's next job: brings the run up again and resumes it
+
+
+class JobPhase(StrEnum):
+    """Where one job of a run is (run.json `jobs.<tag>.state`)."""
+
+    SUBMITTED = "submitted"  # handed to the scheduler, not started
+    JOINING = "joining"      # a worker job's agents are starting Ray and joining
+    JOINED = "joined"        # its nodes take work
+    DRAINING = "draining"    # no new work; what runs there finishes, replicas move away
+    RELAYED = "relayed"      # a main or successor job that handed the run to its successor
+    ENDED = "ended"          # its nodes left the run (released, cancelled, or failed)
+
+
 class RunRecord(BaseModel):
     """run.json: the fields hpcray writes. Unknown fields are kept, so a run directory from an
     older or newer hpcray still loads."""
@@ -123,6 +147,9 @@ class RunRecord(BaseModel):
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     phases: dict[str, float] = Field(default_factory=dict)
+    # the run's batch jobs by tag (main, w1, r1, ...): role (JobRole), state (JobPhase),
+    # job_id, nodes, submitted/started/ended times, why it ended (bootstrap/jobs.py)
+    jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -58,14 +58,18 @@ def code_paths(workflow: Workflow, request: dict[str, Any]) -> list[str]:
 
 
 def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[str, Any],
-              env: dict[str, str], alloc: AllocationInfo) -> ClusterPlan:
-    """Everything a node agent needs to start its part of the cluster (saved as plan.json)."""
+              env: dict[str, str], alloc: AllocationInfo, job: str = "main",
+              first_index: int = 0) -> ClusterPlan:
+    """Everything a node agent needs to start its part of the cluster (saved as plan.json).
+    A worker job's plan (`job` w1, ...) joins the run's cluster: the run's token, node
+    indices from `first_index` on (they pick the node's port block and temp dir), no head."""
     ray = workflow.ray
-    token = create_token(run.token)
+    token = create_token(run.token) if job == "main" or not run.token.exists() else run.token
     return ClusterPlan(
         cluster_id=f"hpcray-{alloc.scheduler}-{short_id(alloc.job_id)}-{os.getpid()}",
         job_id=alloc.job_id, scheduler=alloc.scheduler, gpu_vendor=site.gpu_vendor,
-        nodes=[NodePlan(n.name, i, n.cpus, n.gpus) for i, n in enumerate(alloc.nodes)],
+        nodes=[NodePlan(n.name, first_index + i, n.cpus, n.gpus)
+               for i, n in enumerate(alloc.nodes)],
         token_path=str(token), temp_root=ray.temp_root,
         network_interface=site.network_interface,
         head_address_format=site.head_address, address_source=site.address_from,
@@ -77,19 +81,22 @@ def make_plan(run: RunDir, workflow: Workflow, site: SiteProfile, request: dict[
         python=request.get("agent_python") or request["python"],
         up_host=socket.gethostname(), up_pid=os.getpid(),
         extra_env={"PYTHONPATH": os.pathsep.join(
-            [*code_paths(workflow, request), *filter(None, [env.get("PYTHONPATH")])])})
+            [*code_paths(workflow, request), *filter(None, [env.get("PYTHONPATH")])])},
+        job_tag=job, joins=job != "main")
 
 
 def agent_argv(run_dir: str, python: str, launcher_name: str,
                container: ContainerSpec | None = None,
-               workflow_dir: str | None = None, exported: Sequence[str] = ()) -> tuple[str, ...]:
+               workflow_dir: str | None = None, exported: Sequence[str] = (),
+               job: str = "main") -> tuple[str, ...]:
     """What the launcher starts on each node: `hpcray node`, or, with allocation.container,
     that in the image (plan.python is then the image's), so Ray and all it starts run there.
     The run and workflow directories and the host's port-claim directory (jobs sharing a
     node claim their port blocks there) are bound; the node's name, rank and GPU
     visibility, which only the launcher's step knows, the job's temp dir and the variables
     the workflow exports (`exported`: allocation.env's names) pass through by name."""
-    argv = (python, "-m", "hpcray", "node", "--run-dir", run_dir)
+    argv = (python, "-m", "hpcray", "node", "--run-dir", run_dir,
+            *(() if job == "main" else ("--job", job)))
     if container is None:
         return argv
     node_vars = [v for v in (hpcray_env.NODE_NAME, get_launcher(launcher_name).node_name_env,
@@ -109,7 +116,7 @@ def launch_agents(run: RunDir, plan: ClusterPlan, launcher_name: str, env: dict[
     Appends each to `launched` as it starts, so teardown finds those started before a failure."""
     launcher = get_launcher(launcher_name)
     argv = agent_argv(str(run.path), plan.python, launcher_name, container, workflow_dir,
-                      exported)
+                      exported, plan.job_tag)
     req = LaunchRequest(hosts=tuple(n.name for n in plan.nodes), argv=argv,
                         gpus_per_node=max(n.gpus for n in plan.nodes),
                         cpus_per_node=max(n.cpus for n in plan.nodes))

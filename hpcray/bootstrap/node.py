@@ -116,9 +116,12 @@ def wait_for_head(run: RunDir, timeout: float, should_stop) -> dict | None:
 
 
 class NodeAgent:
-    def __init__(self, run: RunDir, node_name: str | None = None) -> None:
+    def __init__(self, run: RunDir, node_name: str | None = None, job: str = "main") -> None:
         self.run = run
-        self.plan = ClusterPlan.load(run)
+        self.plan = ClusterPlan.load(run, job)
+        # a worker job's nodes also stop when that job is released (jobs/<tag>/stop)
+        self.stop_files = [run.stop_file] + (
+            [] if job == "main" else [run.jobs_dir / job / "stop"])
         name = node_name or detect_node_name()
         me = self.plan.node(name)
         if me is None:
@@ -126,7 +129,7 @@ class NodeAgent:
                 f"host {name!r} is not in this job's node list "
                 f"({', '.join(n.name for n in self.plan.nodes)})")
         self.me = me
-        self.is_head = me.index == 0
+        self.is_head = self.plan.is_head(me)
         self.stop = threading.Event()
         self.stop_reason = ""
         self.proc: subprocess.Popen | None = None
@@ -135,9 +138,9 @@ class NodeAgent:
     def _state(self, state: NodeState, **fields) -> None:
         self._update(state=state, **fields)
 
-    def _update(self, **fields) -> None:
+    def _update(self, fresh: bool = False, **fields) -> None:
         path = self.run.node_state_file(self.me.name)
-        data = read_json(path, {})
+        data = {} if fresh else read_json(path, {})
         data.update(**fields)
         if "state" in fields:
             data.setdefault("times", {})[fields["state"]] = time.time()
@@ -147,8 +150,8 @@ class NodeAgent:
         """A signal, the run's stop file, or (same host) the death of `hpcray up`."""
         if self.stop.is_set():
             return True
-        if self.run.stop_file.exists():
-            self.stop_reason = "stop requested: " + self.run.stop_file.read_text().strip()
+        if stop_file := next((f for f in self.stop_files if f.exists()), None):
+            self.stop_reason = "stop requested: " + stop_file.read_text().strip()
             self.stop.set()
         elif (self.plan.up_pid and self.plan.up_host == socket.gethostname()
               and not psutil.pid_exists(self.plan.up_pid)):
@@ -163,8 +166,11 @@ class NodeAgent:
     def run_forever(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
-        self._state(NodeState.STARTED, host=socket.gethostname(), pid=os.getpid(),
-                    role="head" if self.is_head else "worker")
+        if self.plan.joins:  # a worker job's walltime warning is its `hpcray up`'s to act on:
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # it drains, then stops us
+        # a fresh state file: a host an ended worker job had may come back in a later one
+        self._update(fresh=True, state=NodeState.STARTED, host=socket.gethostname(),
+                     pid=os.getpid(), role="head" if self.is_head else "worker")
         temp_dir = None
         code = 1
         try:
@@ -285,6 +291,10 @@ class NodeAgent:
         sampled = 0.0
         while not self.should_stop():
             if self.proc.poll() is not None:
+                if self.plan.joins and (self.run.jobs_dir / self.plan.job_tag / "drain").exists():
+                    self.stop_reason = "stop requested: drained"  # its raylet left, idle
+                    log.info("Ray left the cluster once drained")
+                    return 0
                 log.error("ray start exited with code %d", self.proc.returncode)
                 return self.proc.returncode or 1
             if time.monotonic() - sampled >= SAMPLE_S:  # for `hpcray status`
@@ -313,12 +323,12 @@ def start_metrics(run: RunDir, ip: str, block: PortBlock) -> MetricsServer | Non
         return None
 
 
-def main(run_dir: str, node_name: str | None = None) -> int:
+def main(run_dir: str, node_name: str | None = None, job: str = "main") -> int:
     run = RunDir(Path(run_dir))
     name = node_name or detect_node_name()
     plan_node = name
     try:
-        agent = NodeAgent(run, name)
+        agent = NodeAgent(run, name, job)
         plan_node = agent.me.name
     except (BootstrapError, FileNotFoundError) as exc:
         print(f"hpcray node: {exc}", file=sys.stderr)

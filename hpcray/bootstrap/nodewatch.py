@@ -81,7 +81,7 @@ class NodeWatch:
         self.lost.add(node.name)
         log.error("node %s left the cluster: %s\n%s", node.name, reason,
                   tail(self.run.node_log(node.name), 5))
-        self.run.update(nodes={node.name: {"lost": time.time(), "lost_reason": reason}},
-                        nodes_lost=sorted(self.lost))
+        self.run.update_node(node.name, lost=time.time(), lost_reason=reason)
+        self.run.add_lost(node.name)  # merged under the run's lock: the elastic watch adds too
         if node.index == 0:
             self.stop.head_lost(node.name)

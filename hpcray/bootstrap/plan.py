@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from hpcray.rundir import RunDir, read_json, write_json_atomic
 
@@ -37,6 +38,9 @@ class ClusterPlan:
     extra_env: dict[str, str] = field(default_factory=dict)
     up_host: str = ""
     up_pid: int = 0
+    # a worker job's plan (jobs/<tag>/plan.json): its nodes join the run's head, none is one
+    job_tag: str = "main"
+    joins: bool = False
 
     @property
     def head(self) -> NodePlan:
@@ -53,13 +57,21 @@ class ClusterPlan:
                 return node
         return None
 
+    def is_head(self, node: NodePlan) -> bool:
+        return node.index == 0 and not self.joins
+
+    @staticmethod
+    def path(run: RunDir, job: str = "main") -> Path:
+        return run.plan if job == "main" else run.jobs_dir / job / "plan.json"
+
     def save(self, run: RunDir) -> None:
-        write_json_atomic(run.plan, asdict(self))
+        write_json_atomic(self.path(run, self.job_tag), asdict(self))
 
     @classmethod
-    def load(cls, run: RunDir) -> ClusterPlan:
-        data = read_json(run.plan)
+    def load(cls, run: RunDir, job: str = "main") -> ClusterPlan:
+        path = cls.path(run, job)
+        data = read_json(path)
         if data is None:
-            raise FileNotFoundError(f"{run.plan} missing: was `hpcray up` run in this run dir?")
+            raise FileNotFoundError(f"{path} missing: was `hpcray up` run in this run dir?")
         data["nodes"] = [NodePlan(**n) for n in data["nodes"]]
         return cls(**data)

@@ -121,8 +121,10 @@ def http_access(run: RunDir, workflow: Workflow, head: dict[str, Any],
 def run_stages(run: RunDir, workflow: Workflow, workflow_dir: Path, env: dict[str, str],
                stop: threading.Event, launcher: str) -> None:
     """Every stage to its end, after the services and before the driver (a StageError is
-    raised as it is)."""
+    raised as it is). In a relay's successor (HPCRAY_RESUMED in `env`), tasks an earlier
+    job of the run recorded done are not run again."""
+    resume = env.get(hpcray_env.RESUMED, "0") not in ("", "0")
     runner = StageRunner(workflow.stages, run, workflow_dir,
                          env={**env, hpcray_env.RUN_DIR: str(run.path)}, stop=stop,
-                         launcher=launcher)
+                         launcher=launcher, resume=resume)
     runner.run()

@@ -5,6 +5,7 @@ does."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 # the release these calls were written against; the test compares the installed Ray with it
@@ -65,3 +66,73 @@ def actor_table() -> list[Any]:
     # made at import, as above
     table = gcs_pb2.ActorTableData  # type: ignore[attr-defined]
     return [table.FromString(raw) for raw in accessor.get_actor_table(None, None)]
+
+
+# -- the GCS seen without joining as a driver (elastic runs: docs/elastic.md) ------------------
+# A worker job's `hpcray up` and the elastic controller read the node table, drain nodes and
+# read the pending demand through a GCS client alone: what `ray drain-node` and Ray's
+# autoscaler (v2) do, with no core worker started. Token auth is read from the environment
+# (runtime/auth.py's variables), so the caller sets them first.
+
+def gcs_client(address: str) -> Any:
+    from ray._raylet import GcsClient  # type: ignore[attr-defined] # compiled, no stub
+
+    return GcsClient(address=address)
+
+
+def gcs_nodes(client: Any, timeout: float = 10) -> dict[str, dict[str, Any]]:
+    """Every node the GCS knows, alive or dead, by hex NodeID: `alive`, `resources` (total),
+    and for a dead one Ray's reason (`death`: e.g. drained, "AUTOSCALER_DRAIN_PREEMPTED")."""
+    from ray.core.generated import common_pb2, gcs_pb2
+
+    # the generated modules make their classes at import: mypy does not see them
+    alive = gcs_pb2.GcsNodeInfo.GcsNodeState.Value("ALIVE")  # type: ignore[attr-defined]
+    reasons = common_pb2.NodeDeathInfo.Reason  # type: ignore[attr-defined]
+    out = {}
+    for node_id, info in client.get_all_node_info(timeout=timeout).items():
+        dead = info.state != alive
+        out[node_id.hex()] = {
+            "alive": not dead, "resources": dict(info.resources_total),
+            "death": (f"{reasons.Name(info.death_info.reason)}: "
+                      f"{info.death_info.reason_message}".rstrip(": ") if dead else "")}
+    return out
+
+
+def drain_node(client: Any, node_id: str, message: str, deadline_s: float | None) -> str | None:
+    """Ask Ray to drain a node as for a preemption: its raylet takes no new task or actor
+    (they go to other nodes), Serve starts replicas elsewhere before it stops those there,
+    and once nothing runs on it the raylet exits by itself. `deadline_s`: when it will be
+    stopped anyway (None: no deadline). Returns None, or why Ray refused."""
+    from ray.core.generated import autoscaler_pb2
+
+    reason = autoscaler_pb2.DrainNodeReason.Value(  # type: ignore[attr-defined]
+        "DRAIN_NODE_REASON_PREEMPTION")
+    deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)
+    accepted, why = client.drain_node(node_id, reason, message, deadline_ms)
+    return None if accepted else (why or "refused")
+
+
+def cluster_demand(client: Any) -> tuple[list[tuple[dict[str, float], int]],
+                                         dict[str, dict[str, Any]]]:
+    """What Ray's autoscaler sees: the resource shapes waiting for a node (tasks, actors and
+    placement groups no node can take now, with their counts), and each node's status and
+    how long it has been idle (`idle_s`), by hex NodeID (`status`: RUNNING, IDLE, DRAINING,
+    DEAD)."""
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+    from ray.core.generated import autoscaler_pb2
+
+    status = autoscaler_pb2.NodeStatus  # type: ignore[attr-defined]
+    state = get_cluster_resource_state(client)
+    pending: list[tuple[dict[str, float], int]] = []
+    for request in state.pending_resource_requests:
+        shape = dict(request.request.resources_bundle)
+        pending.append((shape, int(request.count)))
+    for gang in state.pending_gang_resource_requests:
+        for bundle in gang.requests:
+            pending.append((dict(bundle.resources_bundle), 1))
+    nodes = {ns.node_id.hex(): {"status": status.Name(ns.status),
+                                "idle_s": ns.idle_duration_ms / 1000,
+                                "total": dict(ns.total_resources),
+                                "available": dict(ns.available_resources)}
+             for ns in state.node_states}
+    return pending, nodes

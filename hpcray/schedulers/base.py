@@ -58,10 +58,16 @@ class JobRequest:
     agent_argv: tuple[str, ...] = ()
     agent_python: str | None = None
     container: str = ""  # "<runtime> image <image>", for the script's comment
+    # the jobs of an elastic or relayed run (docs/elastic.md): what `hpcray up` is told
+    # (`--job w1`: a worker job joins the run's cluster; `--job r1`: a successor resumes
+    # it), where this job writes its output (jobs/<tag>/job.out), and the job it waits for
+    up_args: tuple[str, ...] = ()
+    output_path: str | None = None
+    after_job: str | None = None
 
     @property
     def output(self) -> str:
-        return f"{self.run_dir}/job.out"
+        return self.output_path or f"{self.run_dir}/job.out"
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,18 @@ class Scheduler(ABC):
     def directives(self, req: JobRequest) -> list[str]:
         """Scheduler options, without the prefix, in the order they appear in the script."""
 
+    def dependency(self, job_id: str) -> str:
+        """The directive that holds a job until `job_id` has ended, however it ended (a relay's
+        successor waits for its predecessor: docs/elastic.md)."""
+        raise SchedulerError(f"{self.name} has no job dependencies")
+
     def job_script(self, req: JobRequest) -> str:
         """The exact text that submit() hands to the scheduler."""
+        directives = self.directives(req)
+        if req.after_job:
+            directives.append(self.dependency(req.after_job))
         return _TEMPLATES.get_template(self.template).render(
-            prefix=self.directive_prefix, directives=self.directives(req), req=req,
+            prefix=self.directive_prefix, directives=directives, req=req,
             scheduler=self.name)
 
     @abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,18 +65,28 @@ class Flux(Scheduler):
         d.extend(req.directives)
         return d
 
+    def dependency(self, job_id: str) -> str:
+        return f"--dependency=afterany:{job_id}"
+
+    @staticmethod
+    def _flux(*args: str) -> list[str]:
+        """A flux command for the instance the run's jobs live in: from inside a Flux job
+        (a worker or successor job submitted by the run itself), its parent's, not the
+        job's own sub-instance."""
+        return ["flux", *(["--parent"] if os.environ.get("FLUX_JOB_ID") else []), *args]
+
     def submit(self, script_path: Path, run_dir: Path) -> str:
-        out = run_command(["flux", "batch", str(script_path)]).strip()
+        out = run_command(self._flux("batch", str(script_path))).strip()
         if not out:
             raise SchedulerError("flux batch printed no job id")
         return out.splitlines()[-1]
 
     def cancel(self, job_id: str) -> None:
-        run_command(["flux", "cancel", job_id])
+        run_command(self._flux("cancel", job_id))
 
     def state(self, job_id: str) -> JobState:
         try:
-            out = run_command(["flux", "jobs", "-n", "-o", "{status}", job_id]).strip()
+            out = run_command(self._flux("jobs", "-n", "-o", "{status}", job_id)).strip()
         except SchedulerError:
             return JobState.UNKNOWN
         return _STATES.get(out.upper(), JobState.UNKNOWN)

@@ -48,6 +48,9 @@ class Lsf(Scheduler):
         d.extend(req.directives)
         return d
 
+    def dependency(self, job_id: str) -> str:
+        return f"-w \"ended({job_id})\""  # quoted, as IBM writes it
+
     def submit(self, script_path: Path, run_dir: Path) -> str:
         # bsub reads #BSUB lines only from standard input.
         out = run_command(["bsub"], input=script_path.read_text())

@@ -60,6 +60,9 @@ class Pbs(Scheduler):
         d.extend(req.directives)
         return d
 
+    def dependency(self, job_id: str) -> str:
+        return f"-W depend=afterany:{job_id}"
+
     def submit(self, script_path: Path, run_dir: Path) -> str:
         out = run_command(["qsub", str(script_path)]).strip()
         if not out:

@@ -98,6 +98,9 @@ class Slurm(Scheduler):
             d.append(f"--gpus-per-node={req.gpus_per_node}")
         return merge_constraints([*d, *req.directives])
 
+    def dependency(self, job_id: str) -> str:
+        return f"--dependency=afterany:{job_id}"
+
     def submit(self, script_path: Path, run_dir: Path) -> str:
         out = run_command(["sbatch", "--parsable", str(script_path)]).strip()
         job_id = out.split(";", 1)[0]

@@ -54,11 +54,21 @@ class ServiceRecord:
     published_at: float | None = None
     error: str | None = None
     bt: list[ReplicaBT] = field(default_factory=list)
+    autoscaling: str | None = None  # "min-max" of an autoscaled service
+    target: int | None = None  # its replica count as last decided
+    live: int | None = None  # its replicas taking requests now
 
     @property
     def replicas(self) -> int:
         """Replicas that answered through the handle (one BT record each)."""
         return len(self.bt)
+
+    def scaling(self) -> dict[str, Any]:
+        """What `hpcray status` shows of an autoscaled service: "3/4 replicas (autoscaling
+        1-4)"; nothing for the others."""
+        if self.autoscaling is None:
+            return {}
+        return {"autoscaling": self.autoscaling, "target": self.target, "live": self.live}
 
 
 def with_run_dir(value: Any, run_dir: str) -> Any:
@@ -82,6 +92,26 @@ def fits(spec: ServiceSpec, nodes: list[dict[str, Any]]) -> str | None:
     return unplaceable(spec.resources, nodes, "replica")
 
 
+def serve_autoscaled(spec: ServiceSpec) -> bool:
+    """Scaled by Serve's own autoscaler: an autoscaled service on the Serve path, whose
+    requests Serve's router sees. The direct path's are scaled by hpcray (autoscale.py)."""
+    return spec.autoscaling is not None and spec.transport == "serve"
+
+
+def replica_count_options(spec: ServiceSpec) -> dict[str, Any]:
+    """The deployment's replica count: a fixed `num_replicas` (hpcray's autoscaler changes
+    it through Serve's external-scaler call), or Serve's `autoscaling_config`, starting at
+    `replicas` (Serve refuses both at once)."""
+    auto = spec.autoscaling
+    if auto is None or not serve_autoscaled(spec):
+        return {"num_replicas": spec.replicas}
+    return {"autoscaling_config": {
+        "min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
+        "initial_replicas": spec.replicas,
+        "target_ongoing_requests": auto.target_ongoing_requests,
+        "upscale_delay_s": auto.upscale_delay, "downscale_delay_s": auto.downscale_delay}}
+
+
 def max_ongoing(spec: ServiceSpec, cls: type) -> int:
     """The workflow's `max_ongoing_requests`, else the class's own default: an engine that
     batches (vLLM) wants every request in flight, not Serve's 16 at a time."""
@@ -100,6 +130,9 @@ class ServiceManager:
         self.records = {s.name: ServiceRecord(s.name) for s in services}
         self.specs = {s.name: s for s in services}
         self.directory = None
+        self.autoscalers: dict[str, Any] = {}  # service -> its Autoscaler
+        # autoscalers save from their threads: one writer at a time (one temp file per pid)
+        self._save_lock = threading.Lock()
 
     # -- building ----------------------------------------------------------------------------
     def _deployment(self, spec: ServiceSpec):
@@ -112,7 +145,7 @@ class ServiceManager:
         check_args(cls, args, spec.name)
         res = spec.resources
         options: dict[str, Any] = {
-            "name": spec.name, "num_replicas": spec.replicas,
+            "name": spec.name, **replica_count_options(spec),
             "max_ongoing_requests": max_ongoing(spec, cls),
             "health_check_period_s": spec.health_check_period,
             "health_check_timeout_s": spec.health_check_timeout,
@@ -122,7 +155,7 @@ class ServiceManager:
         if spec.command is not None:
             # a program that cannot start is tried `restarts` more times per replica (Serve
             # counts failed starts over the whole deployment), not Serve's 3 per replica
-            options["max_constructor_retry_count"] = spec.replicas * (spec.restarts + 1)
+            options["max_constructor_retry_count"] = spec.ceiling * (spec.restarts + 1)
             # Serve waits this long for the replica's stop: the program's own grace and more
             options["graceful_shutdown_timeout_s"] = (spec.drain_timeout + spec.stop_timeout
                                                       + STOP_MARGIN_S)
@@ -137,7 +170,7 @@ class ServiceManager:
         options["ray_actor_options"] = actor
         token = self.http.token_sha256 if self.http else None
         return serve.deployment(ReplicaHost, **options).bind(  # type: ignore[attr-defined]
-            target, args, spec.name, spec.transport, token)
+            target, args, spec.name, spec.transport, token, spec.drain_timeout)
 
     def _target(self, spec: ServiceSpec) -> tuple[str, dict[str, Any]]:
         """The class a replica builds and its arguments: the workflow's class, or for a
@@ -189,10 +222,12 @@ class ServiceManager:
                 if spec.remote:
                     self._probe_remote(spec)
             local = [s for s in level if s.replicas]
-            # external scaling: `scale` changes replica counts without a redeploy
+            # external scaling: `scale` (and hpcray's autoscaler on the direct path) changes
+            # replica counts without a redeploy; Serve refuses it beside its own autoscaler
             targets = [serve.RunTarget(self._deployment(s), name=app_name(s.name),
                                        route_prefix=self._route(s.name),
-                                       external_scaler_enabled=True) for s in local]
+                                       external_scaler_enabled=not serve_autoscaled(s))
+                       for s in local]
             targets += ingress
             ingress = []
             now = time.time()
@@ -214,6 +249,8 @@ class ServiceManager:
                     timer = threading.Timer(spec.lifetime.seconds, self.expire, args=(spec.name,))
                     timer.daemon = True
                     timer.start()
+                if spec.autoscaling is not None and spec.replicas:
+                    self._start_autoscaler(spec)
             self._save()
         if self.http:
             self._wait_openai()
@@ -391,6 +428,38 @@ class ServiceManager:
         """Change a running service's replica count (see `scale`)."""
         self.specs[name] = scale(name, replicas, directory=self.directory)
 
+    def _start_autoscaler(self, spec: ServiceSpec) -> None:
+        """The service's autoscaling thread: hpcray's on the direct path, a recorder of
+        Serve's count on the Serve path (services/autoscale.py)."""
+        from hpcray.services.autoscale import Autoscaler
+
+        auto = spec.autoscaling
+        assert auto is not None  # only autoscaled services get one
+        run_dir = self.run.path if self.run else env.run_dir()
+        record = self.records[spec.name]
+        record.autoscaling = f"{auto.min_replicas}-{auto.max_replicas}"
+
+        def changed(target: int, live: int) -> None:
+            record.target, record.live = target, live
+            self._save()
+
+        scaler = Autoscaler(spec, self.directory, lambda n: self.scale(spec.name, n), run_dir,
+                            changed)
+        self.autoscalers[spec.name] = scaler
+        scaler.start()
+
+    def autoscaling(self, name: str) -> list[dict[str, Any]]:
+        """The autoscaling records of a service this manager started, oldest first (the
+        same as <run>/metrics/autoscale/<name>.jsonl, also without a run directory)."""
+        scaler = self.autoscalers.get(name)
+        return list(scaler.records) if scaler else []
+
+    def _stop_autoscalers(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else list(self.autoscalers):
+            scaler = self.autoscalers.pop(name, None)
+            if scaler is not None:
+                scaler.stop()
+
     def expire(self, name: str) -> None:
         """End of a service's lifetime: delete it; callers get an explicit error after."""
         from ray import serve
@@ -398,6 +467,7 @@ class ServiceManager:
         record = self.records[name]
         if record.state != ServiceState.READY:
             return
+        self._stop_autoscalers([name])
         log.info("service %s reached the end of its lifetime: deleting it", name)
         serve.delete(app_name(name))
         record.state = ServiceState.EXPIRED
@@ -456,6 +526,7 @@ class ServiceManager:
         Serve would wait out its graceful timeout on replicas that will never answer)."""
         from ray import serve
 
+        self._stop_autoscalers()  # nothing scales what is being deleted
         apps = [OPENAI_APP] if self.http else []
         apps += [app_name(n) for n, r in self.records.items() if r.state not in (
             ServiceState.PENDING, ServiceState.EXPIRED)]
@@ -504,11 +575,16 @@ class ServiceManager:
     def _save(self) -> None:
         if self.run is None:
             return
+        with self._save_lock:
+            self._save_locked(self.run)
+
+    def _save_locked(self, run: RunDir) -> None:
         data = {name: asdict(r) for name, r in self.records.items()}
-        (self.run.path / "metrics").mkdir(exist_ok=True)
-        write_json_atomic(self.run.path / "metrics" / "services.json", data)
-        self.run.update(services={n: {"state": r.state, "replicas": r.replicas,
-                                      "error": r.error} for n, r in self.records.items()})
+        (run.path / "metrics").mkdir(exist_ok=True)
+        write_json_atomic(run.path / "metrics" / "services.json", data)
+        run.update(services={n: {"state": r.state, "replicas": r.replicas,
+                                      "error": r.error, **r.scaling()}
+                                  for n, r in self.records.items()})
 
 
 def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
@@ -525,6 +601,15 @@ def scale(service: str, replicas: int, *, directory: Any = None) -> ServiceSpec:
         raise ServiceError(f"no running service {service!r} to scale")
     if replicas < 1:
         raise ServiceError(f"service {service!r}: replicas must be at least 1, got {replicas}")
+    auto = declared["spec"].get("autoscaling")
+    if auto is not None and declared["spec"]["transport"] == "serve":
+        raise ServiceError(f"service {service!r} is scaled by Serve's autoscaler (autoscaling "
+                           "on transport: serve); its count follows the load between "
+                           f"{auto['min_replicas']} and {auto['max_replicas']}")
+    if auto is not None and not auto["min_replicas"] <= replicas <= auto["max_replicas"]:
+        raise ServiceError(f"service {service!r}: {replicas} replicas is outside its "
+                           f"autoscaling bounds [{auto['min_replicas']}, "
+                           f"{auto['max_replicas']}]")
     spec = ServiceSpec.model_validate({**declared["spec"], "replicas": replicas})
     set_replica_count(app_name(service), service, replicas)
     ray.get(found.declare.remote(service, spec.model_dump(mode="json"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,16 +25,21 @@ if TYPE_CHECKING:
 
 __all__ = ["ReplicaHost", "ServiceRequestError"]
 
+log = logging.getLogger("hpcray.services")
+DRAINED_LINGER_MS = 500  # a drained replica's last replies may take this long to leave
+
 
 class ReplicaHost:
     def __init__(self, target: str, args: dict[str, Any], service: str,
-                 transport: str = "serve", http_token_sha256: str | None = None) -> None:
+                 transport: str = "serve", http_token_sha256: str | None = None,
+                 drain_timeout: float = 5.0) -> None:
         self.created = time.time()  # the replica's process runs: end of BT launch
         from ray import serve
 
         from hpcray.services.registry import load_class
 
         self.service = service
+        self.drain_timeout = drain_timeout  # for the direct path's requests (Serve's own)
         self.http_token_sha256 = http_token_sha256
         self.obj = load_class(target)(**args)
         self.ready = time.time()  # the user's constructor returned: end of BT init
@@ -69,7 +75,8 @@ class ReplicaHost:
         self.direct = DirectServer(self.method, self.replica, self.bootstrap(),
                                    token=run_token(), streams=self.stream_method,
                                    loop=getattr(self.obj, "event_loop", None),
-                                   ledger=self.ledger, stats=self.stats)
+                                   ledger=self.ledger, stats=self.stats,
+                                   also_in_flight=lambda: self.in_flight)
         address = self.direct.start()
         found = directory()
         if found is None:
@@ -80,8 +87,16 @@ class ReplicaHost:
                 timeout=60)
 
     def __del__(self) -> None:
-        """Serve's graceful stop: unpublish first, so no client sends here any more; then the
-        service's own `shutdown()` (an engine's processes)."""
+        """Serve's graceful stop (Serve has drained its own path's requests by now): on the
+        direct path, clients are told to send nothing new and what the replica holds is
+        answered (up to drain_timeout); then it unpublishes, so no client waits on it any
+        more; then the service's own `shutdown()` (an engine's processes)."""
+        try:
+            self._drain()
+        finally:
+            self._stop_serving()
+
+    def _stop_serving(self) -> None:
         if getattr(self, "requests", None) is not None:
             self.requests.stop()
         try:
@@ -90,6 +105,31 @@ class ReplicaHost:
             shutdown = getattr(getattr(self, "obj", None), "shutdown", None)
             if callable(shutdown):
                 shutdown()
+
+    def _drain(self) -> None:
+        """Marked draining in the directory (clients stop choosing this replica and keep
+        waiting for its answers), then wait until it owes none. Once: Serve calls __del__,
+        and the garbage collector may again."""
+        direct = getattr(self, "direct", None)
+        if direct is None or getattr(self, "_drained", False):
+            return
+        self._drained = True
+        try:
+            from hpcray.services.direct.directory import directory
+
+            found = directory()
+            if found is not None:
+                import ray
+
+                ray.get(found.drain.remote(self.service, self.replica), timeout=5)
+        except Exception:  # noqa: BLE001 - unpublishing follows; clients then resend
+            log.warning("replica %s of %s: the directory did not take its drain", self.replica,
+                        self.service, exc_info=True)
+        if not direct.drain(self.drain_timeout):
+            log.warning("replica %s of %s: requests still held after drain_timeout (%gs); "
+                        "their clients resend them elsewhere", self.replica, self.service,
+                        self.drain_timeout)
+        self._linger_ms = DRAINED_LINGER_MS
 
     def _unpublish(self) -> None:
         if getattr(self, "direct", None) is None:
@@ -105,7 +145,7 @@ class ReplicaHost:
         except Exception:  # noqa: BLE001, S110 - the directory's ping notices us gone anyway
             pass
         if self.direct is not None:
-            self.direct.stop()
+            self.direct.stop(linger_ms=getattr(self, "_linger_ms", 0))
 
     def bootstrap(self) -> dict[str, Any]:
         """BT times, and what the service adds (a program service: its URL)."""

@@ -66,6 +66,30 @@ Seconds = Annotated[int, BeforeValidator(_walltime),
                     PlainSerializer(lambda v: f"{v}s", return_type=str, when_used="json")]
 
 
+class RelaySpec(StrictModel):
+    """Carry a run past its walltime: at the warning, a successor job is submitted (held until
+    this one ends) and resumes the same run (docs/elastic.md#relay)."""
+
+    max_jobs: int = Field(2, ge=2, le=100, description="Jobs in the chain, this one included.")
+
+
+class ElasticSpec(StrictModel):
+    """Grow the run by worker-only batch jobs while work waits that no node can take, and
+    release a worker job once its nodes sit idle (docs/elastic.md#adapt)."""
+
+    max_jobs: int = Field(1, ge=1, le=64, description="Worker jobs at most at once.")
+    nodes_per_job: int = Field(1, ge=1, le=100_000, description="Nodes of each worker job.")
+    grow_after: Seconds = Field(30, description="Seconds work waits unplaced before a grow.")
+    idle_after: Seconds = Field(300, description="Seconds a worker job's nodes sit idle "
+                                "before it is released.")
+    walltime: Seconds | None = Field(None, description="Each worker job's walltime; default: "
+                                     "what is left of the main job's.")
+    partition: Token | None = Field(None, description="Partition or queue of the worker jobs; "
+                                    "default: the main job's.")
+    interval: float = Field(2.0, ge=0.5, le=60, description="Seconds between two looks "
+                            "(each reads Ray's control store and run.json).")
+
+
 class AllocationSpec(StrictModel):
     """What to ask the batch scheduler for."""
 
@@ -97,6 +121,8 @@ class AllocationSpec(StrictModel):
     container: ContainerSpec | None = Field(
         None, description="Run every node agent, and so Ray and everything it starts, in this "
         "image (docs/containers.md).")
+    relay: RelaySpec | None = Field(
+        None, description="Continue the run in a successor job at the walltime warning.")
 
     @field_validator("env")
     @classmethod
@@ -208,6 +234,8 @@ class Workflow(StrictModel):
     endpoints: EndpointsSpec = Field(default_factory=EndpointsSpec)
     stages: list[StageSpec] = Field(
         default_factory=list, description="Compute stages, run after the services are ready.")
+    elastic: ElasticSpec | None = Field(
+        None, description="Grow and shrink the run by worker jobs within these bounds.")
     hpo: Annotated[dict[str, Any], _reserved("hpo")] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -23,6 +23,28 @@ class LifetimeSpec(StrictModel):
     seconds: float | None = Field(None, gt=0)
 
 
+class AutoscalingSpec(StrictModel):
+    """Replicas follow the load between `min_replicas` and `max_replicas`: Serve's own
+    autoscaler on the Serve path, hpcray's (services/autoscale.py) on the direct path, where
+    requests never pass Serve's router. Defaults are Serve's."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 only on the Serve "
+                              "path (a direct client needs a replica to send to).")
+    max_replicas: int = Field(ge=1, description="Most replicas; must fit the allocation.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests queued or running per replica that the scaling "
+        "aims at: replicas = ceil(ongoing requests / this).")
+    upscale_delay: float = Field(30.0, ge=0, description="Seconds the load must ask for "
+                                 "more replicas before they are added.")
+    downscale_delay: float = Field(600.0, ge=0, description="Seconds the load must ask for "
+                                   "fewer replicas before any is removed.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas "
+                             f"({self.min_replicas})")
+        return self
 
 
 class RemoteEndpointSpec(StrictModel):
@@ -142,7 +164,11 @@ class ServiceSpec(StrictModel):
                                  "cancel, lifetime, scale-down) gives its in-flight requests "
                                  "before it is stopped; an idle replica stops at once.")
     args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
-    replicas: int = Field(1, ge=0, description="Local replicas; 0 with `remote` only.")
+    replicas: int = Field(1, ge=0, description="Local replicas; 0 with `remote` only. With "
+                          "`autoscaling`: the starting count (default its min_replicas).")
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Replicas follow the load between min_replicas and max_replicas "
+        "(docs/services.md#autoscaling).")
     remote: list[RemoteEndpointSpec] = Field(
         default_factory=list, description="Endpoints outside the allocation, balanced with "
                                           "the local replicas.")
@@ -182,6 +208,8 @@ class ServiceSpec(StrictModel):
     def _not_after_itself(self) -> ServiceSpec:
         if self.name in self.after:
             raise ValueError(f"service {self.name!r} cannot start after itself")
+        if self.autoscaling is not None:
+            self._autoscaling_replicas(self.autoscaling)
         if self.replicas == 0 and not self.remote:
             raise ValueError("replicas: 0 needs at least one 'remote' endpoint")
         if self.deployment is not None and self.command is not None:
@@ -225,6 +253,34 @@ class ServiceSpec(StrictModel):
         if len(set(labels)) != len(labels):
             raise ValueError("two remote endpoints have the same name; give each a 'name'")
         return self
+
+    def _autoscaling_replicas(self, auto: AutoscalingSpec) -> None:
+        """`replicas` becomes the starting count: min_replicas unless given (at least 1, so
+        the service is deployed and published at start), and within the bounds."""
+        if self.transport == "direct" and auto.min_replicas < 1:
+            raise ValueError("autoscaling.min_replicas: at least 1 on the direct path: its "
+                             "clients send to published replicas and the replicas report the "
+                             "load, so with none a request would wait with nobody to scale "
+                             "up for it (transport: serve can scale to 0)")
+        if self.remote:
+            raise ValueError("autoscaling: not together with remote endpoints (the balance "
+                             "between local replicas and remote endpoints is fixed at start)")
+        if "replicas" not in self.model_fields_set:
+            self.replicas = max(auto.min_replicas, 1)
+        elif not max(auto.min_replicas, 1) <= self.replicas <= auto.max_replicas:
+            raise ValueError(f"replicas: {self.replicas} (the starting count) is outside "
+                             f"autoscaling's [{auto.min_replicas}, {auto.max_replicas}]"
+                             + (" and must be at least 1" if self.replicas < 1 else ""))
+
+    @property
+    def floor(self) -> int:
+        """Replicas the service holds at least (what must fit beside other services)."""
+        return self.autoscaling.min_replicas if self.autoscaling else self.replicas
+
+    @property
+    def ceiling(self) -> int:
+        """Replicas the service may hold at most."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
 
 
 def check_service_graph(services: list[ServiceSpec]) -> list[list[ServiceSpec]]:

@@ -13,6 +13,7 @@ stops the run, with the stage, item, command and error in the message.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,7 +29,14 @@ from hpcray.runtime.placement import bundle, ray_options, scaled, unplaceable
 from hpcray.spec.stages import StageSpec, check_stage_graph
 from hpcray.stages import tasks
 from hpcray.stages.fanout import expand, fill
-from hpcray.stages.records import Attempt, AttemptLog
+from hpcray.stages.records import (
+    Attempt,
+    AttemptLog,
+    EarlierAttempts,
+    EarlierTask,
+    item_text,
+    kept_output,
+)
 from hpcray.stages.tasks import node_named_in, node_names_by_id
 from hpcray.state import AttemptState, StageState
 
@@ -54,6 +62,7 @@ class _Task:
     placement: Any = None  # a launched task's placement group, removed when it ends
     actor: int | None = None  # a stateful stage's actor slot that runs it
     actor_handle: Any = None  # ... and the actor in that slot when it was sent
+    source: int | None = None  # a streaming stage's task: the producer task it came from
 
 
 @dataclass
@@ -67,6 +76,7 @@ class _Stage:
     failed: int = 0
     retried: int = 0
     running: int = 0
+    skipped: int = 0  # done in an earlier job of the run (a relay), not run again
     next_index: int = 0
     opened_at: float | None = None
     finished_at: float | None = None
@@ -77,7 +87,7 @@ class _Stage:
 class StageRunner:
     def __init__(self, stages: list[StageSpec], run: RunDir, base: Path,
                  env: dict[str, str] | None = None, stop: threading.Event | None = None,
-                 launcher: str = "local") -> None:
+                 launcher: str = "local", resume: bool = False) -> None:
         self.launcher = launcher  # the site's, for stages with `launch:`
         self.order = check_stage_graph(stages, None)
         self.stages = {s.name: _Stage(s) for s in stages}
@@ -89,6 +99,8 @@ class StageRunner:
         self.stop = stop or threading.Event()
         self._node_names: dict[str, str] = {}  # Ray NodeID -> node name, taken at the start
         self.log = AttemptLog(run.path / "stages")
+        # a relay's successor: what the run's earlier jobs recorded (None: a first job)
+        self.earlier = EarlierAttempts.read(run.path) if resume else None
         self.inflight: dict[Any, _Task] = {}
         self._last_save = 0.0
         self._option_cache: dict[str, dict[str, Any]] = {}
@@ -126,10 +138,75 @@ class StageRunner:
             log.info("stage %s opened: %s", name, f"{st.total} task(s)" if not spec.stream_from
                      else f"streaming from {spec.stream_from}")
 
-    def _queue(self, st: _Stage, item: Any, has_item: bool) -> None:
-        st.pending.append(_Task(st.spec.name, st.next_index, item, has_item))
+    def _queue(self, st: _Stage, item: Any, has_item: bool, source: int | None = None) -> None:
+        if self.earlier:
+            self._queue_resumed(st, item, has_item, source, self.earlier)
+            return
+        st.pending.append(_Task(st.spec.name, st.next_index, item, has_item, source=source))
         st.next_index += 1
         st.total += 1
+
+    def _queue_resumed(self, st: _Stage, item: Any, has_item: bool, source: int | None,
+                       earlier: EarlierAttempts) -> None:
+        """A relay's successor: a task an earlier job recorded done (the same item at the
+        same index; for a streaming stage, from the same producer task) counts as done
+        and is not run; its kept output goes to the consumers as a new output would. The
+        others run, their attempts numbered after those recorded."""
+        name = st.spec.name
+        if source is None:
+            index = st.next_index
+            st.next_index += 1
+            before = earlier.task(name, index)
+        else:
+            before = earlier.from_source(name, source)
+            if before is None:
+                used = earlier.used(name)
+                while st.next_index in used:
+                    st.next_index += 1
+                index = st.next_index
+                st.next_index += 1
+            else:
+                index = before.index
+        st.total += 1
+        same = before is not None and before.item == item_text(item)
+        if before is not None and not same:
+            log.warning("stage %s task %d: item %s, recorded as %s in an earlier job; run "
+                        "again", name, index, item_text(item), before.item)
+        if same and before is not None and self._settled(name, index, earlier):
+            self._skip(st, before, earlier)
+            return
+        st.pending.append(_Task(name, index, item, has_item, source=source,
+                                attempt=before.attempts if before is not None else 0))
+
+    def _settled(self, stage: str, index: int, earlier: EarlierAttempts) -> bool:
+        """Whether an earlier job finished this task and nothing needs its output again: it
+        was kept (small JSON), or every consumer finished the task it fed, and so on down.
+        A producer whose output is neither runs again (its `done` then recorded twice)."""
+        before = earlier.task(stage, index)
+        if before is None or before.done is None:
+            return False
+        if before.done.get("output") is not None:
+            return True
+        return all((took := earlier.from_source(consumer, index)) is not None
+                   and self._settled(consumer, took.index, earlier)
+                   for consumer in self.consumers[stage])
+
+    def _skip(self, st: _Stage, before: EarlierTask, earlier: EarlierAttempts) -> None:
+        """A settled task counted done; its kept output goes to the consumers as a new one
+        would (each decides for itself), else the tasks it fed are counted done too."""
+        st.done += 1
+        st.skipped += 1
+        assert before.done is not None
+        output = before.done.get("output")
+        for consumer in self.consumers[st.spec.name]:
+            cst = self.stages[consumer]
+            if output is not None:
+                self._queue(cst, json.loads(output), has_item=True, source=before.index)
+                continue
+            took = earlier.from_source(consumer, before.index)
+            assert took is not None  # settled
+            cst.total += 1
+            self._skip(cst, took, earlier)
 
     def _finish_ready(self) -> None:
         for name in self.order:
@@ -140,7 +217,8 @@ class StageRunner:
                 continue
             st.finished, st.finished_at = True, time.time()
             self._kill_actors(st)
-            log.info("stage %s finished: %d task(s) done, %d retried", name, st.done, st.retried)
+            log.info("stage %s finished: %d task(s) done, %d retried%s", name, st.done,
+                     st.retried, f", {st.skipped} done in an earlier job" if st.skipped else "")
 
     # -- submitting --------------------------------------------------------------------------
     def _may_submit(self, st: _Stage) -> bool:
@@ -286,9 +364,10 @@ class StageRunner:
             AttemptState.TIMEOUT if result.get("timed_out") else \
             AttemptState.LOST if result.get("lost") else AttemptState.FAILED
         stem = f"{task.index}.{task.attempt}"
+        consumers = self.consumers[task.stage]
         attempt = Attempt(
             stage=task.stage, index=task.index, attempt=task.attempt,
-            item=repr(task.item)[:200], state=state, submitted=task.submitted,
+            item=item_text(task.item), state=state, submitted=task.submitted,
             started=result.get("started"), ended=result.get("ended"), finished=time.time(),
             node=result.get("node") or self._node_named(result), hosts=result.get("hosts"),
             pid=result.get("pid"),
@@ -296,12 +375,16 @@ class StageRunner:
             exit_code=result.get("exit_code"), error=result.get("error"),
             detail=result.get("traceback") or result.get("stderr_tail"), command=task.command,
             stdout=f"{self._out_dir(task.stage)}/{stem}.out" if task.command else None,
-            stderr=f"{self._out_dir(task.stage)}/{stem}.err" if task.command else None)
+            stderr=f"{self._out_dir(task.stage)}/{stem}.err" if task.command else None,
+            source=task.source,
+            output=kept_output(result.get("output"))
+            if consumers and state == AttemptState.DONE else None)
         self.log.write(attempt)
         if state == AttemptState.DONE:
             st.done += 1
-            for consumer in self.consumers[task.stage]:
-                self._queue(self.stages[consumer], result.get("output"), has_item=True)
+            for consumer in consumers:
+                self._queue(self.stages[consumer], result.get("output"), has_item=True,
+                            source=task.index)
             return
         if task.attempt < spec.retries:
             st.retried += 1
@@ -405,6 +488,8 @@ class StageRunner:
             except Exception as exc:  # noqa: BLE001 - teardown sweeps what is left
                 log.debug("cancel: %s", exc)
         self.inflight.clear()
+        for st in self.stages.values():  # none runs now (nor is recorded: a relay reruns it)
+            st.running = 0
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -413,6 +498,7 @@ class StageRunner:
                 StageState.RUNNING if st.opened else StageState.WAITING
             out[name] = {"state": state, "total": st.total, "done": st.done,
                          "failed": st.failed, "running": st.running, "retried": st.retried,
+                         "skipped": st.skipped,
                          "opened": st.opened_at, "finished": st.finished_at}
         return out
 

@@ -1,7 +1,9 @@
 """The hyperparameter search: Ray Tune with Optuna's sampler (OptunaSearch) and ASHA early
 stopping, trials running side by side. Results live in `storage/name`; submitting the same
 search again after a walltime interruption restores it there (finished trials kept,
-interrupted ones resumed from their last checkpoint)."""
+interrupted ones resumed from their last checkpoint), and so does a relay's next job of the
+same run (`allocation.relay`, `hpcray.context().resumed`), with the default storage in the
+run directory."""
 
 from __future__ import annotations
 
@@ -47,9 +49,32 @@ class TrialResources(StrictModel):
         return min(1.0, cluster_gpus / concurrent) if cluster_gpus else 0.0
 
 
+def restorable(path: Path) -> bool:
+    """Whether Tune saved enough of a search at `path` to continue it: the tuner (what
+    Tuner.can_restore looks for) and an experiment state (saved as the trials report; a job
+    that ended before that left only the tuner, with nothing to continue)."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(path)) and any(path.glob("experiment_state-*.json"))
+
+
+def continues(path: Path, resumed: bool) -> bool:
+    """Restore the search saved at `path` (True), or start it (False). `resumed`: this is a
+    relay's next job of the run, which expects its own search there; finding none (the
+    first job ended before Tune saved any) it starts the search afresh, and says so."""
+    if restorable(path):
+        log.info("resuming the search in %s%s", path,
+                 " (a relay's next job of this run)" if resumed else "")
+        return True
+    if resumed:
+        log.info("a relay's next job of this run, but no search was saved in %s: starting it",
+                 path)
+    return False
+
+
 def search(data: DataSpec, space: SearchSpace, trials: int, concurrent: int,
            resources: TrialResources, storage: Path, name: str, seed: int = 0,
-           callbacks: list | None = None):
+           callbacks: list | None = None, resumed: bool = False):
     """Run (or resume) the search; returns Tune's ResultGrid."""
     import os
 
@@ -67,8 +92,7 @@ def search(data: DataSpec, space: SearchSpace, trials: int, concurrent: int,
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
                                     {"cpu": resources.cpus, "gpu": gpus})
     path = storage / name
-    if tune.Tuner.can_restore(str(path)):
-        log.info("resuming the search in %s", path)
+    if continues(path, resumed):
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:

@@ -193,7 +193,8 @@ def run(**options: Any) -> dict[str, Any]:
     try:
         grid = search(data, cfg.search.space, cfg.search.trials, cfg.search.concurrent,
                       cfg.search.trial, storage, cfg.search.name, cfg.seed,
-                      callbacks=[_Progress(cfg.search.trials, cfg.search.epochs)])
+                      callbacks=[_Progress(cfg.search.trials, cfg.search.epochs)],
+                      resumed=hpcray.context().resumed)
     finally:
         for actor in actors:
             ray.kill(actor)

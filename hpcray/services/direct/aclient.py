@@ -25,6 +25,7 @@ from hpcray.services.direct.client import (
     LOST_EVENTS,
     ReplicaLost,
     ServiceTimeout,
+    open_replicas,
     raise_for,
 )
 from hpcray.services.direct.protocol import (
@@ -155,7 +156,8 @@ class AsyncDirectClient:
         wait_s = self.replica_wait_s if wait_s is None else wait_s
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:  # Serve restarts lost replicas: wait for one
-            replica = pick_two(list(self.table), self._outstanding.__getitem__, exclude=tried)
+            replica = pick_two(open_replicas(self.table), self._outstanding.__getitem__,
+                               exclude=tried)
             if replica is not None:
                 return replica
             remaining = deadline - asyncio.get_running_loop().time()

@@ -6,7 +6,9 @@ each other; `call_many` keeps a window of requests in flight over those connecti
 A replica whose connection drops, or that the directory reports gone, has its in-flight
 requests sent to another replica (`retries`), or failed with an error naming the replica:
 never dropped. A stream is retried elsewhere only before its first piece arrived; after that,
-losing its replica fails it (the pieces already given cannot be taken back)."""
+losing its replica fails it (the pieces already given cannot be taken back). A replica that
+drains (scale-down) gets no new requests, but its answers are still awaited: nothing it
+holds is sent a second time."""
 
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ class DirectClient:
             self.transport = described["transport"]
             self.version = described["version"]
             self.table = {r["replica"]: r for r in described["replicas"]}
-            self._choices = list(self.table)
+            self._choices = open_replicas(self.table)
             self._changed.notify_all()
 
     def _watch(self) -> None:
@@ -176,7 +178,7 @@ class DirectClient:
         with self._changed:
             if replica in self.table:
                 del self.table[replica]
-                self._choices = list(self.table)
+                self._choices = open_replicas(self.table)
         if self._directory is not None:
             self._directory.report_lost.remote(self.service, replica)
 
@@ -532,6 +534,12 @@ class DirectClient:
             for conn in spare:
                 conn.close()
         self._ctx.destroy(linger=0)
+
+
+def open_replicas(table: dict[str, dict[str, Any]]) -> list[str]:
+    """The replicas new requests may go to: not those draining (a scale-down or the run's
+    end), which stay in the table only so that their answers are still waited for."""
+    return [r for r, entry in table.items() if not entry.get("draining")]
 
 
 _FIELD = re.compile(r"field '([^']+)'")

@@ -2,7 +2,10 @@
 handles long-poll for changes, so a restart, a scale-up or a lost replica reaches every
 client within one round trip of the change. A lost replica is noticed three ways: the client
 sees its connection drop and reports it, Ray reports its actor dead to the periodic ping here,
-or the replica unpublishes itself on a clean shutdown."""
+or the replica unpublishes itself on a clean shutdown. A replica that stops cleanly (a
+scale-down, the run's end) first drains: it stays in the table marked `draining`, so clients
+send it nothing new but wait for the answers it owes them, and unpublishes once it has sent
+them."""
 
 from __future__ import annotations
 
@@ -57,6 +60,15 @@ class ReplicaDirectory:
         self._bump(service)
         log.info("service %s: replica %s answers at %s", service, replica, address)
         return entry["version"]
+
+    def drain(self, service: str, replica: str) -> None:
+        """A stopping replica (scale-down, run end): clients send it nothing new but still
+        wait for what it holds, until it unpublishes itself once that is answered."""
+        found = self._service(service)["replicas"].get(replica)
+        if found is not None and not found.get("draining"):
+            found["draining"] = True
+            self._bump(service)
+            log.info("service %s: replica %s drains", service, replica)
 
     def unpublish(self, service: str, replica: str, reason: str = "stopped") -> None:
         entry = self._service(service)

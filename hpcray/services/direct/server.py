@@ -67,6 +67,8 @@ _NOBLOCK = zmq.NOBLOCK
 _GONE = (errno.EHOSTUNREACH, errno.EAGAIN)  # the client left; or stopped reading (queue full)
 STALL_LIMIT_S = 300.0  # a stream whose client reads nothing this long is stopped
 HELD_POLL_MS = 5  # how often replies held for a slow reader are offered again
+DRAIN_QUIET_S = 0.2  # a draining replica stops only after this long without an answer sent
+DRAIN_POLL_S = 0.02
 INLINE_LIMIT_NS = 100_000  # handlers faster than this (moving average) run on the socket thread
 WORKER, LOOP = b"w", b"a"  # which side a completion comes from
 
@@ -101,11 +103,14 @@ class DirectServer:
                  streams: Callable[[str], Callable[[Any], Any]] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
                  ledger: ExecutedLog | None = None,
-                 stats: ReplicaStats | None = None) -> None:
+                 stats: ReplicaStats | None = None,
+                 also_in_flight: Callable[[], int] | None = None) -> None:
         """`stats`: where answered requests are counted and timed (hpcray/metrics), per
-        thread; None records nothing."""
+        thread; None records nothing. `also_in_flight`: the replica's requests on its other
+        path (Serve's), added to this socket's in a ping's `in_flight`."""
         self.resolve = methods  # method name -> callable, raises ServiceRequestError
         self.resolve_stream = streams  # method name -> its generator function, likewise
+        self.also_in_flight = also_in_flight
         self._service_loop = loop  # coroutines and async streams run here when given
         self.replica = replica.encode()
         self.info = info
@@ -144,6 +149,7 @@ class DirectServer:
         self._loop_push = threading.local()
         self._work: queue.SimpleQueue | None = None  # the worker thread's requests
         self._offloaded = 0  # requests on the worker, not yet replied (socket thread only)
+        self._inline = 0  # 1 while a handler runs on the socket thread itself
         self.thread = threading.Thread(target=self._serve_forever, name="hpcray-direct",
                                        daemon=True)
         # requests answered, counted per thread that answers (no lost increments between
@@ -170,9 +176,10 @@ class DirectServer:
     @property
     def in_flight(self) -> int:
         """Requests received and not answered yet (the replica's queue depth): stamped and
-        waiting for the socket thread, on the worker, on the event loop, streams running."""
+        waiting for the socket thread, running on it, on the worker, on the event loop,
+        streams running."""
         return (len(self._waiting) + self._offloaded + self._async_sent - self._async_done
-                + len(self._streams))
+                + len(self._streams) + self._inline)
 
     @property
     def served(self) -> int:
@@ -186,7 +193,9 @@ class DirectServer:
             return None
         return stats.for_thread()
 
-    def stop(self) -> None:
+    def stop(self, linger_ms: int = 0) -> None:
+        """`linger_ms`: how long replies already queued may still take to leave (a drained
+        replica's last ones); 0 drops them."""
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=2)
@@ -196,7 +205,7 @@ class DirectServer:
             self._work.put(None)
         if self.auth is not None:
             self.auth.stop()
-        self.ctx.destroy(linger=0)
+        self.ctx.destroy(linger=linger_ms)
 
     # -- the loop --------------------------------------------------------------------------
     def _serve_forever(self) -> None:
@@ -353,11 +362,14 @@ class DirectServer:
             self._offload(handler, payload, envelope, unpack_request(frame), received)
             return
         start = clock()
+        self._inline = 1  # in flight on this thread (a drain waits for it)
         try:
             result = fn(payload)
         except Exception as exc:  # noqa: BLE001 - the handler's failure, returned to the caller
+            self._inline = 0
             self._fail(envelope, rid, codec_b, exc)
             return
+        self._inline = 0
         if is_async or asyncio.iscoroutine(result):
             self._async_sent += 1
             self._submit(result, envelope, unpack_request(frame), received, start)
@@ -497,7 +509,30 @@ class DirectServer:
             [*envelope, pack_reply(rid, self.replica, codec_b, status, timing, body)])
 
     def _ping(self, _payload: Any) -> dict[str, Any]:
-        return {**self.info, "served": self.served}
+        """Who the replica is, what it answered, and what it holds now (the autoscaler's
+        load figure: read at the moment asked, on the socket thread, never queued)."""
+        also = self.also_in_flight() if self.also_in_flight is not None else 0
+        # this ping runs on the socket thread (counted in `_inline`): not a request
+        return {**self.info, "served": self.served,
+                "in_flight": self.in_flight - self._inline + also}
+
+    def drain(self, timeout: float, quiet: float = DRAIN_QUIET_S) -> bool:
+        """Wait, at most `timeout` seconds, until this replica owes nothing: no request in
+        flight, no reply held for a slow reader, and no answer sent for `quiet` seconds (the
+        last ones are on their way; a request a client sent before it learned of the drain
+        has arrived). Called once clients were told to send nothing new (the directory's
+        drain), before `stop`. False if requests were still held at the timeout."""
+        deadline = time.monotonic() + timeout
+        last, still_since = self.served, time.monotonic()
+        while True:
+            now, served = time.monotonic(), self.served
+            if served != last or self.in_flight or self._held:
+                last, still_since = served, now
+            elif now - still_since >= quiet:
+                return True
+            if now >= deadline:
+                return not self.in_flight and not self._held
+            time.sleep(DRAIN_POLL_S)
 
     # -- coroutine handlers ------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
