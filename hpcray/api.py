@@ -783,7 +783,8 @@ def grow(ref: str | Path, nodes: int = 1, *, run_root: str | Path | None = None,
         seconds = parse_walltime(walltime) if walltime is not None else None
     except (ValidationError, ValueError) as exc:
         what = "partition" if isinstance(exc, ValidationError) else "walltime"
-        raise SpecError(f"{what}: {str(exc).splitlines()[-1].strip()}", field=what) from None
+        detail = str(exc).splitlines()[-1].strip().removeprefix(f"{what}: ")
+        raise SpecError(f"{what}: {detail}", field=what) from None
     if seconds is None:
         workflow = load_resolved(run)[0]
         started = data.get("times", {}).get("job_started", time.time())
