@@ -23,8 +23,8 @@ from pydantic import TypeAdapter, ValidationError
 from hpcray import env
 from hpcray.bootstrap.elastic import request_release
 from hpcray.bootstrap.jobs import MAIN as MAIN_JOB
+from hpcray.bootstrap.jobs import end_if_gone, release_queued, submit_job
 from hpcray.bootstrap.jobs import jobs as run_jobs
-from hpcray.bootstrap.jobs import release_queued, submit_job
 from hpcray.bootstrap.launch import agent_argv
 from hpcray.bootstrap.output import OutputLine, classify
 from hpcray.bootstrap.relay import chain as relay_chain
@@ -850,12 +850,7 @@ def shrink(ref: str | Path, *, job: str | None = None, nodes: int | None = None,
                     raise SchedulerError(f"worker job {tag} ({record.get('job_id')}) did not "
                                          f"end within {timeout:.0f}s of the shrink")
                 time.sleep(0.5)
-                ended = scheduler.state(str(record.get("job_id")))
-                if ended.finished:  # its `hpcray up` was killed before it could say so
-                    time.sleep(2)  # (what it says as it ends wins)
-                    run.update_job(tag, only_from=set(JobPhase) - {JobPhase.ENDED},
-                                   state=JobPhase.ENDED, ended=time.time(),
-                                   end_reason=f"failed: the scheduler ended it ({ended.value})")
+                end_if_gone(run, tag)  # its `hpcray up` killed before it could say so
             while (js := scheduler.state(str(record.get("job_id")))) == JobState.RUNNING \
                     and time.monotonic() < deadline:
                 time.sleep(0.5)

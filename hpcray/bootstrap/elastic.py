@@ -216,22 +216,14 @@ class ElasticWatch:
         log.error("node %s of worker job %s left the cluster: %s", name, tag, reason)
 
     def _ask_scheduler(self) -> None:
-        """Every 15 s: a worker job the scheduler has ended whose `hpcray up` never said so
-        (killed outright) is ended here, so it neither holds a place under max_jobs nor
-        keeps a shrink waiting."""
+        """Every 15 s: worker jobs the scheduler ended unannounced are ended (jobs.py)."""
         if time.monotonic() - self.asked_scheduler < 15:
             return
         self.asked_scheduler = time.monotonic()
         for tag, record in jobs.jobs(self.run).items():
             if record.get("role") != JobRole.WORKER or record.get("state") == JobPhase.ENDED:
                 continue
-            state = jobs.scheduler_state(self.run, tag)
-            if state.finished:
-                self.run.update_job(
-                    tag, only_from={JobPhase.SUBMITTED, JobPhase.JOINING, JobPhase.JOINED,
-                                    JobPhase.DRAINING},
-                    state=JobPhase.ENDED, ended=time.time(),
-                    end_reason=f"failed: the scheduler ended it ({state.value}) unannounced")
+            jobs.end_if_gone(self.run, tag)
 
     # -- adapting ----------------------------------------------------------------------------
 

@@ -139,6 +139,19 @@ def scheduler_state(run: RunDir, tag: str) -> JobState:
     return get_scheduler(site.scheduler).state(str(job_id))
 
 
+def end_if_gone(run: RunDir, tag: str) -> bool:
+    """End a job the scheduler has ended whose `hpcray up` never said so (killed outright),
+    so it neither holds a place under max_jobs nor keeps a shrink waiting. A job's own
+    record, written before its process exits, always wins. True if ended here."""
+    state = scheduler_state(run, tag)
+    if not state.finished:
+        return False
+    return run.update_job(tag, only_from=set(JobPhase) - {JobPhase.ENDED},
+                          state=JobPhase.ENDED, ended=time.time(),
+                          end_reason=f"failed: the scheduler ended it ({state.value}) "
+                                     "unannounced")
+
+
 def release_queued(run: RunDir) -> list[str]:
     """Cancel the run's worker jobs that have not started: at the run's end they would only
     start to find nothing to join. Running ones end by themselves (the run's stop file)."""

@@ -93,6 +93,14 @@ def nodes_of(run_dir: Path, gate: Path, count: int) -> tuple[str, str]:
     return first, next(n for n in ("node1", "node2") if n != first)
 
 
+def let_go(gate: Path, workflow_file: Path) -> None:
+    """Every held task and the driver go on (a failed test leaves nothing waiting), and the
+    workflow file written beside the stage functions goes."""
+    for name in ("go", "end"):
+        (gate.parent / f"{gate.name}.{name}").write_text("")
+    workflow_file.unlink(missing_ok=True)
+
+
 def running_on(gate: Path, node: str) -> list[str]:
     return sorted(p.name.rsplit("-", 1)[-1] for p in
                   gate.parent.glob(f"{gate.name}.running-{node}-*"))
@@ -165,9 +173,7 @@ def test_grow_runs_waiting_tasks_and_a_replica_there_then_shrink_lets_them_finis
         (gate.parent / f"{gate.name}.end").write_text("")
         st = hpcray.wait(sub.run_dir, timeout=120)
     finally:
-        for name in ("go", "end"):
-            (gate.parent / f"{gate.name}.{name}").write_text("")
-        path.unlink(missing_ok=True)
+        let_go(gate, path)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     nodes = done_once(sub.run_dir, 3)
     assert sorted(nodes.values()) == sorted([main, new, new]), nodes
@@ -202,9 +208,7 @@ def test_a_worker_job_cancelled_under_work_is_released_and_its_tasks_run_again(
         (gate.parent / f"{gate.name}.end").write_text("")
         st = hpcray.wait(sub.run_dir, timeout=180)
     finally:
-        for name in ("go", "end"):
-            (gate.parent / f"{gate.name}.{name}").write_text("")
-        path.unlink(missing_ok=True)
+        let_go(gate, path)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     nodes = done_once(sub.run_dir, 4)
     assert set(nodes.values()) == {main}, nodes  # the new node's two ran again on main
@@ -240,9 +244,7 @@ def test_elastic_grows_to_max_jobs_then_releases_the_idle_job(slurm_cluster, tmp
         (gate.parent / f"{gate.name}.end").write_text("")
         st = hpcray.wait(sub.run_dir, timeout=120)
     finally:
-        for name in ("go", "end"):
-            (gate.parent / f"{gate.name}.{name}").write_text("")
-        path.unlink(missing_ok=True)
+        let_go(gate, path)
     assert st.state == "completed", hpcray.logs(sub.run_dir)
     said = decisions(RunDir(sub.run_dir))
     assert [d["action"] for d in said] == ["grow", "shrink"], said
